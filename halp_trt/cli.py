@@ -1,0 +1,114 @@
+"""The ``halp-trt`` command line: each command parses options and calls the library.
+
+User mistakes (HalpError) print one line to stderr and exit with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from halp_trt.errors import HalpError
+
+
+def _friendly(fn):
+    """Turn library errors into one clear line and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HalpError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished work is saved — rerun the same command to resume",
+                       err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="halp-trt")
+def main():
+    """Latency-driven structured pruning (HALP) for TensorRT and ONNX Runtime."""
+
+
+@main.command("build-table")
+@click.argument("model")
+@click.option("--input-shape", default="1,3,224,224", show_default=True,
+              help="N,C,H,W of one inference; N is the batch the table is measured at.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Table JSON to write (an interrupted build with the same --out resumes).")
+@click.option("--num-classes", type=int, default=None,
+              help="Classifier outputs for torchvision models (default: the model's own).")
+@click.option("--gpu", is_flag=True, help="Time TensorRT engines on the GPU (needs halp-trt[trt]).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="ONNX Runtime intra-op threads (1 is stable on shared machines).")
+@click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "all"]),
+              default="all", show_default=True, help="ONNX Runtime graph optimization level.")
+@click.option("--rounds", type=click.IntRange(1), default=15, show_default=True,
+              help="Interleaved timing rounds per configuration.")
+@click.option("--max-points", type=click.IntRange(2), default=12, show_default=True,
+              help="Lattice points per channel axis; coarser lattices are interpolated.")
+@click.option("--validate", type=click.IntRange(0), default=0, show_default=True,
+              help="Measure N random unmeasured points and report the table's error.")
+@click.option("--exclude", multiple=True, help="Module names whose output width is fixed.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache file (default: beside the table).")
+@_friendly
+def build_table_cmd(model, input_shape, out_path, num_classes, gpu, precision, threads,
+                    optimization, rounds, max_points, validate, exclude, timing_cache):
+    """Measure the per-layer latency table of MODEL (torchvision name or module:factory)."""
+    from halp_trt.backends import backend_for
+    from halp_trt.build import BuildConfig, build_table, grid_size
+    from halp_trt.inspection import format_report
+    from halp_trt.measure import Protocol
+    from halp_trt.models import create_model, parse_input_shape
+
+    shape = parse_input_shape(input_shape)
+    net = create_model(model, num_classes)
+    opts = ({"timing_cache_path": timing_cache or os.path.splitext(out_path)[0] + ".timing-cache"}
+            if gpu else {"threads": threads, "optimization": optimization})
+    backend = backend_for(gpu, precision, **opts)
+    cfg = BuildConfig(protocol=Protocol(rounds=rounds), max_points_per_axis=max_points,
+                      validate=validate)
+    try:
+        table = build_table(net, shape, backend, out_path, model, cfg, exclude=exclude)
+    finally:
+        backend.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        n = sum(len(s.entries) for s in table.signatures.values())
+        click.echo(format_report(table))
+        click.echo(f"\nmeasured {n} configurations of a {grid_size(table)}-configuration grid "
+                   f"({100 * n / max(1, grid_size(table)):.2f}%); wrote {out_path}")
+
+
+@main.command("inspect")
+@click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
+@click.option("--layer", "pattern", default=None,
+              help="Only signatures whose key or layer names match (glob or regex).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for PNG step curves (one per signature).")
+@_friendly
+def inspect_cmd(table_path, pattern, out_dir):
+    """Print a latency table's signatures and steps; draw their step curves."""
+    from halp_trt.inspection import inspect_table, signature_rows
+    from halp_trt.table import LatencyTable
+
+    table = LatencyTable.load(table_path, require_complete=False)
+    if pattern and not signature_rows(table, pattern):
+        raise HalpError(f"no signature or layer of {table_path} matches {pattern!r}")
+    text, pngs = inspect_table(table, out_dir, pattern)
+    click.echo(text)
+    if pngs:
+        click.echo(f"\nwrote {len(pngs)} step-curve PNGs to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

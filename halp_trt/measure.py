@@ -1,0 +1,108 @@
+"""The timing protocol shared by every backend (notes/measuring.md).
+
+Single timings on shared machines lie: noise arrives in bursts from other work, so consecutive
+runs of one configuration can all land in a burst. Interleaving configurations across rounds
+spreads each configuration's samples over time, and the minimum (or a low percentile) over
+rounds filters the bursts. Measured here: median-of-30-consecutive gave 8.5% run-to-run CV and
+missed the 8-channel steps; interleaved minimum over 15 rounds gave ~1% and found them.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+
+# Median more than this far above the minimum: the estimate is suspect (bursty machine).
+NOISY_SPREAD = 0.15
+
+
+@dataclass
+class Stats:
+    n: int
+    min_ms: float
+    p25_ms: float
+    median_ms: float
+    cv: float  # std / mean over all samples
+
+    @property
+    def spread(self) -> float:
+        """(median − min) / min: how far typical runs sit above the best one."""
+        return self.median_ms / self.min_ms - 1.0 if self.min_ms > 0 else float("inf")
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread > NOISY_SPREAD
+
+    def estimate(self, estimator: str = "min") -> float:
+        return {"min": self.min_ms, "p25": self.p25_ms, "median": self.median_ms}[estimator]
+
+    def to_json(self) -> dict:
+        d = {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return d
+
+
+def summarize(samples_ms: Sequence[float]) -> Stats:
+    a = np.asarray(samples_ms, dtype=float)
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        raise ValueError("no finite timing samples")
+    mean = float(a.mean())
+    return Stats(n=int(a.size), min_ms=float(a.min()), p25_ms=float(np.percentile(a, 25)),
+                 median_ms=float(np.median(a)),
+                 cv=float(a.std() / mean) if mean > 0 else 0.0)
+
+
+@dataclass
+class Protocol:
+    """How each entry was measured; stored in the table's identity."""
+
+    rounds: int = 15
+    timed_runs_per_round: int = 1
+    untimed_runs_per_round: int = 1
+    estimator: str = "min"
+    batch_size: int = 48  # configurations whose sessions/engines are alive together
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.timed_runs_per_round < 1 or self.batch_size < 1:
+            raise ValueError("rounds, timed_runs_per_round and batch_size must be >= 1")
+        if self.estimator not in ("min", "p25", "median"):
+            raise ValueError(f"estimator must be min, p25 or median, not {self.estimator!r}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["name"] = "interleaved-rounds"
+        return d
+
+
+def measure_interleaved(backend, graphs: Mapping[Hashable, Callable[[], bytes] | bytes],
+                        protocol: Protocol = Protocol(),
+                        on_round: Callable[[int], None] | None = None) -> dict[Hashable, Stats]:
+    """Time every graph with the interleaved-rounds protocol; all handles of this call are
+    prepared (built and warmed) before the first round. Returns Stats per key.
+
+    ``graphs`` values may be callables so that ONNX bytes are only made when needed.
+    ``on_round`` is called after each round with the number of configurations it timed.
+    """
+    keys = list(graphs)
+    handles = {}
+    try:
+        for k in keys:
+            g = graphs[k]
+            handles[k] = backend.prepare(g() if callable(g) else g, label=str(k))
+        samples: dict[Hashable, list[float]] = {k: [] for k in keys}
+        rng = random.Random(protocol.seed)
+        for _ in range(protocol.rounds):
+            order = keys[:]
+            rng.shuffle(order)
+            for k in order:
+                if protocol.untimed_runs_per_round:
+                    backend.time_runs(handles[k], protocol.untimed_runs_per_round)
+                samples[k].extend(backend.time_runs(handles[k], protocol.timed_runs_per_round))
+            if on_round:
+                on_round(len(keys))
+    finally:
+        for h in handles.values():
+            backend.release(h)
+    return {k: summarize(v) for k, v in samples.items()}

@@ -1,0 +1,55 @@
+"""Resolving a model from the command line: a torchvision name or ``module:factory``."""
+from __future__ import annotations
+
+import importlib
+
+import torch.nn as nn
+
+from halp_trt.errors import HalpError
+
+# The embedded default: torchvision's resnet18 on the 10-class digits task at 64x64.
+DEFAULT_MODEL = "resnet18"
+DEFAULT_NUM_CLASSES = 10
+DEFAULT_INPUT_SHAPE = (1, 3, 64, 64)
+
+
+def create_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """Build an untrained model. Weights are loaded separately (weights-only state dicts)."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if ":" in name:
+        module_name, factory_name = name.split(":", 1)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise HalpError(f"cannot import module {module_name!r} for model {name!r}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+        factory = getattr(module, factory_name, None)
+        if not callable(factory):
+            raise HalpError(f"{module_name} has no callable {factory_name!r} (MODEL is "
+                            "module:factory)")
+        try:
+            model = factory(**kwargs)
+        except TypeError:
+            model = factory()  # factories that take no num_classes
+        except Exception as exc:
+            raise HalpError(f"model factory {name} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise HalpError(f"unknown model {name!r}: give a torchvision classification model "
+                            "name (e.g. resnet18, resnet50, mobilenet_v2) or module:factory")
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise HalpError(f"model {name!r} is not a torch.nn.Module")
+    return model
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise HalpError(f"--input-shape must be N,C,H,W with positive integers, got {text!r}")
+    return dims  # type: ignore[return-value]

@@ -1,0 +1,220 @@
+"""Detect channel-count granularity ("steps") in a measured latency curve.
+
+Runtimes pad channels to their vector/block width, so latency is often a staircase: constant over
+``phase+step*k+1 .. phase+step*(k+1)`` and jumping right after each step end. ONNX Runtime CPU
+(MLAS, AVX2) is flat over 8k+1..8k+8, i.e. step 8, phase 0. The curve need not be monotone:
+OpenVINO is cheaper at the exact multiple of 8 than at the counts below it, which is still step 8,
+phase 0 (the jump comes right after the multiple) with a dip at each step end.
+
+Method: for every candidate granularity g and phase p, least-squares fit
+
+    t(c) = a + b * g * ceil((c - p) / g) + d * c
+
+(three parameters for every g, so residuals compare; g = 1 is the linear model). A fit is
+credible when it explains most of what the line leaves (residual ratio) and when *every* aligned
+jump stands out of the noise: a finer g than the true step has boundaries with no jump at all,
+which is what rules it out. Among credible fits the smallest g wins, because a coarser fit over a
+curve with real fine steps (e.g. 8-steps plus larger MLAS jumps every 32) can have the lower
+residual while rounding up to it would waste the cheap counts in between.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+# MAD -> standard deviation for gaussian noise.
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass
+class StepFit:
+    """Result of :func:`detect_step`.
+
+    When ``accepted`` is False, ``step`` is 1 and ``phase`` 0, and ``residual_ratio`` /
+    ``jump_to_noise`` describe the lowest-residual candidate that was turned down (why it was).
+    """
+
+    step: int  # detected granularity in channels (1 = no steps / linear)
+    phase: int  # counts c with (c - phase) % step == 0 are the step ends
+    residual_ratio: float  # staircase residual / linear residual
+    jump_to_noise: float  # smallest aligned jump / robust noise of off-step differences
+    accepted: bool
+
+
+def _validated(counts: Sequence[int], latency_ms: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    c = np.asarray(counts, dtype=float).ravel()
+    t = np.asarray(latency_ms, dtype=float).ravel()
+    if c.shape != t.shape:
+        raise ValueError(f"counts and latency_ms differ in length ({c.size} vs {t.size})")
+    if not np.all(np.isfinite(c)) or not np.all(np.isfinite(t)):
+        raise ValueError("counts and latency_ms must be finite (NaN or inf found)")
+    if np.any(c != np.round(c)):
+        raise ValueError("counts must be integers")
+    order = np.argsort(c, kind="stable")
+    c, t = c[order].astype(np.int64), t[order]
+    if np.any(np.diff(c) == 0):
+        raise ValueError("repeated channel counts; combine repeated measurements first")
+    return c, t
+
+
+def _rss(columns: list[np.ndarray], t: np.ndarray) -> float:
+    # Centre the non-constant columns: same residual (an intercept is present), better conditioning.
+    x = np.column_stack([np.ones_like(t)] + [col - col.mean() for col in columns])
+    coef, *_ = np.linalg.lstsq(x, t, rcond=None)
+    r = t - x @ coef
+    return float(r @ r)
+
+
+def _levels(c: np.ndarray, g: int, p: int) -> np.ndarray:
+    # Index of the step each count falls in: constant over p+g*k+1 .. p+g*(k+1).
+    return -((p - c) // g)  # ceil((c - p) / g) in exact integer arithmetic
+
+
+def _jump_to_noise(c: np.ndarray, t: np.ndarray, level: np.ndarray) -> float:
+    """Smallest aligned jump over the robust noise of one measurement.
+
+    A jump is the difference of adjacent step levels measured on the data (median of each step,
+    after removing the within-step drift), not read off the fit: a fit spreads one common jump
+    over every boundary, while a boundary where nothing happens must show up as a ~0 jump. Medians
+    keep a single burst or a dip at the step end (non-monotone runtimes) from moving a level.
+    Noise is the MAD of the off-step consecutive differences, scaled to the standard deviation of
+    one value (a difference of two values has sqrt(2) times that).
+    """
+    dc = np.diff(c).astype(float)
+    dt = np.diff(t)
+    off = np.diff(level) == 0
+    if off.sum() < 2:
+        return 0.0
+    # Within-step slope (0 on a flat staircase); removed so a plain slope is not taken for jumps.
+    drift = float(np.median(dt[off] / dc[off]))
+    off_dev = dt[off] - drift * dc[off]
+    noise = _MAD_TO_SIGMA * float(np.median(np.abs(off_dev - np.median(off_dev)))) / np.sqrt(2.0)
+    detrended = t - drift * c
+    steps = np.unique(level)
+    if steps.size < 2:
+        return 0.0
+    step_level = np.array([np.median(detrended[level == k]) for k in steps])
+    # Divide by the number of step ends crossed when whole steps were not measured.
+    jumps = np.diff(step_level) / np.diff(steps)
+    floor = 1e-12 * max(float(np.max(np.abs(t))), 1e-300)  # exact synthetic data: noise 0
+    return float(jumps.min()) / float(max(noise, floor))
+
+
+class _Curve:
+    """A validated, sorted curve and its linear-model residual, shared by all candidate fits."""
+
+    def __init__(self, counts: Sequence[int], latency_ms: Sequence[float]):
+        self.c, self.t = _validated(counts, latency_ms)
+        self.cf = self.c.astype(float)
+        self.rss_linear = _rss([self.cf], self.t) if self.c.size >= 2 else 0.0
+
+    def fit(self, g: int, p: int) -> tuple[float, np.ndarray] | None:
+        """(residual sum of squares, step index per count) of the (g, p) staircase."""
+        level = _levels(self.c, g, p)
+        if np.unique(level).size < 2:
+            return None
+        return _rss([g * level.astype(float), self.cf], self.t), level
+
+    def result(self, g, p, rss, level, max_ratio, min_jtn) -> StepFit:
+        # A perfectly linear (or constant) curve leaves nothing for steps to explain.
+        ratio = rss / self.rss_linear if self.rss_linear > 0 else 1.0
+        jtn = _jump_to_noise(self.c, self.t, level)
+        ok = ratio < max_ratio and jtn > min_jtn
+        return StepFit(step=g, phase=p, residual_ratio=ratio, jump_to_noise=jtn, accepted=ok)
+
+
+def _candidates(candidates: Sequence[int], n: int) -> list[int]:
+    gs = sorted({int(g) for g in candidates})
+    if gs and gs[0] < 1:
+        raise ValueError(f"candidate step must be >= 1, got {gs[0]}")
+    # g = 1 is the linear baseline, always computed; a staircase needs >= 2g+3 points.
+    return [g for g in gs if g > 1 and n >= 2 * g + 3]
+
+
+def _scan(curve: _Curve, candidates, max_ratio, min_jtn) -> list[StepFit]:
+    fits = []
+    for g in _candidates(candidates, curve.c.size):
+        best = None
+        for p in range(g):
+            f = curve.fit(g, p)
+            if f is not None and (best is None or f[0] < best[1]):
+                best = (p, *f)
+        if best is not None:
+            fits.append(curve.result(g, *best, max_ratio, min_jtn))
+    return fits
+
+
+def scan_steps(
+    counts: Sequence[int],
+    latency_ms: Sequence[float],
+    candidates: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    max_residual_ratio: float = 0.5,
+    min_jump_to_noise: float = 3.0,
+) -> list[StepFit]:
+    """Best-phase fit for every candidate g > 1 with enough points (>= 2g+3), ascending g.
+
+    ``accepted`` on each entry says whether that g alone passes both tests. Diagnostics for
+    :func:`detect_step`, which picks among these.
+    """
+    return _scan(_Curve(counts, latency_ms), candidates, max_residual_ratio, min_jump_to_noise)
+
+
+def detect_step(
+    counts: Sequence[int],
+    latency_ms: Sequence[float],
+    candidates: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    max_residual_ratio: float = 0.5,
+    min_jump_to_noise: float = 3.0,
+) -> StepFit:
+    """Granularity and phase of a latency staircase, or step 1 when none is credible.
+
+    ``counts`` may be unsorted and non-contiguous; NaN/inf, repeated counts or mismatched
+    lengths raise ValueError. The result is the smallest g that passes both tests. If the
+    staircase found is coarse, it is then refined to the smallest divisor g' (same phase mod g')
+    whose every boundary still shows a real jump: super-steps much larger than the fine steps
+    (MLAS filter blocks every 32 on top of 8-steps) make the common-jump fit of the fine g miss
+    the residual test even though every fine step is real. A refined result is ``accepted`` on
+    the strength of the coarse fit, so its own ``residual_ratio`` may exceed the limit.
+    """
+    curve = _Curve(counts, latency_ms)
+    fits = _scan(curve, candidates, max_residual_ratio, min_jump_to_noise)
+    chosen = next((f for f in fits if f.accepted), None)
+    if chosen is None:
+        if not fits:
+            return StepFit(step=1, phase=0, residual_ratio=1.0, jump_to_noise=0.0, accepted=False)
+        best = min(fits, key=lambda f: f.residual_ratio)
+        return StepFit(1, 0, best.residual_ratio, best.jump_to_noise, False)
+    for g in _candidates(candidates, curve.c.size):
+        if g >= chosen.step or chosen.step % g:
+            continue
+        p = chosen.phase % g
+        f = curve.fit(g, p)
+        if f is None:
+            continue
+        fine = curve.result(g, p, *f, max_residual_ratio, min_jump_to_noise)
+        if fine.jump_to_noise > min_jump_to_noise:
+            fine.accepted = True
+            return fine
+    return chosen
+
+
+def suffix_min(values: Sequence[float]) -> np.ndarray:
+    """``out[i] = min(values[i:])`` for values ordered by ascending channel count.
+
+    A layer can always be padded up to a larger count, so what c channels really cost is the
+    cheapest count ≥ c; this matters on non-monotone curves (cheaper at exact multiples).
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    if np.any(np.isnan(v)):
+        raise ValueError("suffix_min: values contain NaN")
+    return np.minimum.accumulate(v[::-1])[::-1].copy()
+
+
+def round_up_to_step(c: int, step: int, phase: int = 0, upper: int | None = None) -> int:
+    """Smallest c' ≥ c with (c' - phase) % step == 0 (the end of c's step), capped at ``upper``."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    r = int(c) + (int(phase) - int(c)) % int(step)
+    return r if upper is None else min(r, int(upper))
