@@ -74,7 +74,8 @@ def _checked(groups) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
             values = np.asarray(g.values, dtype=np.float64)
             costs = np.asarray(g.costs, dtype=np.float64)
         except (AttributeError, TypeError, ValueError) as e:
-            raise HalpError(f"knapsack group {name!r}: counts, values and costs must be numeric arrays ({e})") from None
+            raise HalpError(f"knapsack group {name!r}: counts, values and costs must be numeric "
+                            f"arrays ({e})") from None
         if counts.ndim != 1 or values.ndim != 1 or costs.ndim != 1:
             raise HalpError(f"knapsack group {name!r}: counts, values and costs must be 1-D arrays")
         if not len(counts) == len(values) == len(costs):
@@ -82,14 +83,15 @@ def _checked(groups) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
                 f"knapsack group {name!r}: counts, values and costs have different lengths "
                 f"({len(counts)}, {len(values)}, {len(costs)}); they need one entry per option")
         if len(counts) == 0:
-            raise HalpError(f"knapsack group {name!r} has no options; give it at least one width to keep")
+            raise HalpError(f"knapsack group {name!r} has no options; give it at least one width "
+                            "to keep")
         for what, arr in (("values", values), ("costs", costs)):
             if not np.all(np.isfinite(arr)):
                 raise HalpError(f"knapsack group {name!r}: {what} contain NaN or infinity "
                                 f"(option {int(np.flatnonzero(~np.isfinite(arr))[0])})")
         if counts.dtype.kind not in "iu":
-            if counts.dtype.kind != "f" or not np.all(np.isfinite(counts)) or np.any(counts != np.round(counts)):
-                raise HalpError(f"knapsack group {name!r}: counts must be whole numbers of channels")
+            if counts.dtype.kind != "f" or not np.all(np.mod(counts, 1) == 0):  # NaN/inf fail too
+                raise HalpError(f"knapsack group {name!r}: counts must be whole numbers")
             counts = counts.astype(np.int64)
         if np.any(counts < 0):
             raise HalpError(f"knapsack group {name!r}: counts must not be negative")
@@ -122,7 +124,8 @@ def min_cost_ms(groups) -> float:
     return math.fsum(float(c.min()) for _, _, _, c in _checked(groups))
 
 
-def _solution(checked, choice: list[int], resolution_ms: float, error_bound_ms: float) -> KnapsackSolution:
+def _solution(checked, choice: list[int], resolution_ms: float,
+              error_bound_ms: float) -> KnapsackSolution:
     return KnapsackSolution(
         choice=[int(j) for j in choice],
         kept=[int(counts[j]) for (_, counts, _, _), j in zip(checked, choice)],
@@ -140,7 +143,7 @@ def _frontier(values: np.ndarray, costs: np.ndarray) -> np.ndarray:
     swapped for that option in any solution without losing value or feasibility, so dropping it
     keeps the optimum. Ties (equal cost and value) keep the lowest index.
     """
-    order = np.lexsort((np.arange(len(costs)), -values, costs))  # cost asc, then value desc, index asc
+    order = np.lexsort((np.arange(len(costs)), -values, costs))  # cost asc, value desc, index asc
     v = values[order]
     best_before = np.maximum.accumulate(np.concatenate(([-np.inf], v[:-1])))
     return order[v > best_before]
@@ -155,9 +158,9 @@ def _units(cost_ms: np.ndarray, resolution_ms: float) -> np.ndarray:
 
 
 def _dp_rows(weights: list[np.ndarray], values: list[np.ndarray], capacity: int) -> np.ndarray:
-    """rows[g][k] = best value of groups 0..g with total weight <= k (valid where later groups can
-    still reach ``capacity``; -inf below that). Every group has a 0-weight option, so rows are finite
-    and non-decreasing there."""
+    """rows[g][k] = best value of groups 0..g with total weight <= k, valid where later groups can
+    still reach ``capacity`` (-inf below). Every group has a 0-weight option, so rows are finite and
+    non-decreasing there."""
     n = len(weights)
     spans = np.array([int(w[-1]) for w in weights], dtype=np.int64)
     reach = np.cumsum(spans)  # most weight groups 0..g can use: rows are flat beyond it
@@ -198,7 +201,8 @@ def _trace(rows: np.ndarray, weights, values, capacity: int) -> list[int]:
     return picks
 
 
-def solve_knapsack(groups: list[KnapsackGroup], budget_ms: float, resolution_ms: float = 1e-3) -> KnapsackSolution:
+def solve_knapsack(groups: list[KnapsackGroup], budget_ms: float,
+                   resolution_ms: float = 1e-3) -> KnapsackSolution:
     """Pick one option per group maximising total value with total cost <= ``budget_ms``.
 
     Costs are rounded up to ``resolution_ms`` (relative to each group's cheapest option), so the
@@ -229,12 +233,12 @@ def solve_knapsack(groups: list[KnapsackGroup], budget_ms: float, resolution_ms:
         vals.append(v[f][last])
         idxs.append(f[last])
     spare_ms = budget - math.fsum(float(c.min()) for _, _, _, c in checked)
-    capacity = min(math.floor(spare_ms / r + _GRID_TOL_UNITS), int(sum(int(w[-1]) for w in weights)))
+    capacity = min(math.floor(spare_ms / r + _GRID_TOL_UNITS), sum(int(w[-1]) for w in weights))
     table_bytes = len(weights) * (capacity + 1) * 8
     if table_bytes > _MAX_TABLE_BYTES:
         raise HalpError(
-            f"knapsack table would need {table_bytes / 2**30:.1f} GiB ({capacity + 1} cost units of "
-            f"{r} ms x {len(weights)} groups); use a coarser resolution_ms")
+            f"knapsack table would need {table_bytes / 2**30:.1f} GiB ({capacity + 1} cost units "
+            f"of {r} ms x {len(weights)} groups); use a coarser resolution_ms")
 
     while True:
         rows = _dp_rows(weights, vals, capacity)
@@ -250,7 +254,8 @@ def solve_knapsack(groups: list[KnapsackGroup], budget_ms: float, resolution_ms:
         bound_ms += r
 
 
-def solve_reference_dp(groups: list[KnapsackGroup], budget_ms: float, resolution_ms: float = 1e-3) -> KnapsackSolution:
+def solve_reference_dp(groups: list[KnapsackGroup], budget_ms: float,
+                       resolution_ms: float = 1e-3) -> KnapsackSolution:
     """Plain O(items x capacity) DP with a full boolean keep matrix, like the published HALP solver.
 
     Every option is an item, costs are absolute (rounded up to ``resolution_ms``), the capacity is
@@ -288,7 +293,8 @@ def solve_reference_dp(groups: list[KnapsackGroup], budget_ms: float, resolution
         choice, k, item = [], k_top, n_items
         for u in reversed(units):
             item -= len(u)
-            j = next(j for j in range(len(u) - 1, -1, -1) if keep[item + j, k])  # last improver at k
+            # the option chosen at k is the last one that improved it
+            j = next(j for j in range(len(u) - 1, -1, -1) if keep[item + j, k])
             choice.append(j)
             k -= int(u[j])
         choice.reverse()
@@ -298,4 +304,5 @@ def solve_reference_dp(groups: list[KnapsackGroup], budget_ms: float, resolution
         k_top -= 1  # float noise, as in solve_knapsack
         bound_ms += r
         if not np.isfinite(f[k_top]):
-            raise HalpError("no choice fits the budget at this resolution; use a finer resolution_ms")
+            raise HalpError("no choice fits the budget at this resolution; use a finer "
+                            "resolution_ms")

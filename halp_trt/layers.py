@@ -8,12 +8,12 @@ width and which sets its output width ties the table to the pruning decisions.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:  # torch stays unimported for table-only work (loading, inspect)
+    import torch
 
-from halp_trt.groups import ChannelGroup
+    from halp_trt.groups import ChannelGroup
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,13 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def list_layers(model: nn.Module, example_input: torch.Tensor,
-                groups: Sequence[ChannelGroup]) -> list[LayerSpec]:
+def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
+                groups: Sequence["ChannelGroup"]) -> list[LayerSpec]:
     """Every Conv2d (plain, grouped, depthwise) and Linear in forward order, with its signature
     and coupled groups. A module called more than once must see one input size."""
+    import torch
+    import torch.nn as nn
+
     names = {m: n for n, m in model.named_modules()}
     seen_hw: dict[str, tuple[int, int]] = {}
     order: list[str] = []

@@ -87,8 +87,15 @@ def _jump_to_noise(c: np.ndarray, t: np.ndarray, level: np.ndarray) -> float:
     off = np.diff(level) == 0
     if off.sum() < 2:
         return 0.0
-    # Within-step slope (0 on a flat staircase); removed so a plain slope is not taken for jumps.
-    drift = float(np.median(dt[off] / dc[off]))
+    # Within-step slope (0 on a flat staircase), removed so that a plain slope is not taken for
+    # jumps. Median over all pairs inside a step (Theil-Sen), not only neighbours: its error is
+    # multiplied by the distance between step centres, so it must be precise for large g.
+    slopes = []
+    for k in np.unique(level):
+        i, j = np.triu_indices(int(np.sum(level == k)), 1)
+        ck, tk = c[level == k], t[level == k]
+        slopes.append((tk[j] - tk[i]) / (ck[j] - ck[i]))
+    drift = float(np.median(np.concatenate(slopes)))
     off_dev = dt[off] - drift * dc[off]
     noise = _MAD_TO_SIGMA * float(np.median(np.abs(off_dev - np.median(off_dev)))) / np.sqrt(2.0)
     detrended = t - drift * c
