@@ -28,7 +28,8 @@ from halp_trt.layer_graphs import layer_onnx
 from halp_trt.layers import LayerSpec, list_layers
 from halp_trt.measure import Protocol, Stats, measure_interleaved
 from halp_trt.steps import detect_step, suffix_min
-from halp_trt.table import LatencyTable, SignatureTable, StepInfo, now_iso, write_json_atomic
+from halp_trt.table import (LatencyTable, SignatureTable, StepInfo, round_up, now_iso,
+                            write_json_atomic)
 
 # Identity keys that must agree for a partial table to be resumed.
 _RESUME_KEYS = ("backend", "runtime", "runtime_version", "device", "cpu_model", "precision",
@@ -317,7 +318,11 @@ class TableBuilder:
         return stats["model"]
 
     def validate(self, n: int) -> dict:
-        """Measure ``n`` random unmeasured configurations; compare with the table's lookup."""
+        """Measure ``n`` random unmeasured configurations; compare with the table's lookup.
+
+        Points are step ends (counts rounded up to the detected step): a pruned layer's width
+        is a whole number of neuron groups of the step size, and the table's answer for any
+        count is the cost of the layer padded to its step end."""
         rng = random.Random(self.config.seed + 1)
         sigs = [s for s in self.table.signatures.values() if s.in_prunable or s.out_prunable]
         pts: set[tuple[str, int, int]] = set()
@@ -326,9 +331,16 @@ class TableBuilder:
             tries += 1
             s = rng.choice(sigs)
             g = s.signature.groups
-            co = rng.randint(1, s.c_out_max) if s.out_prunable else s.c_out_max
-            ci = co if s.depthwise else (rng.randint(1, s.c_in_max) if s.in_prunable
-                                         else s.c_in_max)
+            co = s.c_out_max
+            if s.out_prunable:
+                co = round_up(rng.randint(1, s.c_out_max), s.step_out.step, s.step_out.phase,
+                               s.c_out_max)
+            ci = s.c_in_max
+            if s.depthwise:
+                ci = co
+            elif s.in_prunable:
+                ci = round_up(rng.randint(1, s.c_in_max), s.step_in.step, s.step_in.phase,
+                               s.c_in_max)
             ci, co = (max(g, ci // g * g), max(g, co // g * g)) if g > 1 else (ci, co)
             if (ci, co) not in s.entries:
                 pts.add((s.key, ci, co))

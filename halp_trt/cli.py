@@ -110,5 +110,77 @@ def inspect_cmd(table_path, pattern, out_dir):
         click.echo(f"\nwrote {len(pngs)} step-curve PNGs to {out_dir}")
 
 
+@main.command("prune-and-deploy")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the report, model.onnx, pruning.json, weights and PNGs.")
+@click.option("--model", default="resnet18", show_default=True,
+              help="torchvision model name or module:factory.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="State dict to start from (weights-only load); without it the model is "
+                   "trained briefly on --data.")
+@click.option("--data", default="digits", show_default=True,
+              help="digits (embedded) | imagefolder:DIR (DIR/train, DIR/val) | cifar10:DIR")
+@click.option("--input-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Batch the latency is measured and optimized at.")
+@click.option("--train-batch-size", type=int, default=64, show_default=True)
+@click.option("--table", default="auto", show_default=True,
+              help="Latency table path, or auto (shipped profile, cache, or build one).")
+@click.option("--target", default="0.5", show_default=True,
+              help="Latency target: fraction of the measured original (0.5, 50%) or 12ms.")
+@click.option("--steps", type=int, default=8, show_default=True, help="Pruning steps (m).")
+@click.option("--interval", type=int, default=5, show_default=True,
+              help="Minibatches between pruning steps (r).")
+@click.option("--epochs", type=int, default=2, show_default=True,
+              help="Fine-tuning epochs after the last pruning step.")
+@click.option("--pretrain-epochs", type=int, default=4, show_default=True,
+              help="Training epochs when no --weights are given.")
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--contribution", type=click.Choice(["two_sided", "one_sided"]),
+              default="two_sided", show_default=True,
+              help="Latency contribution rule (one_sided is the paper's).")
+@click.option("--importance", type=click.Choice(["taylor", "magnitude"]), default="taylor",
+              show_default=True)
+@click.option("--gpu", is_flag=True, help="Deploy with TensorRT (needs halp-trt[trt]).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--rounds", type=int, default=30, show_default=True,
+              help="Interleaved rounds when measuring original and pruned.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-table-mismatch", is_flag=True,
+              help="Use a table measured on another device/runtime/precision/batch anyway.")
+@click.option("--max-batches", type=int, default=None, hidden=True)
+@_friendly
+def prune_and_deploy_cmd(out_dir, **options):
+    """Prune a model to a latency target, deploy it, and measure the result."""
+    from halp_trt.pipeline import DeployConfig, prune_and_deploy
+
+    prune_and_deploy(DeployConfig(out=out_dir, **options))
+
+
+@main.command("validate")
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("pruned", type=click.Path(dir_okay=False))
+@click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
+              help="Latency table: also report predicted vs measured for each model.")
+@click.option("--gpu", is_flag=True, help="Measure TensorRT engines (needs halp-trt[trt]).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--rounds", type=click.IntRange(3), default=30, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the figures as JSON.")
+@_friendly
+def validate_cmd(original, pruned, table_path, gpu, precision, rounds, json_path):
+    """Measure ORIGINAL.onnx and PRUNED.onnx interleaved and report the speedup."""
+    from halp_trt.validate import format_validation, validate_onnx
+
+    res = validate_onnx(original, pruned, table_path, gpu, precision, rounds)
+    click.echo(format_validation(res))
+    if json_path:
+        from halp_trt.table import write_json_atomic
+
+        write_json_atomic(json_path, res)
+
+
 if __name__ == "__main__":
     main()

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from halp_trt.errors import HalpError
-from halp_trt.groups import ChannelGroup
-from halp_trt.layers import LayerSpec
+
+if TYPE_CHECKING:  # at run time only duck-typed: keep this module free of torch
+    from halp_trt.groups import ChannelGroup
+    from halp_trt.layers import LayerSpec
 
 RULES = ("one_sided", "two_sided")
 
@@ -48,18 +50,19 @@ class WidthMap:
         self.sizes = {g.id: g.size for g in groups} if groups is not None else {}
         # layer name -> [(group id, input channels of the layer per channel of the group)]
         self.in_terms: dict[str, list[tuple[int, float]]] = {}
+        feeds: dict[str, list[tuple[int, int, int]]] = {}  # module -> [(group, idxs, size)]
+        for g in groups or ():
+            for m in g.members:
+                if m.side == "in" and g.size:
+                    feeds.setdefault(m.module_name, []).append((g.id, len(m.idxs), g.size))
         for spec in self.layers:
             if spec.depthwise:
                 continue
-            terms = []
             if groups is not None:
-                for g in groups:
-                    for m in g.members:
-                        if m.side == "in" and m.module_name == spec.name and g.size:
-                            terms.append((g.id, len(m.idxs) / g.size / spec.signature.in_scale))
+                self.in_terms[spec.name] = [(gid, n / size / spec.signature.in_scale)
+                                            for gid, n, size in feeds.get(spec.name, ())]
             elif spec.in_group is not None:
-                terms.append((spec.in_group, 1.0))
-            self.in_terms[spec.name] = terms
+                self.in_terms[spec.name] = [(spec.in_group, 1.0)]
 
     def full(self, gid: int) -> int | None:
         return self.sizes.get(gid)

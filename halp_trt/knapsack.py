@@ -41,7 +41,8 @@ class KnapsackGroup:
     name: str
     counts: np.ndarray  # int, channels kept per option
     values: np.ndarray  # float, importance kept per option
-    costs: np.ndarray  # float ms per option (predicted latency of the group's layers)
+    costs: np.ndarray  # float ms per option (predicted latency of the group's layers; any finite
+    # value works, only differences within a group matter to the DP)
 
 
 @dataclass
@@ -51,9 +52,11 @@ class KnapsackSolution:
     Guarantee: ``predicted_ms <= budget_ms`` (checked on the undiscretised costs), and
     ``objective`` is at least the true optimum of the undiscretised problem at budget
     ``budget_ms - error_bound_ms``. ``error_bound_ms`` is the sum over groups of the largest
-    amount by which rounding up to ``resolution_ms`` overstated an option's cost (so it is below
-    n_groups x resolution_ms, and ~0 when all costs lie on the resolution grid relative to each
-    group's cheapest option); 0 means the solution is exactly optimal at ``budget_ms``.
+    amount by which rounding up to ``resolution_ms`` overstated an option's cost, plus one
+    resolution per unit of capacity given up when float noise put the exact sum over the budget
+    (rare). So it is below n_groups x resolution_ms, and ~0 (float noise) when all costs lie on the
+    resolution grid relative to each group's cheapest option; 0 means exactly optimal at
+    ``budget_ms`` (returned as is when every group's most valuable option fits).
     """
 
     choice: list[int]  # option index per group
@@ -90,7 +93,8 @@ def _checked(groups) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
                 raise HalpError(f"knapsack group {name!r}: {what} contain NaN or infinity "
                                 f"(option {int(np.flatnonzero(~np.isfinite(arr))[0])})")
         if counts.dtype.kind not in "iu":
-            if counts.dtype.kind != "f" or not np.all(np.mod(counts, 1) == 0):  # NaN/inf fail too
+            whole = counts.dtype.kind == "f" and np.all(np.isfinite(counts))
+            if not (whole and np.all(counts == np.round(counts))):
                 raise HalpError(f"knapsack group {name!r}: counts must be whole numbers")
             counts = counts.astype(np.int64)
         if np.any(counts < 0):
@@ -99,8 +103,15 @@ def _checked(groups) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
+def _as_float(x, what: str) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise HalpError(f"{what} must be a number of milliseconds, got {x!r}") from None
+
+
 def _check_resolution(resolution_ms) -> float:
-    r = float(resolution_ms)
+    r = _as_float(resolution_ms, "resolution_ms")
     if not (math.isfinite(r) and r > 0):
         raise HalpError(f"resolution_ms must be a positive number, got {resolution_ms!r}")
     return r
@@ -108,7 +119,7 @@ def _check_resolution(resolution_ms) -> float:
 
 def _check_budget(budget_ms, checked) -> float:
     """Return the budget as float; raise if it is NaN or below the cheapest possible choice."""
-    budget = float(budget_ms)
+    budget = _as_float(budget_ms, "latency budget")
     if math.isnan(budget):
         raise HalpError("latency budget is NaN")
     floor_ms = math.fsum(float(c.min()) for _, _, _, c in checked)
@@ -265,8 +276,8 @@ def solve_reference_dp(groups: list[KnapsackGroup], budget_ms: float,
     checked = _checked(groups)
     r = _check_resolution(resolution_ms)
     budget = _check_budget(budget_ms, checked)
-    if any(np.any(c < 0) for _, _, _, c in checked):
-        raise HalpError("the reference DP needs non-negative costs")
+    if any(np.any(c < 0) for _, _, _, c in checked) or not math.isfinite(budget):
+        raise HalpError("the reference DP needs non-negative costs and a finite budget")
     capacity = math.floor(budget / r + _GRID_TOL_UNITS)
     units = [_units(c, r) for _, _, _, c in checked]
     n_items = sum(len(u) for u in units)
@@ -303,6 +314,6 @@ def solve_reference_dp(groups: list[KnapsackGroup], budget_ms: float,
             return sol
         k_top -= 1  # float noise, as in solve_knapsack
         bound_ms += r
-        if not np.isfinite(f[k_top]):
+        if k_top < 0 or not np.isfinite(f[k_top]):
             raise HalpError("no choice fits the budget at this resolution; use a finer "
                             "resolution_ms")

@@ -42,7 +42,7 @@ def _fraction(value: float, text: str) -> Target:
 
 
 def parse_target(target) -> Target:
-    """Parse ``0.5``, ``"0.5"``, ``"50%"`` (fractions) or ``"12ms"``, ``"12.5 ms"`` (milliseconds)."""
+    """Parse ``0.5``, ``"0.5"``, ``"50%"`` (fractions) or ``"12ms"``, ``"12.5 ms"`` (ms)."""
     if isinstance(target, Target):
         return target
     if isinstance(target, bool):

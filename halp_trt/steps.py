@@ -37,9 +37,9 @@ class StepFit:
     """
 
     step: int  # detected granularity in channels (1 = no steps / linear)
-    phase: int  # counts c with (c - phase) % step == 0 are the step ends
-    residual_ratio: float  # staircase residual / linear residual
-    jump_to_noise: float  # smallest aligned jump / robust noise of off-step differences
+    phase: int  # (c - phase) % step == 0: step ends; flat over phase+step*k+1 .. phase+step*(k+1)
+    residual_ratio: float  # staircase residual sum of squares / linear one
+    jump_to_noise: float  # smallest aligned jump / noise of one value (MAD of off-step diffs)
     accepted: bool
 
 
@@ -85,7 +85,8 @@ def _jump_to_noise(c: np.ndarray, t: np.ndarray, level: np.ndarray) -> float:
     dc = np.diff(c).astype(float)
     dt = np.diff(t)
     off = np.diff(level) == 0
-    if off.sum() < 2:
+    steps = np.unique(level)
+    if off.sum() < 2 or steps.size < 2:
         return 0.0
     # Within-step slope (0 on a flat staircase), removed so that a plain slope is not taken for
     # jumps. Median over all pairs inside a step (Theil-Sen), not only neighbours: its error is
@@ -99,9 +100,6 @@ def _jump_to_noise(c: np.ndarray, t: np.ndarray, level: np.ndarray) -> float:
     off_dev = dt[off] - drift * dc[off]
     noise = _MAD_TO_SIGMA * float(np.median(np.abs(off_dev - np.median(off_dev)))) / np.sqrt(2.0)
     detrended = t - drift * c
-    steps = np.unique(level)
-    if steps.size < 2:
-        return 0.0
     step_level = np.array([np.median(detrended[level == k]) for k in steps])
     # Divide by the number of step ends crossed when whole steps were not measured.
     jumps = np.diff(step_level) / np.diff(steps)

@@ -35,7 +35,7 @@ COMPARABLE_KEYS = ("backend", "runtime", "device", "cpu_model", "precision", "ba
                    "optimization_level", "threads")
 
 
-def _round_up(c: int, step: int, phase: int, upper: int) -> int:
+def round_up(c: int, step: int, phase: int, upper: int) -> int:
     if step <= 1:
         return min(c, upper)
     k = math.ceil((c - phase) / step)
@@ -131,10 +131,10 @@ class SignatureTable:
             raise ValueError(f"({c_in}, {c_out}) is outside the table's range for {self.key} "
                              f"(c_in <= {self.c_in_max}, c_out <= {self.c_out_max})")
         gi, go, s = self._lut or self._build_lut()
-        co = _round_up(c_out, self.step_out.step, self.step_out.phase, self.c_out_max)
+        co = round_up(c_out, self.step_out.step, self.step_out.phase, self.c_out_max)
         if self.depthwise:
             return float(np.interp(co, go, s[0]))
-        ci = _round_up(c_in, self.step_in.step, self.step_in.phase, self.c_in_max)
+        ci = round_up(c_in, self.step_in.step, self.step_in.phase, self.c_in_max)
         # bilinear interpolation; below the first lattice point the first point holds
         ci, co = min(max(ci, gi[0]), gi[-1]), min(max(co, go[0]), go[-1])
         i = min(int(np.searchsorted(gi, ci, side="right")) - 1, len(gi) - 1)

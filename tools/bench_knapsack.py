@@ -37,9 +37,10 @@ from halp_trt.knapsack import KnapsackGroup, solve_knapsack, solve_reference_dp
 RESOLUTION_MS = 1e-3
 FULL_MS = 60.0
 BUDGET_FRACTION = 0.5
-STAGES = [(3, 64, 256), (4, 128, 512), (6, 256, 1024), (3, 512, 2048)]  # blocks, mid width, out width
-# Reference DP limits and cost model (measured on this 2-core machine, see the report): the keep
-# matrix is one byte per item x capacity cell; time ~ cells * REF_NS_PER_CELL + items * REF_US_PER_ITEM.
+# ResNet-50 stages: (blocks, bottleneck width, output width)
+STAGES = [(3, 64, 256), (4, 128, 512), (6, 256, 1024), (3, 512, 2048)]
+# Reference DP limits and cost model (fitted on this 2-core machine): its keep matrix is one byte
+# per item x capacity cell; time ~ cells * REF_NS_PER_CELL + items * REF_US_PER_ITEM.
 REF_MAX_BYTES = 4e9
 REF_MAX_S = 120.0
 REF_NS_PER_CELL = 3.0
@@ -47,7 +48,7 @@ REF_US_PER_ITEM = 15.0
 
 
 def resnet50_widths(all_convs: bool) -> list[tuple[str, int]]:
-    """37 groups: stem, each block's conv2 and conv3, each stage's downsample; or every conv (53)."""
+    """37 groups: stem, each block's conv2 and conv3, each stage's downsample; or all 53 convs."""
     out = [("conv1", 64)]
     for s, (blocks, mid, wide) in enumerate(STAGES, start=1):
         for b in range(blocks):
@@ -58,8 +59,9 @@ def resnet50_widths(all_convs: bool) -> list[tuple[str, int]]:
     return out
 
 
-def build_instance(name: str, widths, granularity: int, model: str = "staircase", seed: int = 0) -> dict:
-    """Groups with options at counts granularity, 2*granularity, ..., width; plus what --dump needs."""
+def build_instance(name: str, widths, granularity: int, model: str = "staircase",
+                   seed: int = 0) -> dict:
+    """Groups with options at granularity, 2 * granularity, ..., width; plus what --dump needs."""
     rng = np.random.default_rng(seed)
     noise = np.random.default_rng(seed + 1)
     shares = rng.uniform(0.6, 1.4, len(widths))
@@ -71,7 +73,8 @@ def build_instance(name: str, widths, granularity: int, model: str = "staircase"
         step8_us = max(1, round(0.6 * (full - base_us) / (width / 8)))
         jump32_us = max(1, round(0.4 * (full - base_us) / math.ceil(width / 32)))
         counts = np.arange(granularity, width + 1, granularity)
-        cost_ms = (base_us + step8_us * np.ceil(counts / 8) + jump32_us * np.ceil(counts / 32)) / 1000.0
+        cost_us = base_us + step8_us * np.ceil(counts / 8) + jump32_us * np.ceil(counts / 32)
+        cost_ms = cost_us / 1000.0
         if model == "noisy":
             cost_ms = cost_ms * noise.lognormal(0.0, 0.005, len(counts))
         elif model == "linear":
@@ -79,8 +82,9 @@ def build_instance(name: str, widths, granularity: int, model: str = "staircase"
         groups.append(KnapsackGroup(gname, counts, np.cumsum(importance)[counts - 1], cost_ms))
         raw.append((importance, cost_ms))
     full_ms = sum(float(g.costs[-1]) for g in groups)
-    return {"name": name, "granularity": granularity, "groups": groups, "raw": raw, "on_grid": model == "staircase",
-            "budget_ms": BUDGET_FRACTION * full_ms, "full_ms": full_ms}
+    return {"name": name, "granularity": granularity, "groups": groups, "raw": raw,
+            "on_grid": model == "staircase", "budget_ms": BUDGET_FRACTION * full_ms,
+            "full_ms": full_ms}
 
 
 def dump_instance(inst: dict, kept: list[int], path: Path) -> None:
@@ -90,11 +94,12 @@ def dump_instance(inst: dict, kept: list[int], path: Path) -> None:
     for g, (importance, cost_ms), k in zip(inst["groups"], inst["raw"], kept):
         item_value = importance.reshape(-1, gran).sum(axis=1)
         item_cost_ms = np.diff(cost_ms, prepend=0.0)  # first item carries the fixed cost
+        items = [{"value": float(v), "cost": float(c)} for v, c in zip(item_value, item_cost_ms)]
         groups.append({"name": g.name, "width": int(g.counts[-1]), "channels_per_item": gran,
-                       "items": [{"value": float(v), "cost": float(c)} for v, c in zip(item_value, item_cost_ms)],
-                       "kept": k})
-    path.write_text(json.dumps({"name": inst["name"], "granularity": gran, "budget": inst["budget_ms"],
-                                "cost_unit": "ms", "resolution_ms": RESOLUTION_MS, "groups": groups}))
+                       "items": items, "kept": k})
+    path.write_text(json.dumps({"name": inst["name"], "granularity": gran,
+                                "budget": inst["budget_ms"], "cost_unit": "ms",
+                                "resolution_ms": RESOLUTION_MS, "groups": groups}))
 
 
 def run(inst: dict, dump_dir: Path | None) -> dict:
@@ -115,37 +120,39 @@ def run(inst: dict, dump_dir: Path | None) -> dict:
     est_s = cells * REF_NS_PER_CELL * 1e-9 + n_items * REF_US_PER_ITEM * 1e-6
     ref_s = same = None
     if cells > REF_MAX_BYTES or est_s > REF_MAX_S:
-        ref_note = (f"reference DP skipped: estimated keep matrix {cells / 1e9:.1f} GB, ~{est_s:.0f} s "
-                    f"(from {n_items} items x {capacity} capacity cells)")
+        ref_note = (f"reference DP skipped: estimated keep matrix {cells / 1e9:.1f} GB, "
+                    f"~{est_s:.0f} s (from {n_items} items x {capacity} capacity cells)")
     else:
         t0 = time.perf_counter()
         ref = solve_reference_dp(groups, budget, RESOLUTION_MS)
         ref_s = time.perf_counter() - t0
-        ref_note = (f"reference DP {ref_s:.2f} s (estimated {est_s:.1f} s, keep matrix {cells / 1e9:.2f} GB), "
-                    f"objective {ref.objective:.9g}")
+        ref_note = (f"reference DP {ref_s:.2f} s (estimated {est_s:.1f} s, keep matrix "
+                    f"{cells / 1e9:.2f} GB), objective {ref.objective:.9g}")
         rel_diff = (sol.objective - ref.objective) / max(1.0, abs(sol.objective))
         if inst["on_grid"]:  # both discretisations are exact: the optima must agree
             same = abs(rel_diff) <= 1e-9
             ref_note += " -> SAME" if same else " -> MISMATCH"
-        else:  # absolute vs per-group-relative rounding of off-grid costs: agree only within the bounds
-            ref_note += f" (off-grid costs, rounded differently: relative difference {rel_diff:+.1e})"
+        else:  # off-grid costs: absolute vs per-group rounding, optima agree only within bounds
+            ref_note += f" (off-grid costs, rounded differently: rel. difference {rel_diff:+.1e})"
         if same is False:
-            print(f"ERROR: objectives differ on {inst['name']}: {sol.objective!r} vs {ref.objective!r}")
-    print(f"{inst['name']:<22} items {n_items:>6}  solve {min(times):.3f} s  peak {peak_mb:6.1f} MB  "
-          f"objective {sol.objective:.9g}  predicted {sol.predicted_ms:.3f} / budget {budget:.3f} ms "
-          f"(full {inst['full_ms']:.3f}, bound {sol.error_bound_ms:.2g} ms)\n    {ref_note}")
+            print(f"ERROR: objectives differ on {inst['name']}: {sol.objective!r} vs "
+                  f"{ref.objective!r}")
+    print(f"{inst['name']:<22} items {n_items:>6}  solve {min(times):.3f} s  "
+          f"peak {peak_mb:6.1f} MB  objective {sol.objective:.9g}  predicted "
+          f"{sol.predicted_ms:.3f} / budget {budget:.3f} ms (full {inst['full_ms']:.3f}, "
+          f"bound {sol.error_bound_ms:.2g} ms)\n    {ref_note}")
     if dump_dir is not None:
         dump_instance(inst, sol.kept, dump_dir / f"{inst['name']}.json")
     return {"name": inst["name"], "granularity": inst["granularity"], "n_items": n_items,
-            "solve_s": min(times), "peak_mb": peak_mb, "objective": sol.objective, "reference_dp_s": ref_s,
-            "objectives_match": same}
+            "solve_s": min(times), "peak_mb": peak_mb, "objective": sol.objective,
+            "reference_dp_s": ref_s, "objectives_match": same}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="write the figures as JSON here")
-    ap.add_argument("--dump", type=Path, help="write each instance (items, budget, kept counts) here")
-    ap.add_argument("--quick", action="store_true", help="only the first 13 groups, for CI smoke runs")
+    ap.add_argument("--dump", type=Path, help="write each instance (items, budget, kept) here")
+    ap.add_argument("--quick", action="store_true", help="first 13 groups only, for CI smoke runs")
     args = ap.parse_args(argv)
     if args.dump:
         args.dump.mkdir(parents=True, exist_ok=True)
@@ -156,10 +163,13 @@ def main(argv=None) -> int:
         specs = [("resnet50q-13g", widths[:13], g, "staircase") for g in (1, 8)]
     else:
         specs += [("resnet50-53conv", resnet50_widths(all_convs=True), 1, "staircase"),
-                  ("resnet50-37g-noisy", widths, 1, "noisy"), ("resnet50-37g-linear", widths, 1, "linear")]
-    print(f"budget {BUDGET_FRACTION:.0%} of the unpruned cost, resolution {RESOLUTION_MS * 1000:g} us; "
-          f"solve time best of 3, peak = tracemalloc peak (Python + numpy allocations)")
-    results = [run(build_instance(f"{name}-g{g}", w, g, model), args.dump) for name, w, g, model in specs]
+                  ("resnet50-37g-noisy", widths, 1, "noisy"),
+                  ("resnet50-37g-linear", widths, 1, "linear")]
+    print(f"budget {BUDGET_FRACTION:.0%} of the unpruned cost, resolution "
+          f"{RESOLUTION_MS * 1000:g} us; solve time best of 3, peak = tracemalloc peak "
+          "(Python + numpy allocations)")
+    results = [run(build_instance(f"{name}-g{g}", w, g, model), args.dump)
+               for name, w, g, model in specs]
     if args.json:
         args.json.write_text(json.dumps({"instances": results}, indent=1))
     return 0 if all(r["objectives_match"] is not False for r in results) else 1

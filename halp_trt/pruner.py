@@ -1,0 +1,504 @@
+"""HALP progressive pruning for any training loop (design.md, "The algorithm" 2-6).
+
+    pruner = HALPPruner(model, example_input, latency_table, HALPConfig(target="0.5"))
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(); loss.backward()
+        pruner.accumulate()          # importance from this batch's gradients
+        optimizer.step()
+        pruner.step()                # every `interval` calls: one pruning step, up to `steps`
+    ...                              # keep fine-tuning; masks stay applied
+    pruned = pruner.finalize()       # physical removal (torch-pruning); rebuild the optimizer
+
+A pruning step averages the importance since the previous step, sorts each coupled group's
+channels, bundles them into neuron groups of the latency step size (the remainder, least
+important, last), offers the knapsack every prefix length, and solves at the scheduled target.
+Pruning is monotone: a removed channel never comes back.
+
+Until ``finalize()`` channels are removed by masking: their weights, biases, BN parameters and
+statistics, and the consumers' input slices are zero, gradients are zeroed by hooks, and the masks
+are re-applied at every ``step()`` (and in the state of optimizers passed to ``attach_optimizer``)
+so momentum, Adam moments or weight decay cannot revive them.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from halp_trt.contributions import (RULES, LatencyModel, neuron_group_size, option_costs,
+                                    predict_model_ms)
+from halp_trt.errors import HalpError
+from halp_trt.groups import ChannelGroup, check_unique_coverage, find_channel_groups
+from halp_trt.importance import ImportanceAccumulator, make_importance
+from halp_trt.knapsack import KnapsackGroup, solve_knapsack
+from halp_trt.layers import LayerSpec, list_layers
+from halp_trt.schedule import SCHEDULES, Target, parse_target, schedule_targets_ms
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Normalisations whose statistics span channels: zeroed channels still count in the statistics,
+# so a masked model would not equal the physically pruned one.
+_CROSS_CHANNEL = (nn.GroupNorm, nn.LayerNorm)
+# Attempts at tightening the budget when the true prediction exceeds the knapsack's estimate
+# (two-sided linearisation, or a non-monotone table).
+_REPAIR_ATTEMPTS = 8
+
+
+@dataclass
+class HALPConfig:
+    """Options of a HALP run. Validated on creation; bad values raise HalpError."""
+
+    target: str | float | Target  # "0.5" / 0.5 / "50%": fraction of full predicted; "12ms"
+    steps: int = 10  # m: number of pruning steps
+    interval: int = 100  # r: minibatches (step() calls) between pruning steps
+    schedule: str = "exp"  # "exp" | "linear"
+    importance: str | Callable = "taylor"  # "taylor" | "magnitude" | fn(model, group) -> tensor
+    contribution: str = "two_sided"  # "two_sided" | "one_sided" (the paper's)
+    group_size: int | Mapping[str, int] | None = None  # None: the table's latency step
+    min_groups_kept: int = 1  # neuron groups every channel group keeps
+    max_prune_ratio: float = 1.0  # at most this fraction of a group's original channels removed
+    resolution_ms: float = 1e-3  # knapsack cost grid
+    exclude: Sequence[str] = ()  # modules whose output channels must not change
+
+    def __post_init__(self):
+        self.target = parse_target(self.target)
+        for name in ("steps", "interval", "min_groups_kept"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                hint = (" (a group with no channels cannot be removed physically: that would "
+                        "delete a layer, not prune it)" if name == "min_groups_kept" else "")
+                raise HalpError(f"{name} must be a positive integer, got {v!r}{hint}")
+        if self.schedule not in SCHEDULES:
+            raise HalpError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                            f"got {self.schedule!r}")
+        if self.contribution not in RULES:
+            raise HalpError(f"contribution must be one of {', '.join(RULES)}, "
+                            f"got {self.contribution!r}")
+        make_importance(self.importance)  # validates
+        gs = self.group_size
+        if gs is not None:
+            values = list(gs.values()) if isinstance(gs, Mapping) else [gs]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+                raise HalpError(f"group_size must be a positive integer or a dict of them keyed "
+                                f"by group root module, got {gs!r}")
+        r = self.max_prune_ratio
+        if not (isinstance(r, (int, float)) and 0.0 < float(r) <= 1.0):
+            raise HalpError(f"max_prune_ratio must be in (0, 1], got {r!r}")
+        if not (isinstance(self.resolution_ms, (int, float)) and math.isfinite(self.resolution_ms)
+                and self.resolution_ms > 0):
+            raise HalpError(f"resolution_ms must be a positive number, got {self.resolution_ms!r}")
+        if isinstance(self.exclude, str):
+            self.exclude = (self.exclude,)
+        self.exclude = tuple(self.exclude)
+
+    def summary(self) -> dict:
+        """JSON-friendly description (a callable importance is recorded by name)."""
+        imp, gs = self.importance, self.group_size
+        return {"target": str(self.target), "steps": self.steps, "interval": self.interval,
+                "schedule": self.schedule,
+                "importance": imp if isinstance(imp, str) else getattr(imp, "__name__",
+                                                                       type(imp).__name__),
+                "contribution": self.contribution,
+                "group_size": dict(gs) if isinstance(gs, Mapping) else gs,
+                "min_groups_kept": self.min_groups_kept,
+                "max_prune_ratio": float(self.max_prune_ratio),
+                "resolution_ms": float(self.resolution_ms), "exclude": list(self.exclude)}
+
+
+@dataclass
+class StepRecord:
+    """One pruning step."""
+
+    step: int
+    target_ms: float
+    predicted_ms: float  # the table's whole-model prediction at the new widths
+    kept: dict[str, int]  # group root -> channels kept
+    objective: float  # total importance kept (knapsack objective)
+    error_bound_ms: float  # knapsack discretisation bound
+    repairs: int = 0  # budget tightenings needed to meet the target
+    rule: str = ""  # contribution rule whose solution was used ("min_widths": the fallback)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _quiet():
+    # torch-pruning prints while pruning; users should see our messages only.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
+
+
+def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> str | None:
+    """Why a group must keep its width, or None. Grouped (not depthwise) convs need whole conv
+    groups removed, which torch-pruning's channel surgery does not do correctly."""
+    for m in group.members:
+        mod = modules[m.module_name]
+        if isinstance(mod, _CONV) and mod.groups > 1 and not (
+                mod.groups == mod.in_channels == mod.out_channels):
+            return f"{m.module_name} is a grouped convolution (groups={mod.groups})"
+        if isinstance(mod, _CROSS_CHANNEL):
+            return f"{m.module_name} ({type(mod).__name__}) normalises across channels"
+    return None
+
+
+def _zero_targets(mod: nn.Module, side: str) -> list[tuple[torch.Tensor, int]]:
+    """(tensor, dim) pairs holding a channel of ``mod`` on ``side``."""
+    if isinstance(mod, _CONV):
+        depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+        out_dim = 1 if mod.transposed else 0
+        if side == "out" or depthwise:
+            return [(mod.weight, out_dim)] + ([(mod.bias, 0)] if mod.bias is not None else [])
+        if mod.groups > 1:
+            raise HalpError(f"cannot mask the input channels of grouped convolution {mod}")
+        return [(mod.weight, 1 - out_dim)]
+    if isinstance(mod, nn.Linear):
+        if side == "out":
+            return [(mod.weight, 0)] + ([(mod.bias, 0)] if mod.bias is not None else [])
+        return [(mod.weight, 1)]
+    out = []
+    if isinstance(mod, _BN):
+        for t in (mod.weight, mod.bias, mod.running_mean, mod.running_var):
+            if t is not None:
+                out.append((t, 0))
+        return out
+    if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
+        return []
+    for t in (getattr(mod, "weight", None), getattr(mod, "bias", None)):
+        if isinstance(t, torch.Tensor):
+            out.append((t, 0))
+    return out
+
+
+class ChannelMasker:
+    """Keeps masked channels at exactly zero: in weights, statistics, gradients and optimizer
+    state."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup]):
+        self.model = model
+        self.groups = {g.id: g for g in groups}
+        self._modules = dict(model.named_modules())
+        self._zero: dict[int, tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]] = {}
+        self._hooks: dict[int, object] = {}
+        self._optimizers: list[torch.optim.Optimizer] = []
+
+    def set_masks(self, keep: Mapping[int, torch.Tensor]) -> None:
+        """``keep[group id]``: bool tensor over the group's channels, True = kept."""
+        per_tensor: dict[int, tuple[torch.Tensor, dict[int, list[int]]]] = {}
+        for gid, k in keep.items():
+            k = k.tolist()
+            for m in self.groups[gid].members:
+                pos = [i for i, r in zip(m.idxs, m.root_idxs) if not k[r]]
+                if not pos:
+                    continue
+                for t, dim in _zero_targets(self._modules[m.module_name], m.side):
+                    per_tensor.setdefault(id(t), (t, defaultdict(list)))[1][dim].extend(pos)
+        self._zero = {
+            key: (t, [(dim, torch.as_tensor(sorted(set(p)), dtype=torch.long, device=t.device))
+                      for dim, p in dims.items()])
+            for key, (t, dims) in per_tensor.items()}
+        for key, (t, _) in self._zero.items():
+            if isinstance(t, nn.Parameter) and t.requires_grad and key not in self._hooks:
+                self._hooks[key] = t.register_hook(lambda g, key=key: self._mask_grad(key, g))
+        self.apply()
+
+    def _mask_grad(self, key: int, grad: torch.Tensor) -> torch.Tensor:
+        entry = self._zero.get(key)
+        if entry is None:
+            return grad
+        grad = grad.clone()
+        for dim, idx in entry[1]:
+            grad.index_fill_(dim, idx.to(grad.device), 0)
+        return grad
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizers.append(optimizer)
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for t, entries in self._zero.values():
+            for dim, idx in entries:
+                t.index_fill_(dim, idx, 0)
+                for opt in self._optimizers:
+                    for v in opt.state.get(t, {}).values():
+                        if isinstance(v, torch.Tensor) and v.shape == t.shape:
+                            v.index_fill_(dim, idx.to(v.device), 0)
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks.values():
+            h.remove()
+        self._hooks.clear()
+        self._zero.clear()
+        self._optimizers.clear()
+
+
+def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
+                    drop: Mapping[int, Sequence[int]]) -> nn.Module:
+    """Physically remove ``drop[group id]`` (root channel indices) with torch-pruning."""
+    modules = dict(model.named_modules())
+    by_id = {g.id: g for g in groups}
+    with _quiet():
+        for gid, idxs in drop.items():
+            idxs = sorted(int(i) for i in idxs)
+            if not idxs:
+                continue
+            g = by_id[gid]
+            if len(idxs) >= g.size:
+                raise HalpError(f"cannot remove all {g.size} channels of group {g.root}")
+            root = modules[g.root]
+            fn = graph.get_pruner_of_module(root).prune_out_channels
+            tp_group = graph.get_pruning_group(root, fn, idxs)
+            tp_group.prune()
+    return model
+
+
+class HALPPruner:
+    """Latency-constrained progressive pruning (HALP). See the module docstring for the loop."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, latency_model: LatencyModel,
+                 config: HALPConfig):
+        if not isinstance(config, HALPConfig):
+            raise HalpError("config must be a HALPConfig")
+        for attr in ("layer_ms", "step_size"):
+            if not callable(getattr(latency_model, attr, None)):
+                raise HalpError(f"the latency model has no {attr}() method; pass a latency table")
+        self.config = config
+        self.model = _unwrap(model)
+        self.input_shape = [int(d) for d in example_input.shape]
+        self.latency_model = latency_model
+        self.groups, self.graph = find_channel_groups(self.model, example_input, config.exclude)
+        check_unique_coverage(self.groups)
+        modules = dict(self.model.named_modules())
+        self.fixed: dict[str, str] = {}  # group root -> why it keeps its width
+        self.prunable: list[ChannelGroup] = []
+        for g in self.groups:
+            why = unprunable_reason(g, modules)
+            if why is None and g.size > 1:
+                self.prunable.append(g)
+            else:
+                self.fixed[g.root] = why or "a single channel"
+        self.layers: list[LayerSpec] = list_layers(self.model, example_input, self.groups)
+        self.group_sizes = {g.id: neuron_group_size(g, self.layers, latency_model,
+                                                    config.group_size) for g in self.prunable}
+        self.keep = {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.prunable}
+
+        self.full_ms = self.predict_ms()
+        self.final_target_ms = config.target.to_ms(self.full_ms)
+        if self.final_target_ms >= self.full_ms:
+            raise HalpError(f"latency target {self.final_target_ms:.4f} ms is not below the full "
+                            f"model's predicted {self.full_ms:.4f} ms: nothing to prune")
+        self.min_ms = self.predict_ms(self._min_widths(full=True))
+        if self.final_target_ms < self.min_ms:
+            raise HalpError(self._infeasible_message(self.final_target_ms, self.min_ms))
+        self.targets_ms = schedule_targets_ms(self.full_ms, self.final_target_ms, config.steps,
+                                              config.schedule)
+        self.accumulator = ImportanceAccumulator(self.model, self.prunable, config.importance)
+        self.masker = ChannelMasker(self.model, self.prunable)
+        self.history: list[StepRecord] = []
+        self.calls = 0
+        self.finalized = False
+
+    # ---- state ---------------------------------------------------------------------------
+    @property
+    def widths(self) -> dict[int, int]:
+        """Kept channels per group id (fixed groups at full width)."""
+        w = {g.id: g.size for g in self.groups}
+        w.update({gid: int(k.sum()) for gid, k in self.keep.items()})
+        return w
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Kept-channel mask per prunable group, keyed by root module name."""
+        return {g.root: self.keep[g.id].clone() for g in self.prunable}
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) >= self.config.steps
+
+    def predict_ms(self, widths: Mapping[int, int] | None = None) -> float:
+        return predict_model_ms(self.layers, self.widths if widths is None else widths,
+                                self.latency_model, self.groups)
+
+    def _min_count(self, g: ChannelGroup, n_cur: int) -> int:
+        by_groups = self.config.min_groups_kept * self.group_sizes[g.id]
+        by_ratio = math.ceil(g.size * (1.0 - self.config.max_prune_ratio) - 1e-9)
+        return max(1, min(n_cur, max(by_groups, by_ratio)))
+
+    def _counts(self, g: ChannelGroup, n_cur: int) -> np.ndarray:
+        # Prefix lengths in whole neuron groups from the most important end; the remainder
+        # (n_cur mod step, the least important channels) is only ever kept with everything.
+        step = self.group_sizes[g.id]
+        counts = list(range(step, n_cur, step)) + [n_cur]
+        lo = self._min_count(g, n_cur)
+        kept = [c for c in counts if c >= lo]
+        return np.asarray(kept, dtype=np.int64)
+
+    def _min_widths(self, full: bool = False) -> dict[int, int]:
+        w = self.widths
+        for g in self.prunable:
+            n = g.size if full else w[g.id]
+            w[g.id] = int(self._counts(g, n)[0])
+        return w
+
+    def _infeasible_message(self, target_ms: float, min_ms: float) -> str:
+        return (f"latency target {target_ms:.4f} ms is infeasible: the minimum latency the table "
+                f"allows is {min_ms:.4f} ms (full model {self.full_ms:.4f} ms, every prunable "
+                f"group at {self.config.min_groups_kept} neuron group(s), "
+                f"max_prune_ratio={self.config.max_prune_ratio}); raise the target")
+
+    def set_masks(self, masks: Mapping[str, torch.Tensor | Sequence[bool]]) -> None:
+        """Impose kept-channel masks (group root -> bool per channel, True = kept), e.g. to resume
+        a run. Groups not named keep their current mask."""
+        by_root = {g.root: g for g in self.prunable}
+        for root, mask in masks.items():
+            g = by_root.get(root)
+            if g is None:
+                raise HalpError(f"{root!r} is not the root of a prunable channel group "
+                                f"(prunable roots look like {list(by_root)[:3]})")
+            keep = torch.as_tensor(mask, dtype=torch.bool).flatten().cpu()
+            if keep.numel() != g.size or not bool(keep.any()):
+                raise HalpError(f"mask for {root} must have {g.size} entries, at least one True")
+            self.keep[g.id] = keep.clone()
+        self.masker.set_masks(self.keep)
+
+    # ---- training-loop API ----------------------------------------------------------------
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Also zero masked entries of this optimizer's state (momentum, Adam moments), so masked
+        weights stay zero even between optimizer.step() and pruner.step()."""
+        self.masker.attach_optimizer(optimizer)
+
+    def accumulate(self) -> bool:
+        """Add the current gradients' importance; call after each loss.backward()."""
+        if self.done or self.finalized:
+            return False
+        return self.accumulator.accumulate()
+
+    def step(self) -> StepRecord | None:
+        """Call after each optimizer.step(): re-applies the masks; every ``interval`` calls (up to
+        ``steps`` times) runs one pruning step and returns its record."""
+        if self.finalized:
+            raise HalpError("the pruner was finalized; the model is already pruned")
+        self.calls += 1
+        record = None
+        if not self.done and self.calls % self.config.interval == 0:
+            record = self.prune_step()
+        self.masker.apply()
+        return record
+
+    def prune_step(self) -> StepRecord:
+        """One pruning step now, at the next scheduled target."""
+        if self.done:
+            raise HalpError(f"all {self.config.steps} pruning steps are done")
+        t = len(self.history) + 1
+        target_ms = self.targets_ms[t - 1]
+        scores = self.accumulator.scores()
+        self.accumulator.reset()
+
+        widths = self.widths
+        orders, kgroups, options = {}, [], {}
+        for g, s in zip(self.prunable, scores):
+            kept_idx = torch.nonzero(self.keep[g.id]).flatten()
+            # stable sort, descending importance; ties keep the lower channel index first
+            order = kept_idx[torch.sort(-s[kept_idx], stable=True).indices]
+            orders[g.id] = order
+            counts = self._counts(g, len(order))
+            cum = torch.cumsum(s[order], 0).numpy()
+            options[g.id] = counts
+            kgroups.append((g, counts, cum[counts - 1]))
+        chosen = predicted = used = None
+        rule_used = "min_widths"
+        rules = [self.config.contribution]
+        if self.config.contribution == "two_sided":
+            # one-sided costs use the current (largest) input widths: an upper bound when the
+            # table is monotone, so it meets the target where the linearisation keeps missing it
+            rules.append("one_sided")
+        repairs = 0
+        for rule in rules:
+            oc = option_costs(rule, self.layers, self.groups, widths, self.latency_model, options)
+            knap = [KnapsackGroup(g.root, counts, values, oc.costs_ms[g.id])
+                    for g, counts, values in kgroups]
+            budget_ms = target_ms - oc.constant_ms
+            for _ in range(_REPAIR_ATTEMPTS):
+                try:
+                    sol = solve_knapsack(knap, budget_ms, self.config.resolution_ms)
+                except HalpError:
+                    break  # below this rule's minimum: try the next rule, then the fallback
+                trial = dict(widths)
+                trial.update({g.id: k for (g, _, _), k in zip(kgroups, sol.kept)})
+                predicted = self.predict_ms(trial)
+                if predicted <= target_ms:
+                    chosen, used, rule_used = trial, sol, rule
+                    break
+                # The knapsack's estimate was optimistic: tighten by the overshoot, solve again.
+                budget_ms -= (predicted - target_ms) + self.config.resolution_ms
+                repairs += 1
+            if chosen is not None:
+                break
+        if chosen is None:
+            # Fall back to the smallest allowed widths if even those meet the target.
+            trial = self._min_widths()
+            predicted = self.predict_ms(trial)
+            if predicted > target_ms:
+                raise HalpError(self._infeasible_message(target_ms, predicted))
+            chosen = trial
+        if used is not None:
+            objective, error_bound = float(used.objective), float(used.error_bound_ms)
+        else:
+            objective, error_bound = float(sum(v[0] for _, _, v in kgroups)), 0.0
+
+        for g in self.prunable:
+            keep = torch.zeros(g.size, dtype=torch.bool)
+            keep[orders[g.id][:chosen[g.id]]] = True
+            self.keep[g.id] = keep
+        self.masker.set_masks(self.keep)
+        record = StepRecord(step=t, target_ms=float(target_ms), predicted_ms=float(predicted),
+                            kept={g.root: int(chosen[g.id]) for g in self.prunable},
+                            objective=objective, error_bound_ms=error_bound, repairs=repairs,
+                            rule=rule_used)
+        self.history.append(record)
+        return record
+
+    # ---- end of pruning -------------------------------------------------------------------
+    def finalize(self) -> nn.Module:
+        """Remove masked channels physically and return the (same, now smaller) model.
+
+        Parameters are new tensors afterwards: build a new optimizer (and re-wrap the model in
+        DistributedDataParallel) for further training."""
+        if self.finalized:
+            return self.model
+        self.masker.apply()
+        drop = {g.id: torch.nonzero(~self.keep[g.id]).flatten().tolist() for g in self.prunable}
+        self.masker.remove_hooks()
+        remove_channels(self.model, self.graph, self.groups, drop)
+        self.finalized = True
+        return self.model
+
+    def result(self):
+        """The decisions as a ``PruningResult`` (JSON; see ``halp_trt.result``)."""
+        from halp_trt.result import PruningResult
+        return PruningResult(
+            kept={g.root: torch.nonzero(self.keep[g.id]).flatten().tolist()
+                  for g in self.prunable},
+            original_widths={g.root: g.size for g in self.prunable},
+            table_identity=dict(getattr(self.latency_model, "identity", {}) or {}),
+            config=self.config.summary(),
+            input_shape=self.input_shape,
+            full_predicted_ms=self.full_ms,
+            predicted_ms=self.predict_ms(),
+            history=[r.to_json() for r in self.history])

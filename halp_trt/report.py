@@ -1,0 +1,101 @@
+"""The human side of a prune-and-deploy report: Markdown and PNGs."""
+from __future__ import annotations
+
+import os
+
+
+def write_markdown(path: str, r: dict) -> None:
+    o, p = r["original"], r["pruned"]
+    acc = r["accuracy"]
+    b = r["backend"]
+    lines = [
+        f"# halp-trt report: {r['model']} on {r['data']}",
+        "",
+        f"Runtime: {b.get('runtime')} {b.get('runtime_version')} on {b.get('device')} "
+        f"({b.get('cpu_model', b.get('device_name', ''))}), precision {b.get('precision')}, "
+        f"threads {b.get('threads', '-')}. How this backend was checked: {b['verified']}.",
+        "",
+        "| | original | pruned |",
+        "|---|---|---|",
+        f"| measured latency (ms, min of {o['stats']['n']} interleaved runs) | "
+        f"{o['measured_ms']:.3f} | {p['measured_ms']:.3f} |",
+        f"| predicted latency (ms, table) | {o['predicted_ms']:.3f} | {p['predicted_ms']:.3f} |",
+        f"| median latency (ms) | {o['stats']['median_ms']:.3f} | {p['stats']['median_ms']:.3f} |",
+        f"| accuracy | {acc['original']:.4f} | {acc['pruned']:.4f} |",
+        "",
+        f"- Target: {r['target']} → latency ratio target {r['target_ratio']:.3f}; measured "
+        f"ratio {r['latency_ratio_measured']:.3f} ({100 * (r['latency_ratio_vs_target'] - 1):+.1f}"
+        "% vs target).",
+        f"- Speedup: {r['speedup_measured']:.2f}× measured, {r['speedup_predicted']:.2f}× "
+        "predicted.",
+        f"- Pruned ONNX vs PyTorch on {r['numeric_check']['n_inputs']} real inputs: max abs diff "
+        f"{r['max_abs_diff']:.2e} (tolerance {r['numeric_check']['tolerance']:.1e}).",
+        f"- Table: `{r['table']['path']}`; whole model / layer sum = "
+        f"{r['table']['calibration_model_over_layers']:.3f} (used to calibrate predictions).",
+    ]
+    if r.get("noisy_measurement"):
+        lines.append("- **Warning:** the latency measurements were noisy (median > 15% above "
+                     "the minimum); re-run `halp-trt validate` on a quiet machine.")
+    lines += ["", "## Widths", "", "| group | original | kept |", "|---|---|---|"]
+    for k, w in r["widths"].items():
+        lines.append(f"| {k} | {w['original']} | {w['kept']} |")
+    lines += ["", "## Pruning steps", "", "| step | target ms (table) | predicted ms (table) |",
+              "|---|---|---|"]
+    for h in r["pruning_history"]:
+        lines.append(f"| {h['step']} | {h['target_ms']:.3f} | {h['predicted_ms']:.3f} |")
+    lines += ["", "Figures: `widths.png`, `layer_latency.png`.", ""]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def write_plots(out_dir: str, r: dict, table, specs, pruned_model) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names = list(r["widths"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 4))
+    xs = range(len(names))
+    ax.bar(xs, [r["widths"][n]["original"] for n in names], color="0.8", label="original")
+    ax.bar(xs, [r["widths"][n]["kept"] for n in names], color="tab:blue", label="kept")
+    ax.set_xticks(list(xs), names, rotation=90, fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title("kept width per channel group")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(_save(fig, os.path.join(out_dir, "widths.png")))
+    plt.close(fig)
+
+    mods = dict(pruned_model.named_modules())
+    before, after = [], []
+    for s in specs:
+        m = mods[s.name]
+        if s.signature.op == "linear":
+            ci, co = m.in_features // s.signature.in_scale, m.out_features
+        else:
+            ci, co = m.in_channels, m.out_channels
+        before.append(table.layer_ms(s, s.in_channels, s.out_channels))
+        after.append(table.layer_ms(s, ci, co))
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(specs)), 4))
+    xs = range(len(specs))
+    ax.bar(xs, before, color="0.8", label=f"original ({sum(before):.2f} ms)")
+    ax.bar(xs, after, color="tab:orange", label=f"pruned ({sum(after):.2f} ms)")
+    ax.set_xticks(list(xs), [s.name for s in specs], rotation=90, fontsize=7)
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title("per-layer predicted latency (table), before and after")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(_save(fig, os.path.join(out_dir, "layer_latency.png")))
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, path):
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,130 @@
+"""``validate``: speedup of a pruned ONNX model over the original, measured interleaved, and —
+given a latency table — each model's predicted latency next to its measurement."""
+from __future__ import annotations
+
+
+
+from halp_trt.errors import HalpError
+
+
+def _read_onnx(path: str):
+    import onnx
+
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+    except FileNotFoundError:
+        raise HalpError(f"{path} does not exist") from None
+    except Exception as exc:
+        raise HalpError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}"
+                        ) from None
+    return model
+
+
+def predict_onnx_ms(table, model) -> dict:
+    """Table prediction for an ONNX graph: each Conv/Gemm is matched to a signature by its
+    attributes and input size, and looked up at its actual channel counts."""
+    from onnx import numpy_helper, shape_inference
+
+    from halp_trt.layers import Signature
+
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    inits = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    total, missing, matched = 0.0, [], 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        w_shape = inits.get(node.input[1])
+        x_shape = shapes.get(node.input[0])
+        if w_shape is None or not x_shape:
+            missing.append(node.name)
+            continue
+        attrs = {a.name: (list(a.ints) if a.ints else a.i) for a in node.attribute}
+        if node.op_type == "Conv":
+            c_out, c_in_per_group = w_shape[0], w_shape[1]
+            groups = attrs.get("group", 1) or 1
+            c_in = c_in_per_group * groups
+            depthwise = groups > 1 and groups == c_in == c_out
+            k = attrs.get("kernel_shape", list(w_shape[2:]))
+            pads = attrs.get("pads", [0, 0, 0, 0])
+            sig = Signature("dwconv" if depthwise else "conv", tuple(k),
+                            tuple(attrs.get("strides", [1, 1])), (pads[0], pads[1]),
+                            tuple(attrs.get("dilations", [1, 1])), 1 if depthwise else groups,
+                            tuple(x_shape[2:4]))
+        else:
+            trans_b = attrs.get("transB", 0)
+            c_out, in_features = (w_shape[0], w_shape[1]) if trans_b else (w_shape[1], w_shape[0])
+            cands = [s for s in table.signatures.values() if s.signature.op == "linear"]
+            sig = next((s.signature for s in cands
+                        if in_features % s.signature.in_scale == 0 and
+                        in_features // s.signature.in_scale <= s.c_in_max), Signature("linear"))
+            c_in = in_features // sig.in_scale
+        st = table.signatures.get(sig.key)
+        if st is None:
+            missing.append(f"{node.name or node.op_type} ({sig.key})")
+            continue
+        try:
+            total += st.lookup(c_in, c_out)
+            matched += 1
+        except ValueError:
+            missing.append(f"{node.name} ({sig.key} at {c_in}->{c_out})")
+    if missing:
+        raise HalpError(f"the table has no entry for {len(missing)} layer(s) of the graph, e.g. "
+                        f"{missing[:3]}; build a table for this model and input shape")
+    return {"layers_sum_ms": total, "layers": matched}
+
+
+def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu: bool = False,
+                  precision: str = "fp32", rounds: int = 30) -> dict:
+    from halp_trt.backends import backend_for
+    from halp_trt.deploy import compare_onnx
+    from halp_trt.measure import Protocol
+
+    models = {"original": _read_onnx(original), "pruned": _read_onnx(pruned)}
+    backend = backend_for(gpu, precision)
+    cmp = compare_onnx(backend, models["original"].SerializeToString(),
+                       models["pruned"].SerializeToString(), Protocol(rounds=rounds))
+    res = {"original": {"path": original, "measured_ms": cmp.original.estimate(cmp.estimator),
+                        "stats": cmp.original.to_json()},
+           "pruned": {"path": pruned, "measured_ms": cmp.pruned.estimate(cmp.estimator),
+                      "stats": cmp.pruned.to_json()},
+           "speedup_measured": cmp.speedup, "backend": backend.identity(),
+           "noisy": cmp.original.noisy or cmp.pruned.noisy}
+    if table_path:
+        from halp_trt.table import LatencyTable
+
+        table = LatencyTable.load(table_path)
+        table.check_compatible(backend.identity())
+        preds = {k: predict_onnx_ms(table, m) for k, m in models.items()}
+        calib = (table.model_measured_ms / preds["original"]["layers_sum_ms"]
+                 if table.model_measured_ms else 1.0)
+        for k in models:
+            pred = preds[k]["layers_sum_ms"] * calib
+            res[k]["predicted_ms"] = pred
+            res[k]["predicted_over_measured"] = pred / res[k]["measured_ms"]
+        res["speedup_predicted"] = (preds["original"]["layers_sum_ms"] /
+                                    preds["pruned"]["layers_sum_ms"])
+        res["calibration_model_over_layers"] = calib
+    return res
+
+
+def format_validation(res: dict) -> str:
+    lines = [f"{'':10s} {'measured ms':>12s} {'median ms':>10s} {'predicted ms':>13s}"]
+    for k in ("original", "pruned"):
+        r = res[k]
+        pred = f"{r['predicted_ms']:13.3f}" if "predicted_ms" in r else f"{'-':>13s}"
+        lines.append(f"{k:10s} {r['measured_ms']:12.3f} {r['stats']['median_ms']:10.3f} {pred}")
+    lines.append(f"speedup: {res['speedup_measured']:.2f}x measured" +
+                 (f", {res['speedup_predicted']:.2f}x predicted" if "speedup_predicted" in res
+                  else ""))
+    if res["noisy"]:
+        lines.append("warning: noisy measurement (median > 15% above minimum); the machine was "
+                      "busy — re-run on a quiet machine")
+    return "\n".join(lines)
+
+
+
