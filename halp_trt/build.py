@@ -95,18 +95,35 @@ def sweep_points(t: SignatureTable, window: int) -> dict[str, list[tuple[int, in
 
 def plan_axis(max_c: int, step: StepInfo, max_points: int, fixed: Sequence[int] = (),
               prunable: bool = True, multiple_of: int = 1) -> list[int]:
-    """Lattice values along one axis: step ends, thinned evenly when there are too many."""
+    """Lattice values along one axis: step ends; for wide axes every (2^k · step)-th one, so
+    that thinned points stay on cheap, aligned counts, plus the full width."""
     if not prunable:
         return sorted(set(fixed) | {max_c})
-    s = step.step if step.accepted else 1
-    s = max(s, multiple_of)
-    ends = [c for c in range(1, max_c + 1) if (c - step.phase) % s == 0 and c % multiple_of == 0]
-    ends = sorted(set(ends) | {max_c} | set(fixed))
-    if len(ends) <= max_points:
-        return ends
-    stride = math.ceil((len(ends) - 1) / (max_points - 1))
-    picked = set(ends[::-1][::stride]) | {ends[0], max_c} | set(fixed)
-    return sorted(picked)
+    s = max(step.step, multiple_of)
+    stride = s
+    while (max_c - step.phase) // stride + 1 > max_points - 1:
+        stride *= 2
+    first = step.phase + s if step.phase + s <= max_c else max_c
+    pts = {c for c in range(step.phase + stride, max_c + 1, stride) if c % multiple_of == 0}
+    return sorted(pts | {first, max_c} | set(fixed))
+
+
+def consensus_step(tables: dict[str, SignatureTable]) -> StepInfo | None:
+    """The step most of this table's signature axes agree on, when any showed one.
+
+    Small layers time at tens of microseconds, where jumps of a few percent drown in noise;
+    steps come from the runtime's kernels (MLAS NCHWc blocks, tensor-core tiles), so a layer
+    whose own sweep is inconclusive takes the step its larger siblings showed. Erring to the
+    larger step costs only granularity; a too-small step makes predictions optimistic."""
+    votes: dict[tuple[int, int], int] = {}
+    for t in tables.values():
+        for st in (t.step_out, t.step_in):
+            if st.accepted and st.step > 1 and st.source == "own":
+                votes[(st.step, st.phase)] = votes.get((st.step, st.phase), 0) + 1
+    if not votes:
+        return None
+    (step, phase), _ = max(votes.items(), key=lambda kv: kv[1])
+    return StepInfo(step, phase, True, None, None, source="consensus")
 
 
 def _steps_from_sweep(t: SignatureTable, axis: str, window: int) -> StepInfo:
@@ -272,6 +289,16 @@ class TableBuilder:
                 s.step_out = _steps_from_sweep(s, "out", cfg.sweep_window)
             if "in" in pts:
                 s.step_in = _steps_from_sweep(s, "in", cfg.sweep_window)
+        fallback = consensus_step(t.signatures)
+        for axis in ("out", "in"):
+            for s in t.signatures.values():
+                own = s.step_out if axis == "out" else s.step_in
+                if fallback and not own.accepted and (s.out_prunable if axis == "out"
+                                                      else s.in_prunable):
+                    setattr(s, f"step_{axis}", StepInfo(fallback.step, fallback.phase, True,
+                                                        own.residual_ratio, own.jump_to_noise,
+                                                        source="consensus"))
+        for s in t.signatures.values():
             if s.depthwise:
                 s.step_in = s.step_out
             g = s.signature.groups

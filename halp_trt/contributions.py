@@ -96,16 +96,21 @@ def predict_model_ms(layers: Sequence[LayerSpec], widths: Mapping[int, int], mod
 
 def neuron_group_size(group: ChannelGroup, layers: Sequence[LayerSpec], model: LatencyModel,
                       override: int | Mapping[str, int] | None = None) -> int:
-    """Channels bundled into one knapsack item: the latency step of the group's producing layers
-    (the largest, so one item always crosses a step of every producer). ``override`` is an int for
-    every group or a dict keyed by group root module name."""
+    """Channels bundled into one knapsack item: the largest latency step among the layers whose
+    width the group sets — producers' output steps and consumers' input steps — so every kept
+    width is a step end for all of them (ONNX Runtime on AVX2 is much slower at input widths
+    that are not multiples of 8). ``override`` is an int for every group or a dict keyed by
+    group root module name."""
     if isinstance(override, Mapping):
         override = override.get(group.root)
     if override is not None:
         if int(override) < 1:
             raise HalpError(f"neuron group size for {group.root} must be >= 1, got {override}")
         return int(override)
+    consumers = set(group.modules("in"))
     steps = [int(model.step_size(s)[1]) for s in layers if s.out_group == group.id]
+    steps += [int(model.step_size(s)[0]) for s in layers
+              if s.name in consumers and s.out_group != group.id]
     return max([1] + [s for s in steps if s >= 1])
 
 

@@ -155,6 +155,15 @@ class ImportanceAccumulator:
         self.groups = list(groups)
         self.importance = make_importance(importance)
         self._modules = dict(model.named_modules())
+        # every parameter of the groups' modules: a batch whose gradients there are not finite
+        # (fp16 overflow, a diverging step) must not enter the estimate
+        seen, self._params = set(), []
+        for g in self.groups:
+            for m in g.members:
+                for p in self._modules[m.module_name].parameters(recurse=False):
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        self._params.append(p)
         self._offsets = [0]
         for g in self.groups:
             self._offsets.append(self._offsets[-1] + g.size)
@@ -172,11 +181,22 @@ class ImportanceAccumulator:
             parts.append(torch.as_tensor(s, dtype=torch.float64).reshape(-1).cpu())
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
+    def _grads_finite(self) -> bool:
+        peaks = [p.grad.detach().abs().amax() for p in self._params
+                 if p.grad is not None and p.grad.numel()]
+        if not peaks:
+            return True
+        dev = peaks[0].device  # one stack and one sync, not one per parameter
+        return bool(torch.isfinite(torch.stack([x.float().to(dev) for x in peaks])).all())
+
     def accumulate(self) -> bool:
-        """Add this batch's scores (call after ``loss.backward()``). Returns False if skipped."""
+        """Add this batch's scores (call after ``loss.backward()``; with a GradScaler, after
+        ``scaler.unscale_(optimizer)`` so the gradients are not scaled). Returns False if the
+        batch was skipped."""
         with torch.no_grad():
             flat = self._compute()
-        if not bool(torch.isfinite(flat).all()):
+            finite = self._grads_finite() and bool(torch.isfinite(flat).all())
+        if not finite:
             self.skipped += 1
             warnings.warn("halp-trt: skipped a batch in the importance estimate: its gradients "
                           "contain NaN or infinity", RuntimeWarning, stacklevel=2)

@@ -8,6 +8,7 @@ missed the 8-channel steps; interleaved minimum over 15 rounds gave ~1% and foun
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Callable, Hashable, Mapping, Sequence
@@ -63,10 +64,15 @@ class Protocol:
     estimator: str = "min"
     batch_size: int = 48  # configurations whose sessions/engines are alive together
     seed: int = 0
+    # A timed sample is the mean of enough back-to-back runs to last this long: a 15 µs conv
+    # timed once is mostly timer and call overhead.
+    min_sample_ms: float = 0.3
 
     def __post_init__(self):
         if self.rounds < 1 or self.timed_runs_per_round < 1 or self.batch_size < 1:
             raise ValueError("rounds, timed_runs_per_round and batch_size must be >= 1")
+        if self.min_sample_ms < 0:
+            raise ValueError("min_sample_ms must be >= 0")
         if self.estimator not in ("min", "p25", "median"):
             raise ValueError(f"estimator must be min, p25 or median, not {self.estimator!r}")
 
@@ -86,11 +92,13 @@ def measure_interleaved(backend, graphs: Mapping[Hashable, Callable[[], bytes] |
     ``on_round`` is called after each round with the number of configurations it timed.
     """
     keys = list(graphs)
-    handles = {}
+    handles, repeats = {}, {}
     try:
         for k in keys:
             g = graphs[k]
             handles[k] = backend.prepare(g() if callable(g) else g, label=str(k))
+            one_ms = min(backend.time_runs(handles[k], 3))
+            repeats[k] = max(1, min(1000, math.ceil(protocol.min_sample_ms / max(one_ms, 1e-4))))
         samples: dict[Hashable, list[float]] = {k: [] for k in keys}
         rng = random.Random(protocol.seed)
         for _ in range(protocol.rounds):
@@ -99,7 +107,9 @@ def measure_interleaved(backend, graphs: Mapping[Hashable, Callable[[], bytes] |
             for k in order:
                 if protocol.untimed_runs_per_round:
                     backend.time_runs(handles[k], protocol.untimed_runs_per_round)
-                samples[k].extend(backend.time_runs(handles[k], protocol.timed_runs_per_round))
+                for _ in range(protocol.timed_runs_per_round):
+                    runs = backend.time_runs(handles[k], repeats[k])
+                    samples[k].append(sum(runs) / len(runs))
             if on_round:
                 on_round(len(keys))
     finally:

@@ -474,6 +474,24 @@ class HALPPruner:
         self.history.append(record)
         return record
 
+    # ---- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Masks, step counter and history: tensors and plain containers only, so a checkpoint
+        loads with ``torch.load(..., weights_only=True)``. Importance accumulated since the last
+        pruning step is not kept: a resumed run re-accumulates it."""
+        return {"masks": self.masks, "calls": self.calls,
+                "history": [r.to_json() for r in self.history]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        try:
+            self.set_masks(state["masks"])
+            self.calls = int(state["calls"])
+            self.history = [StepRecord(**r) for r in state["history"]]
+        except (KeyError, TypeError) as exc:
+            raise HalpError(f"the pruner checkpoint is not usable ({exc}); delete it to start "
+                            "pruning over") from None
+        self.accumulator.reset()
+
     # ---- end of pruning -------------------------------------------------------------------
     def finalize(self) -> nn.Module:
         """Remove masked channels physically and return the (same, now smaller) model.

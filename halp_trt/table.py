@@ -51,6 +51,7 @@ class StepInfo:
     accepted: bool = False
     residual_ratio: float | None = None
     jump_to_noise: float | None = None
+    source: str = "own"  # "own": this signature's sweep; "consensus": the table's other layers
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

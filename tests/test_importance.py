@@ -204,6 +204,13 @@ def test_nan_batch_is_skipped_with_warning():
     for a, b in zip(first, acc.scores()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
+    # a NaN that Taylor's BN terms do not read still marks the batch as bad
+    _backward(model, 4)
+    model.conv2.weight.grad[0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning):
+        assert acc.accumulate() is False
+    assert acc.count == 1 and acc.skipped == 2
+
     _backward(model, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
