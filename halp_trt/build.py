@@ -26,7 +26,7 @@ from halp_trt.errors import HalpError
 from halp_trt.groups import find_channel_groups
 from halp_trt.layer_graphs import layer_onnx
 from halp_trt.layers import LayerSpec, list_layers
-from halp_trt.measure import Protocol, Stats, measure_interleaved
+from halp_trt.measure import Protocol, Stats, measure_interleaved, model_protocol
 from halp_trt.steps import detect_step, suffix_min
 from halp_trt.table import (LatencyTable, SignatureTable, StepInfo, round_up, now_iso,
                             write_json_atomic)
@@ -341,7 +341,7 @@ class TableBuilder:
             return None
         onnx_bytes = export_onnx(self.model, torch.randn(*self.input_shape))
         stats = measure_interleaved(self.backend, {"model": onnx_bytes},
-                                    self.config.protocol)
+                                    model_protocol(self.config.protocol.rounds))
         return stats["model"]
 
     def validate(self, n: int) -> dict:

@@ -141,6 +141,9 @@ def inspect_cmd(table_path, pattern, out_dir):
               help="Latency contribution rule (one_sided is the paper's).")
 @click.option("--importance", type=click.Choice(["taylor", "magnitude"]), default="taylor",
               show_default=True)
+@click.option("--calibration", type=click.Choice(["affine", "additive", "ratio"]),
+              default="affine",
+              show_default=True, help="How the rest of the model (outside the table) scales.")
 @click.option("--gpu", is_flag=True, help="Deploy with TensorRT (needs halp-trt[trt]).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
               show_default=True)

@@ -11,7 +11,7 @@ import torch
 
 from halp_trt.errors import HalpError
 from halp_trt.export import export_onnx
-from halp_trt.measure import Protocol, Stats, measure_interleaved
+from halp_trt.measure import Protocol, Stats, measure_interleaved, model_protocol
 
 
 @dataclass
@@ -56,7 +56,7 @@ def check_outputs(backend, onnx_bytes: bytes, model: torch.nn.Module,
 def measure_models(backend, onnx_by_name: dict[str, bytes], protocol: Protocol | None = None
                    ) -> dict[str, Stats]:
     """Interleaved measurement of whole models (e.g. original and pruned)."""
-    return measure_interleaved(backend, onnx_by_name, protocol or Protocol(rounds=30))
+    return measure_interleaved(backend, onnx_by_name, protocol or model_protocol(30))
 
 
 @dataclass

@@ -8,10 +8,9 @@
 4. measure original and pruned interleaved; predicted vs measured;
 5. write report.json / report.md / model.onnx / pruning.json / weights / PNGs into ``out``.
 
-The latency target is a fraction of the *measured* original (or ms). Predictions of whole-model
-latency scale the table's per-layer sum by the measured whole model's ratio to it ("ratio"
-calibration): the part of a model the table does not hold (pooling, adds, layout conversions)
-shrinks with the widths too. Ctrl-C leaves ``out/checkpoint.pt``; the same command resumes.
+The latency target is a fraction of the *measured* original (or ms). Whole-model predictions
+are the table's per-layer sum plus the part of the original the table does not hold, measured
+once (``halp_trt.calibration``). Ctrl-C leaves ``out/checkpoint.pt``; the same command resumes.
 """
 from __future__ import annotations
 
@@ -48,6 +47,7 @@ class DeployConfig:
     lr: float = 0.01
     contribution: str = "two_sided"
     importance: str = "taylor"
+    calibration: str = "affine"
     gpu: bool = False
     precision: str = "fp32"
     rounds: int = 30  # interleaved rounds when measuring whole models
@@ -172,10 +172,12 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     from halp_trt.backends import backend_for
     from halp_trt.data import check_sample, load_data, make_loader
     from halp_trt.deploy import check_outputs, compare_onnx
+    from halp_trt.calibration import Calibration
     from halp_trt.export import export_onnx
+    from halp_trt.feedback import FeedbackPoint, LatencyFeedback
     from halp_trt.groups import find_channel_groups
     from halp_trt.layers import list_layers
-    from halp_trt.measure import Protocol
+    from halp_trt.measure import measure_interleaved, model_protocol
     from halp_trt.models import create_model
     from halp_trt.pruner import HALPConfig, HALPPruner
     from halp_trt.result import PruningResult, apply_result
@@ -261,14 +263,29 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     specs = list_layers(original_model, example, groups)
     table, table_path = resolve_table(cfg, original_model, specs, backend, log)
     layers_full_ms = table.layers_sum_ms(specs)
-    table_model_ms = table.model_measured_ms or layers_full_ms
-    calibration = table_model_ms / layers_full_ms
-
-    # measured targets -> the table's layer-sum scale (ratio calibration)
-    if cfg.target_fraction is not None:
-        pruner_target = cfg.target_fraction
-    else:
-        pruner_target = f"{cfg.target_ms / calibration}ms"
+    if "calibration" not in state:
+        factor = min(0.9, max(0.25, math.sqrt(cfg.target_fraction or 0.5)))
+        slim, slim_layers_ms = slimmed_copy(original_model, example, table, factor)
+        log(f"measuring the original and a {factor:.2f}-width copy on "
+            f"{backend.identity().get('runtime')} ({cfg.rounds} interleaved rounds) to "
+            "calibrate whole-model predictions")
+        stats = measure_interleaved(backend, {"original": export_onnx(original_model, example),
+                                              "slim": export_onnx(slim, example)},
+                                    model_protocol(cfg.rounds))
+        checkpoint(original_ms=stats["original"].estimate("min"), calibration={
+            "layers_full_ms": layers_full_ms, "model_full_ms": stats["original"].estimate("min"),
+            "layers_slim_ms": slim_layers_ms, "model_slim_ms": stats["slim"].estimate("min")})
+    c = state["calibration"]
+    calib = Calibration(cfg.calibration, c["layers_full_ms"], c["model_full_ms"],
+                        c["layers_slim_ms"], c["model_slim_ms"])
+    target_ms = (cfg.target_fraction * state["original_ms"] if cfg.target_fraction is not None
+                 else cfg.target_ms)
+    layers_target_ms = calib.layers_ms(target_ms)
+    if layers_target_ms <= 0:
+        raise HalpError(f"target {target_ms:.3f} ms is infeasible: the part of the model the "
+                        f"table does not hold alone takes {target_ms - layers_target_ms:.3f} ms "
+                        f"(original {state['original_ms']:.3f} ms measured)")
+    pruner_target = f"{layers_target_ms}ms"
     hcfg = HALPConfig(target=pruner_target, steps=cfg.steps, interval=cfg.interval,
                       contribution=cfg.contribution, importance=cfg.importance)
 
@@ -281,19 +298,29 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
             pruner.load_state_dict(state["pruner"])
         opt = make_opt(model.parameters())
         pruner.attach_optimizer(opt)
-        log(f"pruning to {pruner.final_target_ms * calibration:.3f} ms predicted "
-            f"(full {pruner.full_ms * calibration:.3f} ms) in {cfg.steps} steps every "
-            f"{cfg.interval} batches")
+        final_ratio = target_ms / state["original_ms"]
+        feedback = LatencyFeedback(
+            pruner, lambda: apply_result(create_model(cfg.model, data.num_classes), example,
+                                         pruner.result()).eval(),
+            lambda net: export_onnx(net, example), backend,
+            export_onnx(original_model, example), final_ratio, model_protocol(cfg.rounds),
+            log=log, broadcast=_broadcast if world > 1 else None)
+        feedback.points = [FeedbackPoint(**p) for p in state.get("feedback", [])]
+        log(f"pruning to {final_ratio:.3f} of the original's latency "
+            f"({target_ms:.3f} ms of {state['original_ms']:.3f} ms measured) in {cfg.steps} "
+            f"steps every {cfg.interval} batches, measuring after each step")
 
         def save_pruning(_epoch=None):
-            checkpoint(phase="pruning", model=model.state_dict(), pruner=pruner.state_dict())
+            checkpoint(phase="pruning", model=model.state_dict(), pruner=pruner.state_dict(),
+                       feedback=feedback.to_json())
 
         try:
-            run_epochs(model, opt, 0, "prune", pruner=pruner, until=lambda: pruner.done,
+            run_epochs(model, opt, 0, "prune", pruner=feedback, until=lambda: feedback.done,
                        on_epoch=save_pruning)
         except KeyboardInterrupt:
             save_pruning()
             raise
+        state["feedback"] = feedback.to_json()
         result = pruner.result()
         pruned_model = pruner.finalize()
         if is_main:
@@ -329,11 +356,11 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
 
     # 4. measure both interleaved
     log(f"measuring original and pruned interleaved ({cfg.rounds} rounds)")
-    cmp = compare_onnx(backend, original_onnx, pruned_onnx, Protocol(rounds=cfg.rounds))
+    cmp = compare_onnx(backend, original_onnx, pruned_onnx, model_protocol(cfg.rounds))
     pruned_layers_ms = _pruned_layers_ms(table, specs, pruned_model, example)
-    report = _report(cfg, table, table_path, backend, calibration, layers_full_ms,
+    report = _report(cfg, table, table_path, backend, calib, layers_full_ms,
                      pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
-                     time.perf_counter() - t_start)
+                     time.perf_counter() - t_start, state.get("feedback", []))
     _write_outputs(cfg, report, pruned_onnx, pruned_model, result, table, specs, example)
     log(f"speedup {report['speedup_measured']:.2f}x measured (target ratio {cfg.target}), "
         f"accuracy {acc_original:.4f} -> {acc_pruned:.4f}; report in "
@@ -341,6 +368,34 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)
     return report
+
+
+def _broadcast(value):
+    """Rank 0's value on every rank (measurements differ per rank; decisions must not)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def slimmed_copy(model, example, table, width_factor: float):
+    """A copy of ``model`` with every prunable group cut to ``width_factor`` of its width
+    (whole neuron groups), and its table layer sum — a second calibration point."""
+    import copy
+
+    from halp_trt.pruner import HALPConfig, HALPPruner
+
+    net = copy.deepcopy(model)
+    pr = HALPPruner(net, example, table, HALPConfig(target=0.999, steps=1, interval=1))
+    masks = {}
+    for g in pr.prunable:
+        step = pr.group_sizes[g.id]
+        k = min(g.size, max(step, int(round(g.size * width_factor / step)) * step))
+        masks[g.root] = torch.arange(g.size) < k
+    pr.set_masks(masks)
+    layers_ms = pr.predict_ms()
+    return pr.finalize().eval(), layers_ms
 
 
 def _pruned_layers_ms(table, specs, pruned_model, example) -> dict[str, float]:
@@ -357,12 +412,12 @@ def _pruned_layers_ms(table, specs, pruned_model, example) -> dict[str, float]:
     return out
 
 
-def _report(cfg, table, table_path, backend, calibration, layers_full_ms, pruned_layers_ms,
-            cmp, check, acc_original, acc_pruned, result, wall_s) -> dict:
+def _report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layers_ms,
+            cmp, check, acc_original, acc_pruned, result, wall_s, feedback_points) -> dict:
     est = cmp.estimator
     orig_ms, pruned_ms = cmp.original.estimate(est), cmp.pruned.estimate(est)
-    pred_orig = layers_full_ms * calibration
-    pred_pruned = sum(pruned_layers_ms.values()) * calibration
+    pred_orig = calib.model_ms(layers_full_ms)
+    pred_pruned = calib.model_ms(sum(pruned_layers_ms.values()))
     ident = backend.identity()
     verified = ("measured on this machine with ONNX Runtime" if ident.get("backend") ==
                 "onnxruntime" else "TensorRT path: written from the API and contract-tested; "
@@ -387,11 +442,12 @@ def _report(cfg, table, table_path, backend, calibration, layers_full_ms, pruned
                      "drop": acc_original - acc_pruned},
         "backend": {**ident, "verified": verified},
         "table": {"path": table_path, "identity": table.identity,
-                  "calibration_model_over_layers": calibration},
+                  "calibration": calib.to_json()},
         "noisy_measurement": cmp.original.noisy or cmp.pruned.noisy,
         "widths": {k: {"original": result.original_widths[k], "kept": len(v)}
                    for k, v in result.kept.items()},
         "pruning_history": result.history,
+        "feedback": feedback_points,
         "config": {k: v for k, v in asdict(cfg).items()},
         "wall_s": wall_s,
     }

@@ -329,7 +329,17 @@ class HALPPruner:
 
     @property
     def done(self) -> bool:
-        return len(self.history) >= self.config.steps
+        return len(self.history) >= len(self.targets_ms)
+
+    def retarget(self, remaining_targets_ms: Sequence[float]) -> None:
+        """Replace the targets of the steps not yet taken (e.g. after measuring the masked
+        model on the runtime); more targets than steps left add steps. Targets below the
+        table's minimum are raised to it."""
+        if not remaining_targets_ms:
+            raise HalpError("retarget needs at least one target")
+        done = len(self.history)
+        self.targets_ms = self.targets_ms[:done] + [max(float(t), self.min_ms)
+                                                    for t in remaining_targets_ms]
 
     def predict_ms(self, widths: Mapping[int, int] | None = None) -> float:
         return predict_model_ms(self.layers, self.widths if widths is None else widths,
@@ -404,7 +414,7 @@ class HALPPruner:
     def prune_step(self) -> StepRecord:
         """One pruning step now, at the next scheduled target."""
         if self.done:
-            raise HalpError(f"all {self.config.steps} pruning steps are done")
+            raise HalpError(f"all {len(self.targets_ms)} pruning steps are done")
         t = len(self.history) + 1
         target_ms = self.targets_ms[t - 1]
         scores = self.accumulator.scores()
@@ -479,7 +489,7 @@ class HALPPruner:
         """Masks, step counter and history: tensors and plain containers only, so a checkpoint
         loads with ``torch.load(..., weights_only=True)``. Importance accumulated since the last
         pruning step is not kept: a resumed run re-accumulates it."""
-        return {"masks": self.masks, "calls": self.calls,
+        return {"masks": self.masks, "calls": self.calls, "targets_ms": list(self.targets_ms),
                 "history": [r.to_json() for r in self.history]}
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -487,6 +497,7 @@ class HALPPruner:
             self.set_masks(state["masks"])
             self.calls = int(state["calls"])
             self.history = [StepRecord(**r) for r in state["history"]]
+            self.targets_ms = [float(t) for t in state.get("targets_ms", self.targets_ms)]
         except (KeyError, TypeError) as exc:
             raise HalpError(f"the pruner checkpoint is not usable ({exc}); delete it to start "
                             "pruning over") from None

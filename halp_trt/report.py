@@ -30,8 +30,9 @@ def write_markdown(path: str, r: dict) -> None:
         "predicted.",
         f"- Pruned ONNX vs PyTorch on {r['numeric_check']['n_inputs']} real inputs: max abs diff "
         f"{r['max_abs_diff']:.2e} (tolerance {r['numeric_check']['tolerance']:.1e}).",
-        f"- Table: `{r['table']['path']}`; whole model / layer sum = "
-        f"{r['table']['calibration_model_over_layers']:.3f} (used to calibrate predictions).",
+        f"- Table: `{r['table']['path']}`. Predictions = {r['table']['calibration']['slope']:.3f}"
+        f" × table's layer sum + {r['table']['calibration']['intercept_ms']:.3f} ms "
+        f"({r['table']['calibration']['kind']} calibration on measured whole models).",
     ]
     if r.get("noisy_measurement"):
         lines.append("- **Warning:** the latency measurements were noisy (median > 15% above "
@@ -43,6 +44,13 @@ def write_markdown(path: str, r: dict) -> None:
               "|---|---|---|"]
     for h in r["pruning_history"]:
         lines.append(f"| {h['step']} | {h['target_ms']:.3f} | {h['predicted_ms']:.3f} |")
+    if r.get("feedback"):
+        lines += ["", "## Measured after each step (interleaved with the original)", "",
+                  "| step | scheduled ratio | measured ratio | table layer-sum ratio |",
+                  "|---|---|---|---|"]
+        for f in r["feedback"]:
+            lines.append(f"| {f['step']} | {f['target_ratio']:.3f} | {f['measured_ratio']:.3f} "
+                         f"| {f['layers_ratio']:.3f} |")
     lines += ["", "Figures: `widths.png`, `layer_latency.png`.", ""]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -82,10 +82,10 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, prun
             scheduler.step()
         if pruner is not None:
             pruner.step()
-        total += float(loss)
+        total += loss.item()
         n += 1
         if on_batch:
-            on_batch(float(loss))
+            on_batch(loss.item())
     return total / max(n, 1)
 
 

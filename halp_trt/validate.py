@@ -82,12 +82,12 @@ def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu
                   precision: str = "fp32", rounds: int = 30) -> dict:
     from halp_trt.backends import backend_for
     from halp_trt.deploy import compare_onnx
-    from halp_trt.measure import Protocol
+    from halp_trt.measure import model_protocol
 
     models = {"original": _read_onnx(original), "pruned": _read_onnx(pruned)}
     backend = backend_for(gpu, precision)
     cmp = compare_onnx(backend, models["original"].SerializeToString(),
-                       models["pruned"].SerializeToString(), Protocol(rounds=rounds))
+                       models["pruned"].SerializeToString(), model_protocol(rounds))
     res = {"original": {"path": original, "measured_ms": cmp.original.estimate(cmp.estimator),
                         "stats": cmp.original.to_json()},
            "pruned": {"path": pruned, "measured_ms": cmp.pruned.estimate(cmp.estimator),
@@ -95,20 +95,21 @@ def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu
            "speedup_measured": cmp.speedup, "backend": backend.identity(),
            "noisy": cmp.original.noisy or cmp.pruned.noisy}
     if table_path:
+        from halp_trt.calibration import Calibration
         from halp_trt.table import LatencyTable
 
         table = LatencyTable.load(table_path)
         table.check_compatible(backend.identity())
         preds = {k: predict_onnx_ms(table, m) for k, m in models.items()}
-        calib = (table.model_measured_ms / preds["original"]["layers_sum_ms"]
-                 if table.model_measured_ms else 1.0)
+        # the table's own whole-model measurement calibrates the rest of the model
+        calib = Calibration("additive", preds["original"]["layers_sum_ms"],
+                            table.model_measured_ms or preds["original"]["layers_sum_ms"])
         for k in models:
-            pred = preds[k]["layers_sum_ms"] * calib
+            pred = calib.model_ms(preds[k]["layers_sum_ms"])
             res[k]["predicted_ms"] = pred
             res[k]["predicted_over_measured"] = pred / res[k]["measured_ms"]
-        res["speedup_predicted"] = (preds["original"]["layers_sum_ms"] /
-                                    preds["pruned"]["layers_sum_ms"])
-        res["calibration_model_over_layers"] = calib
+        res["speedup_predicted"] = res["original"]["predicted_ms"] / res["pruned"]["predicted_ms"]
+        res["calibration"] = calib.to_json()
     return res
 
 

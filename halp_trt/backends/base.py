@@ -41,6 +41,10 @@ class Backend(abc.ABC):
     def infer(self, handle: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run once on the given host inputs and return host outputs (numerical checks)."""
 
+    def flush_cache(self) -> None:
+        """Evict the device's caches so the next run reads its weights cold, as it would inside
+        a whole model. Backends without a way to do this leave it a no-op."""
+
     def release(self, handle: Any) -> None:
         """Free the handle's resources."""
 

@@ -1,0 +1,65 @@
+"""From the table's per-layer sum to the whole model's latency.
+
+The sum of isolated layers is not the model's latency (measured here: 0.74–0.82 of resnet18 at
+64x64, 1.04 of resnet50 at 224): the table lacks pooling, adds and per-call overheads, and
+isolated layers pay layout conversions that a whole graph pays once. Part of that rest is fixed,
+part shrinks with the widths. Measured on resnet18 at 64x64 (ORT CPU): assuming it fixed
+(``additive``) or proportional (``ratio``) missed a pruned model's latency by 10–40% depending
+on how deep the pruning went.
+
+``affine`` (default) measures two whole models — the original and a uniformly slimmed copy near
+the target — interleaved, and fits model = a · layer sum + b through both points. ``additive``
+and ``ratio`` need only the original and are kept for comparison.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from halp_trt.errors import HalpError
+
+KINDS = ("affine", "additive", "ratio")
+
+
+@dataclass
+class Calibration:
+    kind: str
+    layers_full_ms: float  # Σ table entries of the original model
+    model_full_ms: float  # the original, measured whole
+    layers_slim_ms: float | None = None  # the slimmed calibration model (affine only)
+    model_slim_ms: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise HalpError(f"calibration must be one of {KINDS}, got {self.kind!r}")
+        if not (self.layers_full_ms > 0 and self.model_full_ms > 0):
+            raise HalpError("calibration needs positive full-model latencies")
+        if self.kind == "affine" and (self.layers_slim_ms is None or self.model_slim_ms is None
+                                      or self.layers_slim_ms >= self.layers_full_ms):
+            raise HalpError("affine calibration needs a slimmed model with a smaller layer sum")
+
+    @property
+    def slope_intercept(self) -> tuple[float, float]:
+        if self.kind == "additive":
+            return 1.0, self.model_full_ms - self.layers_full_ms
+        if self.kind == "ratio":
+            return self.model_full_ms / self.layers_full_ms, 0.0
+        a = ((self.model_full_ms - self.model_slim_ms) /
+             (self.layers_full_ms - self.layers_slim_ms))
+        if a <= 0:  # measurement noise larger than the change: fall back to one point
+            return self.model_full_ms / self.layers_full_ms, 0.0
+        return a, self.model_full_ms - a * self.layers_full_ms
+
+    def model_ms(self, layers_ms: float) -> float:
+        """Predicted whole-model latency for a given per-layer sum."""
+        a, b = self.slope_intercept
+        return a * layers_ms + b
+
+    def layers_ms(self, model_ms: float) -> float:
+        """The per-layer sum that predicts ``model_ms`` (the knapsack's target)."""
+        a, b = self.slope_intercept
+        return (model_ms - b) / a
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["slope"], d["intercept_ms"] = self.slope_intercept
+        return d
