@@ -272,9 +272,11 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
         stats = measure_interleaved(backend, {"original": export_onnx(original_model, example),
                                               "slim": export_onnx(slim, example)},
                                     model_protocol(cfg.rounds))
-        checkpoint(original_ms=stats["original"].estimate("min"), calibration={
-            "layers_full_ms": layers_full_ms, "model_full_ms": stats["original"].estimate("min"),
-            "layers_slim_ms": slim_layers_ms, "model_slim_ms": stats["slim"].estimate("min")})
+        cal = {"layers_full_ms": layers_full_ms, "model_full_ms": stats["original"].estimate("min"),
+               "layers_slim_ms": slim_layers_ms, "model_slim_ms": stats["slim"].estimate("min")}
+        if world > 1:  # every rank must prune to the same targets
+            cal = _broadcast(cal)
+        checkpoint(original_ms=cal["model_full_ms"], calibration=cal)
     c = state["calibration"]
     calib = Calibration(cfg.calibration, c["layers_full_ms"], c["model_full_ms"],
                         c["layers_slim_ms"], c["model_slim_ms"])
@@ -321,16 +323,19 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
             save_pruning()
             raise
         state["feedback"] = feedback.to_json()
+        if world > 1:
+            _check_same_on_all_ranks(pruner.result().kept)
         result = pruner.result()
         pruned_model = pruner.finalize()
         if is_main:
             result.save(result_path)
         checkpoint(phase="pruned", pruned=pruned_model.state_dict(), finetune_epochs_done=0,
-                   history=[r.to_json() for r in pruner.history])
-    result = PruningResult.load(result_path)
-    pruned_model = apply_result(create_model(cfg.model, data.num_classes), example, result)
-    pruned_model.load_state_dict(state.get("model") if state["phase"] == "finetune"
-                                 else state["pruned"])
+                   result=result.to_json())
+    else:  # resuming after pruning: rebuild the pruned architecture from its decisions
+        result = PruningResult.from_json(state["result"], source=ckpt_path)
+        pruned_model = apply_result(create_model(cfg.model, data.num_classes), example, result)
+        pruned_model.load_state_dict(state["model"] if state["phase"] == "finetune"
+                                     else state["pruned"])
 
     # 2b. fine-tune the pruned model
     done_epochs = state.get("finetune_epochs_done", 0)
@@ -361,7 +366,7 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     report = _report(cfg, table, table_path, backend, calib, layers_full_ms,
                      pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
                      time.perf_counter() - t_start, state.get("feedback", []))
-    _write_outputs(cfg, report, pruned_onnx, pruned_model, result, table, specs, example)
+    _write_outputs(cfg, report, pruned_onnx, pruned_model, table, specs, pruned_layers_ms)
     log(f"speedup {report['speedup_measured']:.2f}x measured (target ratio {cfg.target}), "
         f"accuracy {acc_original:.4f} -> {acc_pruned:.4f}; report in "
         f"{os.path.join(cfg.out, 'report.md')}")
@@ -377,6 +382,18 @@ def _broadcast(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _check_same_on_all_ranks(kept: dict) -> None:
+    """DDP: every rank must have made the same pruning decisions (all-reduced importance,
+    broadcast measurements); a mismatch would silently desynchronize the replicas."""
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, kept)
+    if any(p != parts[0] for p in parts[1:]):
+        raise HalpError("ranks made different pruning decisions; this is a bug in halp-trt's "
+                        "distributed synchronization — please report it")
 
 
 def slimmed_copy(model, example, table, width_factor: float):
@@ -453,7 +470,7 @@ def _report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layer
     }
 
 
-def _write_outputs(cfg, report, pruned_onnx, pruned_model, result, table, specs, example):
+def _write_outputs(cfg, report, pruned_onnx, pruned_model, table, specs, pruned_layers_ms):
     from halp_trt.report import write_markdown, write_plots
     from halp_trt.table import write_json_atomic
 
@@ -462,7 +479,7 @@ def _write_outputs(cfg, report, pruned_onnx, pruned_model, result, table, specs,
     tmp = os.path.join(out, ".weights.tmp")
     torch.save(pruned_model.state_dict(), tmp)
     os.replace(tmp, os.path.join(out, "pruned_weights.pt"))
-    write_plots(out, report, table, specs, pruned_model)
+    write_plots(out, report, table, specs, pruned_layers_ms)
     write_markdown(os.path.join(out, "report.md"), report)
     write_json_atomic(os.path.join(out, "report.json"), report)
 

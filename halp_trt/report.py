@@ -58,7 +58,7 @@ def write_markdown(path: str, r: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_plots(out_dir: str, r: dict, table, specs, pruned_model) -> list[str]:
+def write_plots(out_dir: str, r: dict, table, specs, pruned_layers_ms: dict) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,16 +78,8 @@ def write_plots(out_dir: str, r: dict, table, specs, pruned_model) -> list[str]:
     paths.append(_save(fig, os.path.join(out_dir, "widths.png")))
     plt.close(fig)
 
-    mods = dict(pruned_model.named_modules())
-    before, after = [], []
-    for s in specs:
-        m = mods[s.name]
-        if s.signature.op == "linear":
-            ci, co = m.in_features // s.signature.in_scale, m.out_features
-        else:
-            ci, co = m.in_channels, m.out_channels
-        before.append(table.layer_ms(s, s.in_channels, s.out_channels))
-        after.append(table.layer_ms(s, ci, co))
+    before = [table.layer_ms(s, s.in_channels, s.out_channels) for s in specs]
+    after = [pruned_layers_ms[s.name] for s in specs]
     fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(specs)), 4))
     xs = range(len(specs))
     ax.bar(xs, before, color="0.8", label=f"original ({sum(before):.2f} ms)")
