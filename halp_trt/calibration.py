@@ -43,10 +43,12 @@ class Calibration:
             return 1.0, self.model_full_ms - self.layers_full_ms
         if self.kind == "ratio":
             return self.model_full_ms / self.layers_full_ms, 0.0
+        proportional = self.model_full_ms / self.layers_full_ms
         a = ((self.model_full_ms - self.model_slim_ms) /
              (self.layers_full_ms - self.layers_slim_ms))
-        if a <= 0:  # measurement noise larger than the change: fall back to one point
-            return self.model_full_ms / self.layers_full_ms, 0.0
+        # On tiny models the two measurements differ by little more than their noise; keep the
+        # slope within a factor 2 of proportional so one noisy point cannot make targets absurd.
+        a = min(max(a, 0.5 * proportional), 2.0 * proportional)
         return a, self.model_full_ms - a * self.layers_full_ms
 
     def model_ms(self, layers_ms: float) -> float:

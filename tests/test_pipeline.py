@@ -35,7 +35,7 @@ def tiny_table(tmp_path_factory):
 
 
 def toy_config(out, table, **kw):
-    base = dict(out=str(out), model=MODEL, input_size=16, table=table, target="0.6", steps=2,
+    base = dict(out=str(out), model=MODEL, input_size=16, table=table, target="0.85", steps=2,
                 interval=2, epochs=1, pretrain_epochs=1, rounds=5, max_batches=4,
                 progress=False, train_batch_size=32)
     base.update(kw)
@@ -157,7 +157,7 @@ def test_ddp_two_gloo_processes(tmp_path, tiny_table):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", "29531", "-m", "halp_trt.cli", "prune-and-deploy", "--out", str(out),
-           "--model", MODEL, "--input-size", "16", "--table", tiny_table, "--target", "0.6",
+           "--model", MODEL, "--input-size", "16", "--table", tiny_table, "--target", "0.85",
            "--steps", "2", "--interval", "2", "--epochs", "1", "--pretrain-epochs", "1",
            "--rounds", "3", "--max-batches", "3", "--train-batch-size", "32"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
