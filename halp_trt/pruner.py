@@ -50,7 +50,8 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CROSS_CHANNEL = (nn.GroupNorm, nn.LayerNorm)
 # Attempts at tightening the budget when the true prediction exceeds the knapsack's estimate
 # (two-sided linearisation, or a non-monotone table).
-_REPAIR_ATTEMPTS = 8
+_REPAIR_ATTEMPTS = 12
+_RELINEARIZE = 4  # of those, re-linearisations of the two-sided costs around the trial
 
 
 @dataclass
@@ -455,9 +456,19 @@ class HALPPruner:
                 if predicted <= target_ms:
                     chosen, used, rule_used = trial, sol, rule
                     break
-                # The knapsack's estimate was optimistic: tighten by the overshoot, solve again.
-                budget_ms -= (predicted - target_ms) + self.config.resolution_ms
                 repairs += 1
+                if rule == "two_sided" and repairs <= _RELINEARIZE:
+                    # The linearisation around the current widths misses the cross terms of
+                    # groups shrinking together (conv cost ~ c_in·c_out): re-linearise around
+                    # the trial widths, where the solution will be, and solve again.
+                    oc = option_costs(rule, self.layers, self.groups, trial, self.latency_model,
+                                      options)
+                    knap = [KnapsackGroup(g.root, counts, values, oc.costs_ms[g.id])
+                            for g, counts, values in kgroups]
+                    budget_ms = target_ms - oc.constant_ms
+                else:
+                    # The estimate is still optimistic: tighten by the overshoot, solve again.
+                    budget_ms -= (predicted - target_ms) + self.config.resolution_ms
             if chosen is not None:
                 break
         if chosen is None:
