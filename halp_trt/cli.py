@@ -152,6 +152,8 @@ def inspect_cmd(table_path, pattern, out_dir):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-table-mismatch", is_flag=True,
               help="Use a table measured on another device/runtime/precision/batch anyway.")
+@click.option("--exclude", multiple=True,
+              help="Module whose output channels must not change (repeatable).")
 @click.option("--max-batches", type=int, default=None, hidden=True)
 @_friendly
 def prune_and_deploy_cmd(out_dir, **options):

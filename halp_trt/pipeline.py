@@ -53,6 +53,7 @@ class DeployConfig:
     rounds: int = 30  # interleaved rounds when measuring whole models
     seed: int = 0
     allow_table_mismatch: bool = False
+    exclude: tuple = ()  # modules whose output channels must not change
     max_batches: int | None = None  # cap batches per epoch (tests, smoke runs)
     progress: bool = True
 
@@ -289,7 +290,8 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
                         f"(original {state['original_ms']:.3f} ms measured)")
     pruner_target = f"{layers_target_ms}ms"
     hcfg = HALPConfig(target=pruner_target, steps=cfg.steps, interval=cfg.interval,
-                      contribution=cfg.contribution, importance=cfg.importance)
+                      contribution=cfg.contribution, importance=cfg.importance,
+                      exclude=tuple(cfg.exclude))
 
     # 2. prune during fine-tuning
     result_path = os.path.join(cfg.out, "pruning.json")
@@ -366,6 +368,7 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     report = _report(cfg, table, table_path, backend, calib, layers_full_ms,
                      pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
                      time.perf_counter() - t_start, state.get("feedback", []))
+    _atomic_bytes(os.path.join(cfg.out, "original.onnx"), original_onnx)
     _write_outputs(cfg, report, pruned_onnx, pruned_model, table, specs, pruned_layers_ms)
     log(f"speedup {report['speedup_measured']:.2f}x measured (target ratio {cfg.target}), "
         f"accuracy {acc_original:.4f} -> {acc_pruned:.4f}; report in "

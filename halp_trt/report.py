@@ -51,7 +51,8 @@ def write_markdown(path: str, r: dict) -> None:
         for f in r["feedback"]:
             lines.append(f"| {f['step']} | {f['target_ratio']:.3f} | {f['measured_ratio']:.3f} "
                          f"| {f['layers_ratio']:.3f} |")
-    lines += ["", "Figures: `widths.png`, `layer_latency.png`.", ""]
+    lines += ["", "Figures: `widths.png`, `layer_latency.png`. Re-measure any time with "
+              "`halp-trt validate original.onnx model.onnx --table TABLE`.", ""]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

@@ -53,7 +53,7 @@ def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     assert 0 <= on_disk["accuracy"]["original"] <= 1 and 0 <= on_disk["accuracy"]["pruned"] <= 1
     assert on_disk["backend"]["verified"].startswith("measured on this machine")
     assert on_disk["table"]["identity"]["model"] == MODEL
-    for name in ("report.md", "model.onnx", "pruning.json", "pruned_weights.pt", "widths.png",
+    for name in ("report.md", "model.onnx", "original.onnx", "pruning.json", "pruned_weights.pt", "widths.png",
                  "layer_latency.png"):
         assert (tmp_path / name).is_file(), name
     assert not (tmp_path / "checkpoint.pt").exists()
@@ -68,6 +68,17 @@ def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, rebuilt(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     assert on_disk["max_abs_diff"] < 1e-3
+    # validate re-measures the written models, with the table's prediction for each
+    res = CliRunner().invoke(main, ["validate", str(tmp_path / "original.onnx"),
+                                    str(tmp_path / "model.onnx"), "--table", tiny_table,
+                                    "--rounds", "5", "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 0, res.output
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["speedup_measured"] > 0 and v["pruned"]["predicted_ms"] > 0
+    assert v["pruned"]["predicted_ms"] < v["original"]["predicted_ms"]
+    res = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.onnx"),
+                                    str(tmp_path / "model.onnx")])
+    assert res.exit_code == 2 and "does not exist" in res.output
 
 
 def test_interrupted_pruning_resumes_from_checkpoint(tmp_path, tiny_table, monkeypatch):
