@@ -7,7 +7,6 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["halp_trt", "halp_trt.*"]),
-    package_data={"halp_trt": ["profiles/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         # torch/torchvision: this project's machines serve exactly this pair from local files
