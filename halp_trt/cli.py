@@ -43,7 +43,7 @@ def main():
               help="N,C,H,W of one inference; N is the batch the table is measured at.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Table JSON to write (an interrupted build with the same --out resumes).")
-@click.option("--num-classes", type=int, default=None,
+@click.option("--num-classes", type=click.IntRange(1), default=None,
               help="Classifier outputs for torchvision models (default: the model's own).")
 @click.option("--gpu", is_flag=True, help="Time TensorRT engines on the GPU (needs halp-trt[trt]).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
@@ -70,8 +70,10 @@ def build_table_cmd(model, input_shape, out_path, num_classes, gpu, precision, t
     from halp_trt.inspection import format_report
     from halp_trt.measure import Protocol
     from halp_trt.models import create_model, parse_input_shape
+    from halp_trt.table import check_writable
 
     shape = parse_input_shape(input_shape)
+    check_writable(out_path)
     net = create_model(model, num_classes)
     opts = ({"timing_cache_path": timing_cache or os.path.splitext(out_path)[0] + ".timing-cache"}
             if gpu else {"threads": threads, "optimization": optimization})
@@ -102,6 +104,10 @@ def inspect_cmd(table_path, pattern, out_dir):
     from halp_trt.table import LatencyTable
 
     table = LatencyTable.load(table_path, require_complete=False)
+    if out_dir:
+        from halp_trt.table import check_writable
+
+        check_writable(out_dir, is_dir=True)
     if pattern and not signature_rows(table, pattern):
         raise HalpError(f"no signature or layer of {table_path} matches {pattern!r}")
     text, pngs = inspect_table(table, out_dir, pattern)
@@ -179,6 +185,14 @@ def validate_cmd(original, pruned, table_path, gpu, precision, rounds, json_path
     """Measure ORIGINAL.onnx and PRUNED.onnx interleaved and report the speedup."""
     from halp_trt.validate import format_validation, validate_onnx
 
+    if json_path:
+        from halp_trt.table import check_writable
+
+        check_writable(json_path)
+    if table_path:  # a bad table fails before the measurement, not after it
+        from halp_trt.table import LatencyTable
+
+        LatencyTable.load(table_path)
     res = validate_onnx(original, pruned, table_path, gpu, precision, rounds)
     click.echo(format_validation(res))
     if json_path:

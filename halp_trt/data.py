@@ -52,6 +52,17 @@ def _image_transform(input_hw):
                                transforms.Normalize(_MEAN, _STD)])
 
 
+def _load_image(path: str):
+    """torchvision's PIL loader (RGB), with one clear error for files that are not images."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise HalpError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+
+
 def _imagefolder(root: str, input_hw) -> DataSplits:
     from torchvision.datasets import ImageFolder
 
@@ -65,7 +76,8 @@ def _imagefolder(root: str, input_hw) -> DataSplits:
             raise HalpError(f"{root} has no {part}/ folder (imagefolder:DIR needs DIR/train and "
                             "DIR/val, each with one sub-folder per class)")
         try:
-            splits[part] = ImageFolder(path, transform=_image_transform(input_hw))
+            splits[part] = ImageFolder(path, transform=_image_transform(input_hw),
+                                       loader=_load_image)
         except (FileNotFoundError, RuntimeError) as exc:  # raised for empty folders
             raise HalpError(f"{path} holds no images: {exc}") from None
     if splits["train"].classes != splits["val"].classes:

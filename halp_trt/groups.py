@@ -74,6 +74,11 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> set[str]:
             model.eval()
             out = model(example_input)
             model.train(was_training)
+    except Exception as exc:  # the user's model and input shape disagree
+        raise HalpError(f"the model cannot run on an input of shape "
+                        f"{tuple(example_input.shape)} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]}); give the N,C,H,W it expects "
+                        "(--input-shape; prune-and-deploy: --input-size)") from None
     finally:
         for h in handles:
             h.remove()
@@ -92,9 +97,10 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
                        verbose=False)
         model.train(was_training)
     except Exception as exc:  # tracing failures come from the user's architecture
-        raise HalpError(f"torch-pruning could not trace this model ({type(exc).__name__}: {exc}). "
-                        "halp-trt needs a model whose forward can be traced with the given "
-                        "--input-shape.") from exc
+        raise HalpError(f"torch-pruning could not trace this model's channel couplings "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); its "
+                        "dependency graph cannot handle this architecture — halp-trt can only "
+                        "prune models it can trace, so use another model") from exc
     return graph
 
 

@@ -81,8 +81,8 @@ def parse_measured_target(text) -> tuple[float | None, float | None]:
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*ms", s)
     if m:
         ms = float(m.group(1))
-        if not ms > 0:
-            raise HalpError(f"--target {text!r}: a latency in ms must be positive")
+        if not (ms > 0 and math.isfinite(ms)):
+            raise HalpError(f"--target {text!r}: a latency in ms must be a positive number")
         return None, ms
     try:
         frac = float(s[:-1]) / 100 if s.endswith("%") else float(s)
@@ -120,6 +120,24 @@ def _table_fits(table, specs, backend_identity: dict, model_name: str, shape) ->
     return True
 
 
+def _check_table_covers(table, specs, cfg: DeployConfig) -> None:
+    """Every layer's signature must be in the table, at widths within its range."""
+    bad = []
+    for s in specs:
+        sig = table.signatures.get(s.signature.key)
+        if sig is None:
+            bad.append(f"{s.name} ({s.signature.key}) is not in it")
+        elif s.in_channels > sig.c_in_max or s.out_channels > sig.c_out_max:
+            bad.append(f"{s.name} ({s.signature.key}) is {s.in_channels}->{s.out_channels} "
+                       f"channels, the table covers up to {sig.c_in_max}->{sig.c_out_max}")
+    if bad:
+        more = f" (and {len(bad) - 1} more layer(s))" if len(bad) > 1 else ""
+        raise HalpError(f"the latency table {cfg.table} does not fit this model: layer "
+                        f"{bad[0]}{more}. Measure a table for it with: halp-trt build-table "
+                        f"{cfg.model} --input-shape {','.join(map(str, cfg.input_shape))} "
+                        "--out NEW_TABLE.json")
+
+
 def resolve_table(cfg: DeployConfig, model, specs, backend, log) -> tuple[object, str]:
     """The table to prune with: an explicit path, or (auto) a shipped profile or cached table
     that matches this model, input shape and runtime, or a new one built into the cache."""
@@ -130,7 +148,7 @@ def resolve_table(cfg: DeployConfig, model, specs, backend, log) -> tuple[object
     if cfg.table != "auto":
         table = LatencyTable.load(cfg.table)
         table.check_compatible({**ident, "batch": cfg.batch_size}, cfg.allow_table_mismatch)
-        table.layers_sum_ms(specs)  # names any layer the table lacks
+        _check_table_covers(table, specs, cfg)
         return table, cfg.table
     for d in profile_dirs():
         for path in sorted(glob.glob(os.path.join(d, "*.json"))):
@@ -191,23 +209,42 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     log = (lambda msg: print(f"[halp-trt] {msg}", flush=True)) if is_main else (lambda m: None)
     progress = cfg.progress and is_main
     torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out, exist_ok=True)
+    from halp_trt.table import check_writable
+
+    check_writable(cfg.out, is_dir=True)
     ckpt_path = os.path.join(cfg.out, CHECKPOINT)
 
     data = load_data(cfg.data, (cfg.input_size, cfg.input_size), cfg.seed)
     model = create_model(cfg.model, data.num_classes)
     check_sample(data, cfg.input_shape)
     example = torch.randn(*cfg.input_shape)
-    with torch.no_grad():
-        n_out = model.eval()(example).shape[-1]
+    try:
+        with torch.no_grad():
+            n_out = model.eval()(example).shape[-1]
+    except Exception as exc:
+        raise HalpError(f"{cfg.model} cannot run on input of shape {tuple(example.shape)} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); set "
+                        "--input-size to the size the model expects") from None
     if n_out != data.num_classes:
         raise HalpError(f"the model has {n_out} outputs but {data.name} has {data.num_classes} "
                         "classes")
     train_loader = make_loader(data.train, cfg.train_batch_size, True, cfg.seed, world > 1)
     val_loader = make_loader(data.val, 256, False, cfg.seed, world > 1)
     backend = backend_for(cfg.gpu, cfg.precision)
+    # before any training: the architecture must be prunable and an explicit table must fit
+    # (channel groups and layer signatures depend on the architecture only, not on weights)
+    groups, _ = find_channel_groups(model, example)
+    specs = list_layers(model, example, groups)
+    if cfg.table != "auto":
+        resolve_table(cfg, model, specs, backend, log)
 
+    run = {"model": cfg.model, "data": cfg.data, "input_size": cfg.input_size,
+           "batch_size": cfg.batch_size}
     state = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else {"phase": "start"}
+    if state.setdefault("run", run) != run:
+        raise HalpError(f"{ckpt_path} belongs to another run ({state['run']}); rerun that "
+                        "command to resume it, or choose another --out (or delete the "
+                        "checkpoint) to start this one")
     if state["phase"] != "start":
         log(f"resuming from {ckpt_path} (phase {state['phase']})")
 
@@ -260,10 +297,10 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     acc_original = evaluate(original_model, val_loader)
     log(f"original accuracy on {data.name}: {acc_original:.4f}")
 
-    groups, _ = find_channel_groups(original_model, example)
-    specs = list_layers(original_model, example, groups)
     table, table_path = resolve_table(cfg, original_model, specs, backend, log)
     layers_full_ms = table.layers_sum_ms(specs)
+    layers_min_ms = (_table_floor_ms(original_model, example, table, cfg.exclude)
+                     if state["phase"] in ("original", "pruning") else None)
     if "calibration" not in state:
         factor = min(0.9, max(0.25, math.sqrt(cfg.target_fraction or 0.5)))
         slim, slim_layers_ms = slimmed_copy(original_model, example, table, factor)
@@ -283,7 +320,17 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
                         c["layers_slim_ms"], c["model_slim_ms"])
     target_ms = (cfg.target_fraction * state["original_ms"] if cfg.target_fraction is not None
                  else cfg.target_ms)
+    if target_ms >= state["original_ms"]:
+        raise HalpError(f"--target {cfg.target} is not below the original's measured "
+                        f"{state['original_ms']:.3f} ms: nothing to prune; give a lower target")
     layers_target_ms = calib.layers_ms(target_ms)
+    if layers_min_ms is not None and layers_target_ms < layers_min_ms:
+        floor_ms, orig_ms = calib.model_ms(layers_min_ms), state["original_ms"]
+        raise HalpError(
+            f"--target {cfg.target} ({target_ms:.3f} ms) is infeasible with this table: its "
+            f"smallest model (every prunable group at its minimum width) is predicted at "
+            f"{floor_ms:.3f} ms, {floor_ms / orig_ms:.3f} of the original's {orig_ms:.3f} ms "
+            f"measured. Use --target {math.ceil(1000 * floor_ms / orig_ms) / 1000:.3f} or more.")
     if layers_target_ms <= 0:
         raise HalpError(f"target {target_ms:.3f} ms is infeasible: the part of the model the "
                         f"table does not hold alone takes {target_ms - layers_target_ms:.3f} ms "
@@ -397,6 +444,18 @@ def _check_same_on_all_ranks(kept: dict) -> None:
     if any(p != parts[0] for p in parts[1:]):
         raise HalpError("ranks made different pruning decisions; this is a bug in halp-trt's "
                         "distributed synchronization — please report it")
+
+
+def _table_floor_ms(model, example, table, exclude) -> float:
+    """The table's layer sum with every prunable group at its minimum width: the lowest
+    target the pruner accepts (checked before calibrating and training towards it)."""
+    import copy
+
+    from halp_trt.pruner import HALPConfig, HALPPruner
+
+    pr = HALPPruner(copy.deepcopy(model), example, table,
+                    HALPConfig(target=1 - 1e-9, steps=1, interval=1, exclude=tuple(exclude)))
+    return pr.min_ms
 
 
 def slimmed_copy(model, example, table, width_factor: float):

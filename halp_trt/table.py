@@ -58,7 +58,14 @@ class StepInfo:
 
     @classmethod
     def from_json(cls, d: dict | None) -> "StepInfo":
-        return cls(**d) if d else cls()
+        st = cls(**d) if d else cls()
+        if not (_is_int(st.step) and st.step >= 1 and _is_int(st.phase) and st.phase >= 0):
+            raise ValueError(f"step {d} must have an integer step >= 1 and phase >= 0")
+        return st
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass
@@ -160,13 +167,24 @@ class SignatureTable:
 
     @classmethod
     def from_json(cls, d: dict, estimator: str = "min") -> "SignatureTable":
-        t = cls(signature=Signature.from_json(d["signature"]), c_in_max=int(d["c_in_max"]),
+        sig = Signature.from_json(d["signature"])
+        pairs = (sig.kernel, sig.stride, sig.padding, sig.dilation, sig.input_hw)
+        if sig.op not in ("conv", "dwconv", "linear") or not all(
+                len(p) == 2 and all(_is_int(x) for x in p) for p in pairs):
+            raise ValueError(f"signature {d['signature']} is not a conv/dwconv/linear signature "
+                             "with integer pairs")
+        t = cls(signature=sig, c_in_max=int(d["c_in_max"]),
                 c_out_max=int(d["c_out_max"]), in_prunable=bool(d["in_prunable"]),
                 out_prunable=bool(d["out_prunable"]), layers=list(d.get("layers", [])),
                 step_in=StepInfo.from_json(d.get("step_in")),
                 step_out=StepInfo.from_json(d.get("step_out")),
                 grid_in=[int(x) for x in d.get("grid_in", [])],
                 grid_out=[int(x) for x in d.get("grid_out", [])], estimator=estimator)
+        if t.c_in_max < 1 or t.c_out_max < 1 or min(t.grid_in + t.grid_out, default=1) < 1:
+            raise ValueError(f"{t.key} has channel counts below 1")
+        if (t.grid_in and max(t.grid_in) != t.c_in_max) or (t.grid_out and
+                                                            max(t.grid_out) != t.c_out_max):
+            raise ValueError(f"the lattice of {t.key} does not end at its full width")
         for row in d.get("entries", []):
             ci, co, n, mn, p25, med, cv = row
             vals = [float(mn), float(p25), float(med)]
@@ -259,6 +277,8 @@ class LatencyTable:
         if not isinstance(ident, dict):
             raise ValueError("identity must be an object")
         est = ident.get("protocol", {}).get("estimator", "min")
+        if est not in ("min", "p25", "median"):
+            raise ValueError(f"unknown estimator {est!r} in the identity's protocol")
         sigs = {k: SignatureTable.from_json(v, est) for k, v in d["signatures"].items()}
         m = d.get("model")
         stats = None
@@ -268,7 +288,18 @@ class LatencyTable:
             if not all(math.isfinite(x) and x > 0 for x in
                        (stats.min_ms, stats.p25_ms, stats.median_ms)):
                 raise ValueError("whole-model statistics are not positive finite numbers")
-        return cls(identity=ident, signatures=sigs, layers=list(d.get("layers", [])),
+        layers = list(d.get("layers", []))
+        for layer in layers:
+            sig = sigs.get(layer.get("signature")) if isinstance(layer, dict) else None
+            if sig is None:
+                raise ValueError(f"layer {str(layer)[:80]} names no signature of the table")
+            ci, co = layer["in_channels"], layer["out_channels"]
+            if not (isinstance(layer["name"], str) and _is_int(ci) and _is_int(co)
+                    and 1 <= ci <= sig.c_in_max and 1 <= co <= sig.c_out_max
+                    and all(g is None or _is_int(g) for g in (layer["in_group"],
+                                                              layer["out_group"]))):
+                raise ValueError(f"layer {layer['name']!r} has invalid channel counts or groups")
+        return cls(identity=ident, signatures=sigs, layers=layers,
                    model_stats=stats, complete=bool(d.get("complete", False)),
                    extra=dict(d.get("extra", {})))
 
@@ -291,13 +322,27 @@ class LatencyTable:
         except json.JSONDecodeError as exc:
             raise HalpError(f"latency table {path} is not valid JSON ({exc}); it may be "
                             "truncated — rebuild it with halp-trt build-table") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise HalpError(f"latency table {path} is malformed: {what}") from None
         if require_complete and not table.complete:
             raise HalpError(f"latency table {path} is incomplete (its build was interrupted); "
                             "rerun the same halp-trt build-table command to finish it")
         return table
+
+
+def check_writable(path: str, is_dir: bool = False) -> None:
+    """Fail before any work if ``path`` (a file, or with ``is_dir`` a folder) cannot be
+    written: creates the folder and a temporary file in it."""
+    directory = path if is_dir else os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise HalpError(f"cannot write to {directory} ({exc.strerror or exc}); choose a "
+                        "writable location") from None
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
