@@ -48,7 +48,7 @@ def main():
 @click.option("--gpu", is_flag=True, help="Time TensorRT engines on the GPU (needs halp-trt[trt]).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
               show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
               help="ONNX Runtime intra-op threads (1 is stable on shared machines).")
 @click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "all"]),
               default="all", show_default=True, help="ONNX Runtime graph optimization level.")
@@ -155,7 +155,7 @@ def inspect_cmd(table_path, pattern, out_dir):
               show_default=True)
 @click.option("--rounds", type=int, default=30, show_default=True,
               help="Interleaved rounds when measuring original and pruned.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--allow-table-mismatch", is_flag=True,
               help="Use a table measured on another device/runtime/precision/batch anyway.")
 @click.option("--exclude", multiple=True,

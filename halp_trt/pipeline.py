@@ -63,9 +63,11 @@ class DeployConfig:
         for name in ("batch_size", "train_batch_size", "steps", "interval", "rounds"):
             if getattr(self, name) < 1:
                 raise HalpError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("epochs", "pretrain_epochs"):
+        for name in ("epochs", "pretrain_epochs", "seed"):
             if getattr(self, name) < 0:
                 raise HalpError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise HalpError("--max-batches must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise HalpError("--lr must be a positive number")
         self.target_fraction, self.target_ms = parse_measured_target(self.target)
@@ -235,6 +237,11 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     # (channel groups and layer signatures depend on the architecture only, not on weights)
     groups, _ = find_channel_groups(model, example)
     specs = list_layers(model, example, groups)
+    modules = dict(model.named_modules())
+    unknown = [n for n in cfg.exclude if n not in modules]
+    if unknown:
+        raise HalpError(f"cannot --exclude {unknown}: no such module in the model (module "
+                        f"names look like {list(modules)[1:4]})")
     if cfg.table != "auto":
         resolve_table(cfg, model, specs, backend, log)
 

@@ -209,11 +209,12 @@ class LatencyTable:
     def signature_for(self, spec: LayerSpec) -> SignatureTable:
         sig = self.signatures.get(spec.signature.key)
         if sig is None:
+            shape = ",".join(map(str, self.identity.get("input_shape", []))) or "?"
             raise HalpError(
-                f"layer {spec.name} ({spec.signature.key}) is not in the latency table. Measure "
-                f"it with: halp-trt build-table {self.identity.get('model', 'MODEL')} "
-                f"--input-shape {','.join(map(str, self.identity.get('input_shape', [])))} "
-                "--out NEW_TABLE.json")
+                f"layer {spec.name} ({spec.signature.key}) is not in the latency table (measured "
+                f"for {self.identity.get('model', '?')} at input shape {shape}). Measure a table "
+                "for your model and input shape with: halp-trt build-table MODEL --input-shape "
+                "N,C,H,W --out NEW_TABLE.json")
         return sig
 
     def layer_ms(self, spec: LayerSpec, c_in: int, c_out: int) -> float:
@@ -335,6 +336,9 @@ def check_writable(path: str, is_dir: bool = False) -> None:
     """Fail before any work if ``path`` (a file, or with ``is_dir`` a folder) cannot be
     written: creates the folder and a temporary file in it."""
     directory = path if is_dir else os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise HalpError(f"cannot write to {directory}: it is a file, not a folder; choose a "
+                        "writable location")
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
