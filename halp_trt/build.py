@@ -33,7 +33,8 @@ from halp_trt.table import (LatencyTable, SignatureTable, StepInfo, round_up, no
 
 # Identity keys that must agree for a partial table to be resumed.
 _RESUME_KEYS = ("backend", "runtime", "runtime_version", "device", "cpu_model", "precision",
-                "batch", "optimization_level", "threads", "input_shape", "model")
+                "batch", "optimization_level", "threads", "input_shape", "model", "protocol",
+                "lattice")
 
 
 @dataclass

@@ -72,6 +72,8 @@ def predict_onnx_ms(table, model) -> dict:
             matched += 1
         except ValueError:
             missing.append(f"{node.name} ({sig.key} at {c_in}->{c_out})")
+    if not matched and not missing:
+        raise HalpError("the graph has no Conv or Gemm layers for the table to predict")
     if missing:
         raise HalpError(f"the table has no entry for {len(missing)} layer(s) of the graph, e.g. "
                         f"{missing[:3]}; build a table for this model and input shape")
