@@ -11,12 +11,11 @@ measures a share of every phase on its own device and rank 0 writes the merged t
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import halp_trt
+from halp_trt.atomic import write_bytes_atomic
 from halp_trt.errors import HalpError
 
 CHECKPOINT = "checkpoint.pt"
@@ -203,7 +204,7 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     from halp_trt.pruner import HALPConfig, HALPPruner
     from halp_trt.result import PruningResult, apply_result
     from halp_trt.train import (dist_context, evaluate, load_checkpoint, load_weights,
-                                recalibrate_bn, save_checkpoint, train_epoch)
+                                save_checkpoint, train_epoch)
 
     t_start = time.perf_counter()
     rank, world = dist_context()
@@ -422,7 +423,7 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     report = _report(cfg, table, table_path, backend, calib, layers_full_ms,
                      pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
                      time.perf_counter() - t_start, state.get("feedback", []))
-    _atomic_bytes(os.path.join(cfg.out, "original.onnx"), original_onnx)
+    write_bytes_atomic(os.path.join(cfg.out, "original.onnx"), original_onnx)
     _write_outputs(cfg, report, pruned_onnx, pruned_model, table, specs, pruned_layers_ms)
     log(f"speedup {report['speedup_measured']:.2f}x measured (target ratio {cfg.target}), "
         f"accuracy {acc_original:.4f} -> {acc_pruned:.4f}; report in "
@@ -541,21 +542,13 @@ def _report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layer
 
 def _write_outputs(cfg, report, pruned_onnx, pruned_model, table, specs, pruned_layers_ms):
     from halp_trt.report import write_markdown, write_plots
-    from halp_trt.table import write_json_atomic
+    from halp_trt.atomic import write_json_atomic
 
     out = cfg.out
-    _atomic_bytes(os.path.join(out, "model.onnx"), pruned_onnx)
+    write_bytes_atomic(os.path.join(out, "model.onnx"), pruned_onnx)
     tmp = os.path.join(out, ".weights.tmp")
     torch.save(pruned_model.state_dict(), tmp)
     os.replace(tmp, os.path.join(out, "pruned_weights.pt"))
     write_plots(out, report, table, specs, pruned_layers_ms)
     write_markdown(os.path.join(out, "report.md"), report)
     write_json_atomic(os.path.join(out, "report.json"), report)
-
-
-def _atomic_bytes(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-

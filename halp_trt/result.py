@@ -9,11 +9,8 @@ dict loaded into it — no pickled modules, nothing that runs code on load:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,19 +94,9 @@ class PruningResult:
 
     def save(self, path: str) -> None:
         """Write atomically: a crash never leaves a half-written file under ``path``."""
-        payload = json.dumps(self.to_json(), indent=1, allow_nan=False)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".halp-result-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        from halp_trt.atomic import write_json_atomic
+
+        write_json_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str) -> "PruningResult":

@@ -23,6 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
+from halp_trt.atomic import write_json_atomic  # noqa: F401  (re-exported)
 from halp_trt.errors import HalpError
 from halp_trt.layers import LayerSpec, Signature
 from halp_trt.measure import Stats
@@ -347,22 +348,6 @@ def check_writable(path: str, is_dir: bool = False) -> None:
     except OSError as exc:
         raise HalpError(f"cannot write to {directory} ({exc.strerror or exc}); choose a "
                         "writable location") from None
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def now_iso() -> str:

@@ -1,14 +1,11 @@
 """Building tables for real on ONNX Runtime CPU (tiny model, few rounds): plan, resume after
 kill -9, torchrun split/merge, CLI."""
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
-import torch
 
 from halp_trt.backends import get_backend
 from halp_trt.build import BuildConfig, build_table, plan_axis
@@ -34,7 +31,7 @@ def test_build_small_table_and_lookup(tmp_path):
     model = tiny_resnet()
     out = tmp_path / "tiny.json"
     cfg = BuildConfig(**{**FAST.__dict__, "validate": 6})
-    table = build_table(model, SHAPE, get_backend("onnxruntime"), str(out), "tiny", cfg)
+    build_table(model, SHAPE, get_backend("onnxruntime"), str(out), "tiny", cfg)
     loaded = LatencyTable.load(str(out))
     assert loaded.complete and loaded.identity["threads"] == 1
     assert loaded.identity["input_shape"] == list(SHAPE)

@@ -27,13 +27,13 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
+from halp_trt.atomic import write_bytes_atomic
 from halp_trt.backends.base import Backend
 from halp_trt.errors import HalpError, MissingBackendError
 
@@ -456,22 +456,7 @@ class TensorRTBackend(Backend):
             return None
         data = memoryview(self._timing_cache.serialize()).tobytes()
         path = os.path.abspath(self.timing_cache_path)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        # tmp file in the same directory so os.replace is an atomic rename, never a copy
-        fd, tmp = tempfile.mkstemp(prefix=".timing-cache-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_bytes_atomic(path, data)
         return path
 
     def close(self) -> None:

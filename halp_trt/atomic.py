@@ -1,0 +1,32 @@
+"""Atomic file writes: a crash or kill -9 mid-write leaves the previous file, never half of one.
+
+The temporary file lives in the target's directory so ``os.replace`` is a rename, not a copy.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1] or ".bin",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """JSON (no NaN/inf: they are not JSON) written atomically."""
+    write_bytes_atomic(path, json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
