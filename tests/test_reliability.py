@@ -439,16 +439,15 @@ def test_ctrl_c_during_build_table_keeps_every_finished_batch_and_resumes(tmp_pa
 
 
 def test_interrupted_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
-    import halp_trt.table as table_mod
+    import halp_trt.atomic as atomic_mod
 
     path = tmp_path / "t.json"
     write_json_atomic(str(path), {"version": "old"})
 
-    def dump_half_then_interrupt(obj, f, **kw):
-        f.write('{"version": "ne')
+    def interrupt(_fd):  # the new content is written to the temporary file, not yet renamed
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(table_mod.json, "dump", dump_half_then_interrupt)
+    monkeypatch.setattr(atomic_mod.os, "fsync", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_json_atomic(str(path), {"version": "new"})
     monkeypatch.undo()
