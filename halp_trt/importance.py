@@ -90,7 +90,14 @@ class TaylorImportance:
 
 
 class MagnitudeImportance:
-    """L2 norm of each channel's out-side conv/linear filters (weights and bias)."""
+    """L2 norm of each channel's out-side conv/linear filters (weights and bias), divided by the
+    group's mean norm.
+
+    Raw filter norms have per-layer scales (fan-in, initialisation, BN after the conv), so a
+    knapsack across layers would compare incomparable numbers: measured on resnet18/digits,
+    raw norms kept 0.10–0.13 accuracy where Taylor kept 0.23–0.32 at the same pruning.
+    Normalising by the group mean (as Torch-Pruning's "mean" normaliser does) ranks channels
+    within a group exactly as before and makes groups comparable."""
 
     needs_grad = False
     name = "magnitude"
@@ -108,7 +115,9 @@ class MagnitudeImportance:
                 if p is not None:
                     rows = _filter_rows(mod, p.detach())[idx].double()
                     sq.index_add_(0, root, (rows ** 2).sum(dim=1).cpu())
-        return sq.sqrt()
+        norms = sq.sqrt()
+        mean = norms.mean()
+        return norms / mean if mean > 0 else norms
 
 
 class _UserImportance:
