@@ -111,7 +111,8 @@ def kept_by_bn(base, pruned, groups):
         if bn is None:
             continue
         ob, pb = bmods[bn.module_name], pmods[bn.module_name]
-        have = {(round(float(w), 6), round(float(b), 6)) for w, b in zip(pb.weight, pb.bias)}
+        have = {(round(float(w), 6), round(float(b), 6))
+                for w, b in zip(pb.weight.detach(), pb.bias.detach())}
         kept[g.id] = [r for i, r in zip(bn.idxs, bn.root_idxs)
                       if (round(float(ob.weight[i]), 6), round(float(ob.bias[i]), 6)) in have]
     return kept
