@@ -243,8 +243,8 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     if unknown:
         raise HalpError(f"cannot --exclude {unknown}: no such module in the model (module "
                         f"names look like {list(modules)[1:4]})")
-    if cfg.table != "auto":
-        resolve_table(cfg, model, specs, backend, log)
+    explicit_table = (resolve_table(cfg, model, specs, backend, log) if cfg.table != "auto"
+                      else None)
 
     run = {"model": cfg.model, "data": cfg.data, "input_size": cfg.input_size,
            "batch_size": cfg.batch_size}
@@ -305,7 +305,8 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     acc_original = evaluate(original_model, val_loader)
     log(f"original accuracy on {data.name}: {acc_original:.4f}")
 
-    table, table_path = resolve_table(cfg, original_model, specs, backend, log)
+    table, table_path = explicit_table or resolve_table(cfg, original_model, specs, backend,
+                                                        log)
     layers_full_ms = table.layers_sum_ms(specs)
     layers_min_ms = (_table_floor_ms(original_model, example, table, cfg.exclude)
                      if state["phase"] in ("original", "pruning") else None)
