@@ -23,7 +23,8 @@ COMMANDS = {
     "fidelity18": "python tools/bench_fidelity.py --model resnet18 --num-classes 10 "
                   "--input-shape 1,3,64,64 --table profiles/resnet18_1x3x64x64_ort-cpu.json "
                   "--json tools/results/fidelity_resnet18.json",
-    "vs_tp": "python tools/bench_vs_torch_pruning.py --json tools/results/vs_torch_pruning.json "
+    "vs_tp": "python tools/bench_vs_torch_pruning.py --ratios 0.6 --seeds 5 --rounds 30 "
+             "--json tools/results/vs_torch_pruning.json "
              "--png tools/results/vs_torch_pruning.png",
 }
 
