@@ -332,6 +332,11 @@ class TableBuilder:
             t.extra["validation"] = self.validate(cfg.validate)
             if self.rank == 0:
                 t.save(self.out_path)
+        if self.world > 1:  # leave together: a rank exiting early can abort gloo's teardown
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
         return t
 
     def measure_whole_model(self) -> Stats | None:
