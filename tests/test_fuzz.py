@@ -13,14 +13,12 @@ from click.testing import CliRunner
 
 import halp_trt.deploy  # noqa: F401  (bind their imports before the tests patch them)
 import halp_trt.feedback  # noqa: F401
-from halp_trt.backends.onnxruntime import OnnxRuntimeBackend
-from halp_trt.build import BuildConfig, build_table
 from halp_trt.cli import main
 from halp_trt.errors import HalpError
 from halp_trt.export import export_onnx
 from halp_trt.inspection import format_report
-from halp_trt.measure import Protocol
 from halp_trt.table import LatencyTable
+from conftest import ReachedHeavyWork
 from tiny_models import tiny_resnet
 
 MODEL = "tiny_models:tiny_resnet"
@@ -28,13 +26,6 @@ N_TABLE_CASES = 400
 N_CLI_CASES = 200  # 50 per command
 
 
-@pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory):
-    path = tmp_path_factory.mktemp("table") / "tiny.json"
-    cfg = BuildConfig(protocol=Protocol(rounds=2), sweep_window=16, max_points_per_axis=4,
-                      progress=False)
-    build_table(tiny_resnet(), (1, 3, 16, 16), OnnxRuntimeBackend(), str(path), MODEL, cfg)
-    return str(path)
 
 
 # ---- the table loader -------------------------------------------------------------------------
@@ -116,20 +107,9 @@ def test_fuzz_table_loader(tmp_path, tiny_table):
 
 # ---- command-line options ---------------------------------------------------------------------
 
-class ReachedHeavyWork(Exception):
-    pass
-
-
 @pytest.fixture
-def files(tmp_path, tiny_table, monkeypatch):
+def files(tmp_path, tiny_table, monkeypatch, no_heavy_work):
     """Paths of every kind for the option generators, and heavy work replaced."""
-    def stop(*args, **kwargs):
-        raise ReachedHeavyWork
-
-    for target in ("halp_trt.train.train_epoch", "halp_trt.train.evaluate",
-                   "halp_trt.measure.measure_interleaved",
-                   "halp_trt.build.TableBuilder.run", "halp_trt.deploy.compare_onnx"):
-        monkeypatch.setattr(target, stop)
     monkeypatch.setattr("halp_trt.inspection.plot_signature",
                         lambda sig, path: open(path, "wb").close())
     monkeypatch.setenv("HALP_TRT_CACHE", str(tmp_path / "cache"))

@@ -12,11 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from halp_trt.backends import get_backend
-from halp_trt.build import BuildConfig, build_table
 from halp_trt.cli import main
 from halp_trt.errors import HalpError
-from halp_trt.measure import Protocol
 from halp_trt.pipeline import DeployConfig, prune_and_deploy
 from halp_trt.result import PruningResult, apply_result
 from tiny_models import tiny_resnet
@@ -24,14 +21,6 @@ from tiny_models import tiny_resnet
 MODEL = "tiny_models:tiny_resnet"
 
 
-@pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory):
-    path = tmp_path_factory.mktemp("table") / "tiny.json"
-    cfg = BuildConfig(protocol=Protocol(rounds=3), sweep_window=16, max_points_per_axis=5,
-                      progress=False)
-    build_table(tiny_resnet(), (1, 3, 16, 16), get_backend("onnxruntime"), str(path),
-                MODEL, cfg)
-    return str(path)
 
 
 def toy_config(out, table, **kw):

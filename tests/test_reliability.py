@@ -24,6 +24,7 @@ from halp_trt.errors import HalpError
 from halp_trt.export import export_onnx
 from halp_trt.measure import Protocol
 from halp_trt.table import LatencyTable, write_json_atomic
+from conftest import ReachedHeavyWork
 from tiny_models import TinyResNet, tiny_resnet
 
 MODEL = "tiny_models:tiny_resnet"
@@ -101,17 +102,8 @@ class NoisyBackend(OnnxRuntimeBackend):
         return [t * slow for t in super().time_runs(handle, n_runs)]
 
 
-class ReachedHeavyWork(Exception):
-    """Raised in place of training, evaluating or measuring: the command got past its checks."""
-
-
 # ---- helpers ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory):
-    path = tmp_path_factory.mktemp("table") / "tiny.json"
-    build_table(tiny_resnet(), (1, 3, 16, 16), OnnxRuntimeBackend(), str(path), MODEL, FAST)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +114,6 @@ def onnx_pair(tmp_path_factory):
         (d / f"{name}.onnx").write_bytes(export_onnx(net, x))
     return str(d / "original.onnx"), str(d / "pruned.onnx")
 
-
-@pytest.fixture
-def no_heavy_work(monkeypatch):
-    def stop(*args, **kwargs):
-        raise ReachedHeavyWork
-
-    for target in ("halp_trt.train.train_epoch", "halp_trt.train.evaluate",
-                   "halp_trt.measure.measure_interleaved",
-                   "halp_trt.build.TableBuilder.run", "halp_trt.deploy.compare_onnx"):
-        monkeypatch.setattr(target, stop)
 
 
 def invoke(args):
