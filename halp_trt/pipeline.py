@@ -14,6 +14,7 @@ once (``halp_trt.calibration``). Ctrl-C leaves ``out/checkpoint.pt``; the same c
 """
 from __future__ import annotations
 
+import copy
 import glob
 import math
 import os
@@ -308,11 +309,18 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     table, table_path = explicit_table or resolve_table(cfg, original_model, specs, backend,
                                                         log)
     layers_full_ms = table.layers_sum_ms(specs)
-    layers_min_ms = (_table_floor_ms(original_model, example, table, cfg.exclude)
-                     if state["phase"] in ("original", "pruning") else None)
+    # One throw-away pruner on a copy gives both the table's floor (the lowest target the
+    # pruner accepts, checked before calibrating and training towards it) and the slimmed
+    # calibration model: each construction traces the dependency graph.
+    pruning_ahead = state["phase"] in ("original", "pruning")
+    probe = (HALPPruner(copy.deepcopy(original_model), example, table,
+                        HALPConfig(target=1 - 1e-9, steps=1, interval=1,
+                                   exclude=tuple(cfg.exclude)))
+             if pruning_ahead or "calibration" not in state else None)
+    layers_min_ms = probe.min_ms if pruning_ahead else None
     if "calibration" not in state:
         factor = min(0.9, max(0.25, math.sqrt(cfg.target_fraction or 0.5)))
-        slim, slim_layers_ms = slimmed_copy(original_model, example, table, factor)
+        slim, slim_layers_ms = slimmed_copy(probe, factor)
         log(f"measuring the original and a {factor:.2f}-width copy on "
             f"{backend.identity().get('runtime')} ({cfg.rounds} interleaved rounds) to "
             "calibrate whole-model predictions")
@@ -467,27 +475,10 @@ def _check_same_on_all_ranks(kept: dict) -> None:
                         "distributed synchronization — please report it")
 
 
-def _table_floor_ms(model, example, table, exclude) -> float:
-    """The table's layer sum with every prunable group at its minimum width: the lowest
-    target the pruner accepts (checked before calibrating and training towards it)."""
-    import copy
-
-    from halp_trt.pruner import HALPConfig, HALPPruner
-
-    pr = HALPPruner(copy.deepcopy(model), example, table,
-                    HALPConfig(target=1 - 1e-9, steps=1, interval=1, exclude=tuple(exclude)))
-    return pr.min_ms
-
-
-def slimmed_copy(model, example, table, width_factor: float):
-    """A copy of ``model`` with every prunable group cut to ``width_factor`` of its width
-    (whole neuron groups), and its table layer sum — a second calibration point."""
-    import copy
-
-    from halp_trt.pruner import HALPConfig, HALPPruner
-
-    net = copy.deepcopy(model)
-    pr = HALPPruner(net, example, table, HALPConfig(target=0.999, steps=1, interval=1))
+def slimmed_copy(pr, width_factor: float):
+    """Cut every prunable group of pruner ``pr``'s model to ``width_factor`` of its width
+    (whole neuron groups); returns the finalized model and its table layer sum — a second
+    calibration point. ``pr`` is used up (its model is pruned in place)."""
     masks = {}
     for g in pr.prunable:
         step = pr.group_sizes[g.id]

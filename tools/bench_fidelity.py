@@ -72,7 +72,7 @@ def main():
     probe = HALPPruner(copy.deepcopy(model), example, table, HALPConfig(target=0.99))
     layers_full = probe.full_ms
     targets = [float(t) for t in a.targets.split(",")]
-    slim, slim_layers = slimmed_copy(model, example, table, math.sqrt(min(targets)))
+    slim, slim_layers = slimmed_copy(probe, math.sqrt(min(targets)))
     graphs = {"original": export_onnx(model, example), "slim": export_onnx(slim, example)}
     st = measure_interleaved(backend, graphs, model_protocol(a.rounds))
     calib = Calibration("affine", layers_full, st["original"].min_ms, slim_layers,
