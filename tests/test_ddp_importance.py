@@ -63,6 +63,8 @@ def _worker(rank, out_dir, init_file):
     try:
         out = {"plain": _train(rank, False), "ddp": _train(rank, True)}
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        # leave together: a rank tearing gloo down while the other still talks aborts it
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
