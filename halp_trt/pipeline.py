@@ -368,8 +368,8 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
         pruner.attach_optimizer(opt)
         final_ratio = target_ms / state["original_ms"]
         feedback = LatencyFeedback(
-            pruner, lambda: apply_result(create_model(cfg.model, data.num_classes), example,
-                                         pruner.result()).eval(),
+            pruner, lambda result: apply_result(create_model(cfg.model, data.num_classes),
+                                                example, result).eval(),
             lambda net: export_onnx(net, example), backend,
             export_onnx(original_model, example), final_ratio, model_protocol(cfg.rounds),
             log=log, broadcast=_broadcast if world > 1 else None)
@@ -389,6 +389,7 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
             save_pruning()
             raise
         state["feedback"] = feedback.to_json()
+        state["last_step_candidates"] = feedback.brackets
         if world > 1:
             _check_same_on_all_ranks(pruner.result().kept)
         result = pruner.result()
@@ -432,7 +433,8 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     pruned_layers_ms = _pruned_layers_ms(table, specs, pruned_model, example)
     report = _report(cfg, table, table_path, backend, calib, layers_full_ms,
                      pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
-                     time.perf_counter() - t_start, state.get("feedback", []))
+                     time.perf_counter() - t_start, state.get("feedback", []),
+                     state.get("last_step_candidates", []))
     write_bytes_atomic(os.path.join(cfg.out, "original.onnx"), original_onnx)
     _write_outputs(cfg, report, pruned_onnx, pruned_model, table, specs, pruned_layers_ms)
     log(f"speedup {report['speedup_measured']:.2f}x measured (target ratio {cfg.target}), "
@@ -504,7 +506,8 @@ def _pruned_layers_ms(table, specs, pruned_model, example) -> dict[str, float]:
 
 
 def _report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layers_ms,
-            cmp, check, acc_original, acc_pruned, result, wall_s, feedback_points) -> dict:
+            cmp, check, acc_original, acc_pruned, result, wall_s, feedback_points,
+            last_step_candidates) -> dict:
     est = cmp.estimator
     orig_ms, pruned_ms = cmp.original.estimate(est), cmp.pruned.estimate(est)
     pred_orig = calib.model_ms(layers_full_ms)
@@ -539,6 +542,7 @@ def _report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layer
                    for k, v in result.kept.items()},
         "pruning_history": result.history,
         "feedback": feedback_points,
+        "last_step_candidates": last_step_candidates,
         "config": {k: v for k, v in asdict(cfg).items()},
         "wall_s": wall_s,
     }

@@ -132,6 +132,22 @@ class StepRecord:
         return asdict(self)
 
 
+@dataclass
+class StepPlan:
+    """A pruning step not yet taken: kept-channel mask per group id and its record fields."""
+
+    keep: dict[int, torch.Tensor]
+    record_fields: dict
+
+    @property
+    def predicted_ms(self) -> float:
+        return self.record_fields["predicted_ms"]
+
+    @property
+    def kept(self) -> dict[str, int]:
+        return self.record_fields["kept"]
+
+
 @contextlib.contextmanager
 def _quiet():
     # torch-pruning prints while pruning; users should see our messages only.
@@ -417,10 +433,19 @@ class HALPPruner:
         if self.done:
             raise HalpError(f"all {len(self.targets_ms)} pruning steps are done")
         t = len(self.history) + 1
-        target_ms = self.targets_ms[t - 1]
-        scores = self.accumulator.scores()
+        plan = self.plan(self.targets_ms[t - 1])
         self.accumulator.reset()
+        self.keep = {gid: k.clone() for gid, k in plan.keep.items()}
+        self.masker.set_masks(self.keep)
+        record = StepRecord(step=t, **plan.record_fields)
+        self.history.append(record)
+        return record
 
+    def plan(self, target_ms: float) -> "StepPlan":
+        """What a pruning step at ``target_ms`` would keep, from the importance accumulated so
+        far; changes nothing (e.g. to measure candidate architectures before committing).
+        Under DDP every rank must call it (the scores are all-reduced)."""
+        scores = self.accumulator.scores()
         widths = self.widths
         orders, kgroups, options = {}, [], {}
         for g, s in zip(self.prunable, scores):
@@ -483,17 +508,14 @@ class HALPPruner:
         else:
             objective, error_bound = float(sum(v[0] for _, _, v in kgroups)), 0.0
 
+        keep = {}
         for g in self.prunable:
-            keep = torch.zeros(g.size, dtype=torch.bool)
-            keep[orders[g.id][:chosen[g.id]]] = True
-            self.keep[g.id] = keep
-        self.masker.set_masks(self.keep)
-        record = StepRecord(step=t, target_ms=float(target_ms), predicted_ms=float(predicted),
-                            kept={g.root: int(chosen[g.id]) for g in self.prunable},
-                            objective=objective, error_bound_ms=error_bound, repairs=repairs,
-                            rule=rule_used)
-        self.history.append(record)
-        return record
+            keep[g.id] = torch.zeros(g.size, dtype=torch.bool)
+            keep[g.id][orders[g.id][:chosen[g.id]]] = True
+        return StepPlan(keep, dict(
+            target_ms=float(target_ms), predicted_ms=float(predicted),
+            kept={g.root: int(chosen[g.id]) for g in self.prunable}, objective=objective,
+            error_bound_ms=error_bound, repairs=repairs, rule=rule_used))
 
     # ---- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -529,16 +551,20 @@ class HALPPruner:
         self.finalized = True
         return self.model
 
-    def result(self):
-        """The decisions as a ``PruningResult`` (JSON; see ``halp_trt.result``)."""
+    def result(self, plan: "StepPlan | None" = None):
+        """The decisions as a ``PruningResult`` (JSON; see ``halp_trt.result``) — the current
+        masks, or those of ``plan`` (a candidate from ``plan()``)."""
         from halp_trt.result import PruningResult
+        keep = self.keep if plan is None else plan.keep
+        widths = None if plan is None else {**self.widths,
+                                            **{gid: int(k.sum()) for gid, k in keep.items()}}
         return PruningResult(
-            kept={g.root: torch.nonzero(self.keep[g.id]).flatten().tolist()
+            kept={g.root: torch.nonzero(keep[g.id]).flatten().tolist()
                   for g in self.prunable},
             original_widths={g.root: g.size for g in self.prunable},
             table_identity=dict(getattr(self.latency_model, "identity", {}) or {}),
             config=self.config.summary(),
             input_shape=self.input_shape,
             full_predicted_ms=self.full_ms,
-            predicted_ms=self.predict_ms(),
+            predicted_ms=self.predict_ms(widths),
             history=[r.to_json() for r in self.history])

@@ -51,6 +51,13 @@ def write_markdown(path: str, r: dict) -> None:
         for f in r["feedback"]:
             lines.append(f"| {f['step']} | {f['target_ratio']:.3f} | {f['measured_ratio']:.3f} "
                          f"| {f['layers_ratio']:.3f} |")
+    for b in r.get("last_step_candidates", []):
+        lines += ["", f"## Step {b['step']}: candidate widths measured before committing", "",
+                  f"Target {b['goal_ratio']:.3f} of the original; took `{b['picked']}` (the "
+                  "candidate keeping the most latency at or under the target).", "",
+                  "| candidate | table layer-sum target ms | measured ratio |", "|---|---|---|"]
+        for k, c in b["candidates"].items():
+            lines.append(f"| {k} | {c['layers_target_ms']:.3f} | {c['measured_ratio']:.3f} |")
     lines += ["", "Figures: `widths.png`, `layer_latency.png`. Re-measure any time with "
               "`halp-trt validate original.onnx model.onnx --table TABLE`.", ""]
     tmp = path + ".tmp"

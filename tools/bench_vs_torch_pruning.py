@@ -84,8 +84,8 @@ def halp_prune(base, importance: str, target_ratio: float, loader, n_batches, ta
     steps, interval = 6, 2  # several measured steps land closer to the matched latency
     pr = HALPPruner(model, example, table, HALPConfig(target=target_ratio, steps=steps,
                                                       interval=interval, importance=importance))
-    fb = LatencyFeedback(pr, lambda: apply_result(create_model("resnet18", 10), example,
-                                                  pr.result()).eval(),
+    fb = LatencyFeedback(pr, lambda result: apply_result(create_model("resnet18", 10), example,
+                                                         result).eval(),
                          lambda net: export_onnx(net, example), backend, original_onnx,
                          target_ratio, model_protocol(rounds), log=lambda m: None)
     model.train()
