@@ -76,9 +76,11 @@ def tp_prune(base, importance: str, global_pruning: bool, ratio: float, loader, 
 
 
 def halp_prune(base, importance: str, target_ratio: float, loader, n_batches, table, backend,
-               original_onnx, rounds):
-    """Progressive HALP pruning to a measured latency ratio, importance from a few batches and
-    no weight updates (comparable to one-shot Torch-Pruning)."""
+               original_onnx, rounds, reference_onnx):
+    """Progressive HALP pruning to the measured latency of ``reference_onnx`` (first estimate
+    ``target_ratio`` of the original), importance from a few batches and no weight updates
+    (comparable to one-shot Torch-Pruning). The reference is timed in every feedback session,
+    so the target is read where it is hit."""
     model = copy.deepcopy(base)
     example = torch.randn(*SHAPE)
     steps, interval = 6, 2  # several measured steps land closer to the matched latency
@@ -87,7 +89,8 @@ def halp_prune(base, importance: str, target_ratio: float, loader, n_batches, ta
     fb = LatencyFeedback(pr, lambda result: apply_result(create_model("resnet18", 10), example,
                                                          result).eval(),
                          lambda net: export_onnx(net, example), backend, original_onnx,
-                         target_ratio, model_protocol(rounds), log=lambda m: None)
+                         target_ratio, model_protocol(rounds), log=lambda m: None,
+                         reference_onnx=reference_onnx)
     model.train()
     while not fb.done:
         for x, y in loader:
@@ -134,7 +137,7 @@ def main():
     ap.add_argument("--ratios", default="0.3,0.6", help="Torch-Pruning channel pruning ratios")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--batches", type=int, default=6, help="importance batches")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--base-epochs", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="one ratio, 2 seeds")
     ap.add_argument("--json", dest="json_path")
@@ -176,8 +179,8 @@ def main():
                     name = f"tp-{imp}-{'global' if glob else 'uniform'}"
                     tp_models[name] = tp_prune(base, "taylor" if imp == "taylor" else "l2",
                                                glob, ratio, imp_loader, a.batches)
-            graphs = {"original": original_onnx}
-            graphs.update({k: export_onnx(m, example) for k, m in tp_models.items()})
+            tp_onnx = {k: export_onnx(m, example) for k, m in tp_models.items()}
+            graphs = {"original": original_onnx, **tp_onnx}
             st = measure_interleaved(backend, graphs, model_protocol(a.rounds))
             tp_ratio = {k: st[k].min_ms / st["original"].min_ms for k in tp_models}
             candidates = {}
@@ -189,7 +192,7 @@ def main():
                     hname = f"halp-{crit}@{key}"
                     if hname not in candidates:
                         hm = halp_prune(base, crit, tp_ratio[name], imp_loader, a.batches, table,
-                                        backend, original_onnx, a.rounds)
+                                        backend, original_onnx, a.rounds, tp_onnx[name])
                         candidates[hname] = (hm, None, name)
             graphs = {"original": original_onnx}
             graphs.update({k: export_onnx(v[0], example) for k, v in candidates.items()})
@@ -201,6 +204,8 @@ def main():
                 row = {"seed": seed, "tp_ratio": ratio, "method": name.split("@")[0],
                        "matched_to": matched,
                        "latency_ratio": st[name].min_ms / st["original"].min_ms,
+                       # same session as the Torch-Pruning model it was matched to
+                       "latency_vs_matched": st[name].min_ms / st[matched].min_ms,
                        "acc_no_ft": acc0, "acc_1_epoch": acc1, "retained_importance": retained}
                 rows.append(row)
                 print(f"seed {seed} ratio {ratio} {name:28s} latency {row['latency_ratio']:.3f} "
@@ -225,7 +230,8 @@ def summarize(rows):
         if method.startswith("halp") and "uniform" in matched and "l2" in matched:
             continue  # the same halp run is listed once, under the uniform Taylor match
         entry = {"tp_ratio": ratio, "method": method, "matched_to": matched, "n": len(rs)}
-        for k in ("latency_ratio", "acc_no_ft", "acc_1_epoch", "retained_importance"):
+        for k in ("latency_ratio", "latency_vs_matched", "acc_no_ft", "acc_1_epoch",
+                  "retained_importance"):
             vals = [r[k] for r in rs]
             entry[k] = statistics.mean(vals)
             entry[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
