@@ -5,15 +5,31 @@ The temporary file lives in the target's directory so ``os.replace`` is a rename
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
+import time
+
+# A temporary file of this target older than this was left by a killed writer (kill -9 skips
+# the cleanup below); younger ones may belong to a writer still running.
+STALE_TMP_S = 60.0
+
+
+def _remove_stale_tmp(directory: str, prefix: str) -> None:
+    now = time.time()
+    for old in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
+        with contextlib.suppress(OSError):
+            if now - os.path.getmtime(old) > STALE_TMP_S:
+                os.unlink(old)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1] or ".bin",
+    prefix = f".tmp-{os.path.basename(path)}-"  # names its target, so leftovers can be found
+    _remove_stale_tmp(directory, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=os.path.splitext(path)[1] or ".bin",
                                dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:

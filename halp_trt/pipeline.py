@@ -29,6 +29,10 @@ from halp_trt.atomic import write_bytes_atomic
 from halp_trt.errors import HalpError
 
 CHECKPOINT = "checkpoint.pt"
+# Beyond these a run is almost surely a typo (a 16k image, a batch of 100k) and would only fail
+# minutes later, out of memory in export or the runtime.
+MAX_INPUT_SIZE = 4096
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass
@@ -60,8 +64,12 @@ class DeployConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.input_size < 8:
-            raise HalpError(f"--input-size must be at least 8, got {self.input_size}")
+        if not 8 <= self.input_size <= MAX_INPUT_SIZE:
+            raise HalpError(f"--input-size must be between 8 and {MAX_INPUT_SIZE}, got "
+                            f"{self.input_size}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise HalpError(f"--batch-size (latency measurement batch) must be at most "
+                            f"{MAX_BATCH_SIZE}, got {self.batch_size}")
         for name in ("batch_size", "train_batch_size", "steps", "interval", "rounds"):
             if getattr(self, name) < 1:
                 raise HalpError(f"--{name.replace('_', '-')} must be >= 1")

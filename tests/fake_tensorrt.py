@@ -338,3 +338,7 @@ class FakeCuda:
     def copy_to_host(self, buf, stream):
         self.rec.calls.append(("copy_d2h", buf.shape))
         return buf.copy()
+
+    def evict_l2(self, stream):
+        assert stream is self.stream
+        self.rec.calls.append(("evict_l2", self.STREAM_HANDLE))

@@ -112,6 +112,8 @@ def _run_cli(args):
     (["--target", "fast"], "neither a fraction"),
     (["--target", "-3ms"], "neither a fraction"),
     (["--input-size", "4"], "--input-size"),
+    (["--input-size", "100000"], "between 8 and 4096"),
+    (["--batch-size", "100000"], "at most 1024"),
 ])
 def test_bad_options_give_one_clear_error(tmp_path, args, fragment):
     code, out = _run_cli(["--out", str(tmp_path / "o")] + args)

@@ -8,6 +8,7 @@ build-table (test_build), missing backends (test_lean_import), shufflenet in the
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -534,3 +535,21 @@ def test_noisy_timing_is_flagged_in_the_table_inspect_and_validate(tmp_path, onn
     res = invoke(["validate", *onnx_pair, "--rounds", "5"])
     assert res.exit_code == 0, res.output
     assert "warning: noisy measurement" in res.output
+
+
+def test_leftover_temporary_files_of_a_killed_writer_are_removed(tmp_path):
+    from halp_trt.atomic import STALE_TMP_S, write_json_atomic
+
+    target = tmp_path / "t.json"
+    stale = tmp_path / ".tmp-t.json-abc.json"  # what kill -9 mid-write leaves behind
+    fresh = tmp_path / ".tmp-t.json-def.json"  # maybe a writer still running: kept
+    other = tmp_path / ".tmp-u.json-ghi.json"  # another file's: not ours to remove
+    for p in (stale, fresh, other):
+        p.write_text("{half")
+    old = time.time() - 2 * STALE_TMP_S
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    write_json_atomic(str(target), {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [fresh.name, other.name, target.name])

@@ -89,15 +89,25 @@ def main():
     k = load("bench_knapsack.json")
     lines += ["## Knapsack (ResNet-50 scale)", "", f"`{COMMANDS['knapsack']}`", ""]
     if k:
-        lines += ["| instance | granularity | items | solve | peak | plain O(items × capacity) DP |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| instance | granularity | items | solve | peak | plain O(items × capacity) DP "
+                  "| HiGHS MILP | objective ours / HiGHS |",
+                  "|---|---|---|---|---|---|---|---|"]
         for i in k["instances"]:
             ref = "infeasible" if i["reference_dp_s"] is None else f"{i['reference_dp_s']:.2f} s"
+            highs = "not run" if "highs_s" not in i else (
+                f"{i['highs_s']:.2f} s" if i["highs_objective"] is not None else
+                f"no solution in {i['highs_s']:.0f} s")
+            ratio = f"{i['objective'] / i['highs_objective']:.9f}" \
+                if i.get("highs_objective") else "–"
             lines.append(f"| {i['name']} | {i['granularity']} | {i['n_items']:,} | "
-                         f"{i['solve_s']:.3f} s | {i['peak_mb']:.1f} MB | {ref} |")
-        lines += ["", "Both solvers reach the same objective on on-grid instances (the bench "
-                  "checks it). Our plain DP vectorises each item's row with numpy, so it is "
-                  "seconds, not the minutes of a pure-Python one.", ""]
+                         f"{i['solve_s']:.3f} s | {i['peak_mb']:.1f} MB | {ref} | {highs} | "
+                         f"{ratio} |")
+        lines += ["", "Our solver and the plain DP reach the same objective on on-grid instances "
+                  "(the bench checks it). Our plain DP vectorises each item's row with numpy, "
+                  "so it is seconds, not the minutes of a pure-Python one. HiGHS solves the "
+                  "same multiple-choice problem as a MILP with exact (undiscretised) costs; "
+                  "off the 1 µs grid ours may differ from it by at most the reported "
+                  "discretisation bound.", ""]
 
     lines += ["## Latency fidelity (one-shot pruning, no fine-tuning, no feedback)", ""]
     for key, name in (("fidelity50", "fidelity_resnet50.json"),
