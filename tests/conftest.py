@@ -47,3 +47,13 @@ def tiny_table(tmp_path_factory):
     build_table(tiny_resnet(), (1, 3, 16, 16), get_backend("onnxruntime"), str(path),
                 "tiny_models:tiny_resnet", cfg)
     return str(path)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now: fixed torchrun ports collide with any other job
+    (or a parallel test run) on the same machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,6 +12,7 @@ from halp_trt.build import BuildConfig, build_table, plan_axis
 from halp_trt.measure import Protocol
 from halp_trt.table import LatencyTable, StepInfo
 from tiny_models import tiny_resnet
+from conftest import free_port
 
 SHAPE = (1, 3, 16, 16)
 FAST = BuildConfig(protocol=Protocol(rounds=3, batch_size=16), sweep_window=16,
@@ -99,7 +100,7 @@ def test_torchrun_two_ranks_split_and_merge(tmp_path):
     out = tmp_path / "dist.json"
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29517", "-m", "halp_trt.cli", "build-table",
+           "--master-port", str(free_port()), "-m", "halp_trt.cli", "build-table",
            "tiny_models:tiny_resnet", "--input-shape", "1,3,16,16", "--out", str(out),
            "--rounds", "3", "--max-points", "4"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -17,6 +17,7 @@ from halp_trt.errors import HalpError
 from halp_trt.pipeline import DeployConfig, prune_and_deploy
 from halp_trt.result import PruningResult, apply_result
 from tiny_models import tiny_resnet
+from conftest import free_port
 
 MODEL = "tiny_models:tiny_resnet"
 
@@ -158,7 +159,7 @@ def test_ddp_two_gloo_processes(tmp_path, tiny_table):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29531", "-m", "halp_trt.cli", "prune-and-deploy", "--out", str(out),
+           "--master-port", str(free_port()), "-m", "halp_trt.cli", "prune-and-deploy", "--out", str(out),
            "--model", MODEL, "--input-size", "16", "--table", tiny_table, "--target", "0.85",
            "--steps", "2", "--interval", "2", "--epochs", "1", "--pretrain-epochs", "1",
            "--rounds", "3", "--max-batches", "3", "--train-batch-size", "32"]
