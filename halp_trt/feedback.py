@@ -112,7 +112,8 @@ class LatencyFeedback:
             copies = [ratios.pop(f"reference#{i}") for i in range(REFERENCE_COPIES)]
             self.session_reference_ratio = sum(copies) / len(copies)
             self.reference_ratios.append(self.session_reference_ratio)
-            # the median of every session's reading: a single session is ±5% on small models
+            # the schedule of the earlier steps follows the median over sessions (one session
+            # is ±5% on small models); the last step compares with its own session's reading
             self.final_ratio = float(sorted(self.reference_ratios)[len(self.reference_ratios)
                                                                    // 2])
         return ratios
