@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import os
 import tempfile
 import time
+from typing import BinaryIO, Callable
 
 # A temporary file of this target older than this was left by a killed writer (kill -9 skips
 # the cleanup below); younger ones may belong to a writer still running.
@@ -41,6 +43,14 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_atomic_with(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Atomically write what ``write(file)`` produces (``torch.save``, ``fig.savefig``, ...);
+    it writes to memory first, so an exception inside it leaves ``path`` untouched."""
+    buf = io.BytesIO()
+    write(buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def write_json_atomic(path: str, payload) -> None:

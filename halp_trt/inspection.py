@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from halp_trt.atomic import write_atomic_with
 from halp_trt.layers import LayerSpec
 from halp_trt.table import LatencyTable, SignatureTable
 
@@ -140,10 +141,8 @@ def plot_signature(sig: SignatureTable, path: str) -> None:
     fig.suptitle(f"{sig.key} ({len(sig.layers)} layer{'s' if len(sig.layers) > 1 else ''})",
                  fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
+    write_atomic_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def inspect_table(table: LatencyTable, out_dir: str | None = None, pattern: str | None = None

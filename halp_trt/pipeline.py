@@ -558,13 +558,12 @@ def _report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layer
 
 def _write_outputs(cfg, report, pruned_onnx, pruned_model, table, specs, pruned_layers_ms):
     from halp_trt.report import write_markdown, write_plots
-    from halp_trt.atomic import write_json_atomic
+    from halp_trt.atomic import write_atomic_with, write_json_atomic
 
     out = cfg.out
     write_bytes_atomic(os.path.join(out, "model.onnx"), pruned_onnx)
-    tmp = os.path.join(out, ".weights.tmp")
-    torch.save(pruned_model.state_dict(), tmp)
-    os.replace(tmp, os.path.join(out, "pruned_weights.pt"))
+    write_atomic_with(os.path.join(out, "pruned_weights.pt"),
+                      lambda f: torch.save(pruned_model.state_dict(), f))
     write_plots(out, report, table, specs, pruned_layers_ms)
     write_markdown(os.path.join(out, "report.md"), report)
     write_json_atomic(os.path.join(out, "report.json"), report)

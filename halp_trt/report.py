@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from halp_trt.atomic import write_atomic_with, write_bytes_atomic
+
 
 def write_markdown(path: str, r: dict) -> None:
     o, p = r["original"], r["pruned"]
@@ -60,10 +62,7 @@ def write_markdown(path: str, r: dict) -> None:
             lines.append(f"| {k} | {c['layers_target_ms']:.3f} | {c['measured_ratio']:.3f} |")
     lines += ["", "Figures: `widths.png`, `layer_latency.png`. Re-measure any time with "
               "`halp-trt validate original.onnx model.onnx --table TABLE`.", ""]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "\n".join(lines).encode("utf-8"))
 
 
 def write_plots(out_dir: str, r: dict, table, specs, pruned_layers_ms: dict) -> list[str]:
@@ -103,7 +102,5 @@ def write_plots(out_dir: str, r: dict, table, specs, pruned_layers_ms: dict) -> 
 
 
 def _save(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    write_atomic_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     return path

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from halp_trt.atomic import write_atomic_with
 from halp_trt.errors import HalpError
 
 
@@ -91,9 +92,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, prun
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomic torch.save of tensors and plain containers only (loadable weights-only)."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic_with(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str) -> dict:

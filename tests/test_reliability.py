@@ -445,7 +445,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, mo
     train.save_checkpoint(path, {"phase": "finetune", "finetune_epochs_done": 1})
 
     def save_half_then_die(obj, f, *a, **kw):
-        open(f, "wb").write(b"PK\x03\x04 half")
+        f.write(b"PK\x03\x04 half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train.torch, "save", save_half_then_die)
