@@ -29,6 +29,7 @@ from halp_trt.measure import Protocol, Stats, measure_interleaved, model_protoco
 from halp_trt.steps import detect_step, suffix_min
 from halp_trt.table import (LatencyTable, SignatureTable, StepInfo, round_up, now_iso,
                             write_json_atomic)
+from halp_trt.train import dist_context, finish_distributed
 
 # Identity keys that must agree for a partial table to be resumed.
 _RESUME_KEYS = ("backend", "runtime", "runtime_version", "device", "cpu_model", "precision",
@@ -149,17 +150,6 @@ def _f(x) -> float | None:
 
 # ---- distributed helpers ---------------------------------------------------------------------
 
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def _gather(entries: dict, world: int) -> dict:
     if world == 1:
         return entries
@@ -183,7 +173,7 @@ class TableBuilder:
         self.model, self.input_shape = model, tuple(int(x) for x in input_shape)
         self.backend, self.out_path, self.model_name = backend, out_path, model_name
         self.config = config or BuildConfig()
-        self.rank, self.world = _dist_info()
+        self.rank, self.world = dist_context("gloo")  # the gathered entries are CPU objects
         example = torch.randn(*self.input_shape)
         groups, _ = find_channel_groups(model, example, exclude=exclude)
         self.specs = list_layers(model, example, groups)
@@ -332,11 +322,7 @@ class TableBuilder:
             t.extra["validation"] = self.validate(cfg.validate)
             if self.rank == 0:
                 t.save(self.out_path)
-        if self.world > 1:  # leave together: a rank exiting early can abort gloo's teardown
-            import torch.distributed as dist
-
-            dist.barrier()
-            dist.destroy_process_group()
+        finish_distributed(self.world)
         return t
 
     def measure_whole_model(self) -> Stats | None:

@@ -212,8 +212,8 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     from halp_trt.models import create_model
     from halp_trt.pruner import HALPConfig, HALPPruner
     from halp_trt.result import PruningResult, apply_result
-    from halp_trt.train import (dist_context, evaluate, load_checkpoint, load_weights,
-                                save_checkpoint, train_epoch)
+    from halp_trt.train import (dist_context, evaluate, finish_distributed, load_checkpoint,
+                                load_weights, save_checkpoint, train_epoch)
 
     t_start = time.perf_counter()
     rank, world = dist_context()
@@ -424,7 +424,7 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
     log(f"pruned accuracy: {acc_pruned:.4f}")
 
     if not is_main:
-        _finish_distributed(world)
+        finish_distributed(world)
         return {}
 
     # 3. export, build, numerical check on real inputs
@@ -450,18 +450,8 @@ def prune_and_deploy(cfg: DeployConfig) -> dict:
         f"{os.path.join(cfg.out, 'report.md')}")
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)
-    _finish_distributed(world)
+    finish_distributed(world)
     return report
-
-
-def _finish_distributed(world: int) -> None:
-    """Ranks leave together: a rank that exits while rank 0 still holds the gloo process group
-    was seen to abort (SIGABRT) in the group's teardown."""
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def _broadcast(value):

@@ -17,16 +17,28 @@ from halp_trt.atomic import write_atomic_with
 from halp_trt.errors import HalpError
 
 
-def dist_context() -> tuple[int, int]:
-    """(rank, world size); initializes the process group under torchrun."""
+def dist_context(backend: str | None = None) -> tuple[int, int]:
+    """(rank, world size); initializes the process group under torchrun (``backend``: default
+    NCCL with CUDA, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available()
+                                                    else "gloo"))
     return dist.get_rank(), dist.get_world_size()
+
+
+def finish_distributed(world: int) -> None:
+    """Ranks leave together: a rank that exits while rank 0 still holds the gloo process group
+    was seen to abort (SIGABRT) in the group's teardown."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def evaluate(model: nn.Module, loader) -> float:
