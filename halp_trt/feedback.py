@@ -72,8 +72,8 @@ class LatencyFeedback:
         self.reference_ratios: list[float] = []  # reference / original, one per session
         self.session_reference_ratio: float | None = None  # the latest session's
         self.brackets: list[dict] = []  # what each bracketed step measured, for reports
-        self._bracket_reading: float | None = None
-        self._bracket_met = False
+        # (measured ratio, met the target) of the candidate the last step is about to commit
+        self._bracket_outcome: tuple[float, bool] | None = None
         self.points: list[FeedbackPoint] = []
         self.m = len(pruner.targets_ms)
         self.initial_targets_ms = list(pruner.targets_ms)
@@ -87,9 +87,8 @@ class LatencyFeedback:
 
     def step(self):
         p = self.pruner
-        last_step_now = (not p.done and not p.finalized and len(p.history) == len(p.targets_ms) - 1
-                         and (p.calls + 1) % p.config.interval == 0)
-        if last_step_now and self.bracket:
+        if self.bracket and not p.finalized and p.prunes_at_next_step() and \
+                len(p.history) == len(p.targets_ms) - 1:
             self._bracket_last_step()
         record = p.step()
         if record is not None:
@@ -144,14 +143,12 @@ class LatencyFeedback:
         # target carried over from other sessions biased picks (measured: a reference read at
         # 0.122 of the original over the feedback sessions, 0.128 next to the pick).
         goal_ratio = self._goal_ratio()
-        goal = goal_ratio * (1 + self.tolerance)
-        meeting = [k for k in candidates if ratios[k] <= goal]
+        meeting = [k for k in candidates if self._meets(ratios[k], goal_ratio)]
         # most latency kept (the knapsack then keeps the most importance) within the target;
         # if nothing meets it, the fastest candidate, and a further step follows
         pick = max(meeting, key=lambda k: candidates[k][1].predicted_ms) if meeting else \
             min(candidates, key=lambda k: ratios[k])
-        self._bracket_reading = ratios[pick]
-        self._bracket_met = bool(meeting)
+        self._bracket_outcome = (ratios[pick], bool(meeting))
         self.brackets.append({"step": len(p.history) + 1, "goal_ratio": goal_ratio,
                               "picked": pick, "candidates": {
                                   k: {"layers_target_ms": t, "predicted_ms": plan.predicted_ms,
@@ -164,9 +161,12 @@ class LatencyFeedback:
 
     def _goal_ratio(self) -> float:
         """The target as read in the latest session (with a reference), else the given one."""
-        if self.reference_onnx is not None and self.session_reference_ratio is not None:
+        if self.session_reference_ratio is not None:  # only set when there is a reference
             return self.session_reference_ratio
         return self.final_ratio
+
+    def _meets(self, ratio: float, goal_ratio: float) -> bool:
+        return ratio <= goal_ratio * (1 + self.tolerance)
 
     def _scheduled_ratio(self, t: int) -> float:
         a = min(1.0, t / self.m)
@@ -175,12 +175,10 @@ class LatencyFeedback:
     def _after_step(self, t: int) -> None:
         p = self.pruner
         layers_ratio = p.predict_ms() / p.full_ms
-        bracket_met = False
-        if self._bracket_reading is not None:  # this architecture was just measured
-            measured, self._bracket_reading = self._bracket_reading, None
-            bracket_met = self._bracket_met
+        if self._bracket_outcome is not None:  # this architecture was just measured
+            (measured, bracket_met), self._bracket_outcome = self._bracket_outcome, None
         else:
-            measured = self.measure_current()
+            measured, bracket_met = self.measure_current(), False
         self.points.append(FeedbackPoint(t, layers_ratio, measured, self._scheduled_ratio(t)))
         self.log(f"step {t}: measured {measured:.3f} of the original (scheduled "
                  f"{self._scheduled_ratio(t):.3f}, table layer sum {layers_ratio:.3f})")
@@ -204,14 +202,14 @@ class LatencyFeedback:
             p.retarget([layer_target_ms(self._scheduled_ratio(k), k) for k in remaining])
         elif bracket_met:
             return  # measured at or under the target next to it, in one session
-        elif measured > self._goal_ratio() * (1 + self.tolerance) and self.extra_left > 0:
+        elif not self._meets(measured, self._goal_ratio()) and self.extra_left > 0:
             # A correction only ever prunes more, so deciding on one noisy reading biases
             # results low (seen: 10–30% under the target on sub-millisecond models). Measure
             # again and act only if the better of the two readings is still above the target.
             measured = min(measured, self.measure_current())
             self.points[-1].measured_ratio = measured
             goal_ratio = self._goal_ratio()
-            if measured <= goal_ratio * (1 + self.tolerance):
+            if self._meets(measured, goal_ratio):
                 return
             self.extra_left -= 1
             self.log(f"measured {measured:.3f} is above the target {goal_ratio:.3f}: "

@@ -416,15 +416,18 @@ class HALPPruner:
             return False
         return self.accumulator.accumulate()
 
+    def prunes_at_next_step(self) -> bool:
+        """Whether the next ``step()`` call runs a pruning step."""
+        return not self.done and (self.calls + 1) % self.config.interval == 0
+
     def step(self) -> StepRecord | None:
         """Call after each optimizer.step(): re-applies the masks; every ``interval`` calls (up to
         ``steps`` times) runs one pruning step and returns its record."""
         if self.finalized:
             raise HalpError("the pruner was finalized; the model is already pruned")
+        due = self.prunes_at_next_step()
         self.calls += 1
-        record = None
-        if not self.done and self.calls % self.config.interval == 0:
-            record = self.prune_step()
+        record = self.prune_step() if due else None
         self.masker.apply()
         return record
 
