@@ -29,12 +29,6 @@ COMMANDS = {
 }
 
 
-def _vs_matched(h, tp) -> str:
-    if "latency_vs_matched" in h:  # per seed, both timed in one session
-        return f"{h['latency_vs_matched']:.3f} ± {h['latency_vs_matched_std']:.3f}"
-    return f"{h['latency_ratio'] / tp['latency_ratio']:.3f}, from the means"
-
-
 def load(name):
     path = os.path.join(RESULTS, name)
     if not os.path.exists(path):
@@ -174,7 +168,8 @@ def main():
                 lines.append(
                     f"- {crit} vs {method} (ratio {ratio}): latency {h['latency_ratio']:.3f} vs "
                     f"{tp['latency_ratio']:.3f} (halp / matched model, same session, mean over "
-                    f"seeds: {_vs_matched(h, tp)}), "
+                    f"seeds: {h['latency_vs_matched']:.3f} ± "
+                    f"{h['latency_vs_matched_std']:.3f}), "
                     f"accuracy without fine-tuning {h['acc_no_ft']:.3f} vs {tp['acc_no_ft']:.3f}, "
                     f"after 1 epoch {h['acc_1_epoch']:.3f} vs {tp['acc_1_epoch']:.3f}")
         lines += [""]
