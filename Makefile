@@ -19,8 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/halp-trt prune-and-deploy --out demo-out
 
+# Style (ruff) and the whole test suite; CI runs exactly this.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check halp_trt tests tools
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) demo-out

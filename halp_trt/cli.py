@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from halp_trt.errors import HalpError
+from halp_trt.errors import ConfigError, HalpError
 
 
 def _friendly(fn):
@@ -20,6 +20,9 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except ConfigError as exc:  # a library field: name the flag that sets it
+            click.echo(f"error: {exc.render_for_cli()}", err=True)
+            sys.exit(exc.exit_code)
         except HalpError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -65,12 +68,12 @@ def main():
 def build_table_cmd(model, input_shape, out_path, num_classes, gpu, precision, threads,
                     optimization, rounds, max_points, validate, exclude, timing_cache):
     """Measure the per-layer latency table of MODEL (torchvision name or module:factory)."""
-    from halp_trt.backends import backend_for
-    from halp_trt.build import BuildConfig, build_table, grid_size
-    from halp_trt.inspection import format_report
-    from halp_trt.measure import Protocol
+    from halp_trt.runtime import backend_for
+    from halp_trt.latency.build import BuildConfig, build_table, grid_size
+    from halp_trt.latency.inspection import format_report
+    from halp_trt.runtime.protocol import Protocol
     from halp_trt.models import create_model, parse_input_shape
-    from halp_trt.table import check_writable
+    from halp_trt.fileio import check_writable
 
     shape = parse_input_shape(input_shape)
     check_writable(out_path)
@@ -100,12 +103,12 @@ def build_table_cmd(model, input_shape, out_path, num_classes, gpu, precision, t
 @_friendly
 def inspect_cmd(table_path, pattern, out_dir):
     """Print a latency table's signatures and steps; draw their step curves."""
-    from halp_trt.inspection import inspect_table, signature_rows
-    from halp_trt.table import LatencyTable
+    from halp_trt.latency.inspection import inspect_table, signature_rows
+    from halp_trt.latency.table import LatencyTable
 
     table = LatencyTable.load(table_path, require_complete=False)
     if out_dir:
-        from halp_trt.table import check_writable
+        from halp_trt.fileio import check_writable
 
         check_writable(out_dir, is_dir=True)
     if pattern and not signature_rows(table, pattern):
@@ -186,17 +189,17 @@ def validate_cmd(original, pruned, table_path, gpu, precision, rounds, json_path
     from halp_trt.validate import format_validation, validate_onnx
 
     if json_path:
-        from halp_trt.table import check_writable
+        from halp_trt.fileio import check_writable
 
         check_writable(json_path)
     if table_path:  # a bad table fails before the measurement, not after it
-        from halp_trt.table import LatencyTable
+        from halp_trt.latency.table import LatencyTable
 
         LatencyTable.load(table_path)
     res = validate_onnx(original, pruned, table_path, gpu, precision, rounds)
     click.echo(format_validation(res))
     if json_path:
-        from halp_trt.table import write_json_atomic
+        from halp_trt.fileio import write_json_atomic
 
         write_json_atomic(json_path, res)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from halp_trt.errors import HalpError
+from halp_trt.errors import ConfigError, HalpError
 
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -107,7 +107,8 @@ def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0) -> DataSplits
         return _imagefolder(arg, tuple(input_hw))
     if kind == "cifar10" and arg:
         return _cifar10(arg, tuple(input_hw))
-    raise HalpError(f"unknown --data {spec!r}: use digits, imagefolder:DIR or cifar10:DIR")
+    raise ConfigError("data", f"unknown {{field}} {spec!r}: use digits, imagefolder:DIR or "
+                      "cifar10:DIR")
 
 
 def check_sample(splits: DataSplits, input_shape) -> None:

@@ -20,3 +20,19 @@ class MissingBackendError(HalpError):
             msg += f" ({detail})"
         super().__init__(msg)
         self.extra = extra
+
+
+class ConfigError(HalpError):
+    """A bad value of one configuration field. The message is a template in which ``{field}``
+    stands for the field's name, so each caller names it in its own language: the Python API
+    says ``target``, the CLI says ``--target``."""
+
+    def __init__(self, field: str, template: str):
+        self.field, self.template = field, template
+        super().__init__(self.render(field))
+
+    def render(self, name: str) -> str:
+        return self.template.replace("{field}", name)
+
+    def render_for_cli(self) -> str:
+        return self.render("--" + self.field.replace("_", "-"))

@@ -1,9 +1,65 @@
-"""The human side of a prune-and-deploy report: Markdown and PNGs."""
+"""The prune-and-deploy report: its figures as a dict (report.json), Markdown and PNGs."""
 from __future__ import annotations
 
 import os
 
-from halp_trt.atomic import write_atomic_with, write_bytes_atomic
+import halp_trt
+from halp_trt.fileio import write_atomic_with, write_bytes_atomic, write_json_atomic
+
+
+def build_report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layers_ms,
+                 cmp, check, acc_original, acc_pruned, result, wall_s, feedback_state) -> dict:
+    """Every figure of a run. ``cmp``: the interleaved original/pruned measurement;
+    ``check``: the numeric check; ``feedback_state``: ``LatencyFeedback.state_dict()``."""
+    from dataclasses import asdict
+
+    est = cmp.estimator
+    orig_ms, pruned_ms = cmp.original.estimate(est), cmp.pruned.estimate(est)
+    pred_orig = calib.model_ms(layers_full_ms)
+    pred_pruned = calib.model_ms(sum(pruned_layers_ms.values()))
+    target_ratio = cfg.target_fraction if cfg.target_fraction is not None else \
+        cfg.target_ms / orig_ms
+    return {
+        "halp_trt_version": halp_trt.__version__,
+        "model": cfg.model, "data": cfg.data, "input_shape": list(cfg.input_shape),
+        "target": cfg.target, "target_ratio": target_ratio,
+        "original": {"measured_ms": orig_ms, "predicted_ms": pred_orig,
+                     "stats": cmp.original.to_json(), "layers_sum_ms": layers_full_ms},
+        "pruned": {"measured_ms": pruned_ms, "predicted_ms": pred_pruned,
+                   "stats": cmp.pruned.to_json(), "layers_sum_ms": sum(pruned_layers_ms.values())},
+        "speedup_measured": orig_ms / pruned_ms,
+        "speedup_predicted": pred_orig / pred_pruned,
+        "latency_ratio_measured": pruned_ms / orig_ms,
+        "latency_ratio_vs_target": (pruned_ms / orig_ms) / target_ratio,
+        "max_abs_diff": check.max_abs_diff,
+        "numeric_check": asdict(check),
+        "accuracy": {"original": acc_original, "pruned": acc_pruned,
+                     "drop": acc_original - acc_pruned},
+        "backend": {**backend.identity(), "verified": backend.verification_note,
+                    "verified_here": backend.verified},
+        "table": {"path": table_path, "identity": table.identity,
+                  "calibration": calib.to_json()},
+        "noisy_measurement": cmp.original.noisy or cmp.pruned.noisy,
+        "widths": {k: {"original": result.original_widths[k], "kept": len(v)}
+                   for k, v in result.kept.items()},
+        "pruning_history": result.history,
+        "feedback": feedback_state.get("points", []),
+        "last_step_candidates": feedback_state.get("brackets", []),
+        "config": cfg.to_json(),
+        "wall_s": wall_s,
+    }
+
+
+def write_outputs(out: str, report: dict, pruned_onnx: bytes, pruned_model, table, specs,
+                  pruned_layers_ms: dict) -> None:
+    import torch
+
+    write_bytes_atomic(os.path.join(out, "model.onnx"), pruned_onnx)
+    write_atomic_with(os.path.join(out, "pruned_weights.pt"),
+                      lambda f: torch.save(pruned_model.state_dict(), f))
+    write_plots(out, report, table, specs, pruned_layers_ms)
+    write_markdown(os.path.join(out, "report.md"), report)
+    write_json_atomic(os.path.join(out, "report.json"), report)
 
 
 def write_markdown(path: str, r: dict) -> None:

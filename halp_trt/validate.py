@@ -26,7 +26,7 @@ def predict_onnx_ms(table, model) -> dict:
     attributes and input size, and looked up at its actual channel counts."""
     from onnx import numpy_helper, shape_inference
 
-    from halp_trt.layers import Signature
+    from halp_trt.graph.layers import Signature, is_depthwise
 
     inferred = shape_inference.infer_shapes(model)
     shapes = {}
@@ -48,7 +48,7 @@ def predict_onnx_ms(table, model) -> dict:
             c_out, c_in_per_group = w_shape[0], w_shape[1]
             groups = attrs.get("group", 1) or 1
             c_in = c_in_per_group * groups
-            depthwise = groups > 1 and groups == c_in == c_out
+            depthwise = is_depthwise(groups, c_in, c_out)
             k = attrs.get("kernel_shape", list(w_shape[2:]))
             pads = attrs.get("pads", [0, 0, 0, 0])
             sig = Signature("dwconv" if depthwise else "conv", tuple(k),
@@ -82,9 +82,9 @@ def predict_onnx_ms(table, model) -> dict:
 
 def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu: bool = False,
                   precision: str = "fp32", rounds: int = 30) -> dict:
-    from halp_trt.backends import backend_for
-    from halp_trt.deploy import compare_onnx
-    from halp_trt.measure import model_protocol
+    from halp_trt.runtime import backend_for
+    from halp_trt.runtime.deploy import compare_onnx
+    from halp_trt.runtime.protocol import model_protocol
 
     models = {"original": _read_onnx(original), "pruned": _read_onnx(pruned)}
     backend = backend_for(gpu, precision)
@@ -97,8 +97,8 @@ def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu
            "speedup_measured": cmp.speedup, "backend": backend.identity(),
            "noisy": cmp.original.noisy or cmp.pruned.noisy}
     if table_path:
-        from halp_trt.calibration import Calibration
-        from halp_trt.table import LatencyTable
+        from halp_trt.latency.calibration import Calibration
+        from halp_trt.latency.table import LatencyTable
 
         table = LatencyTable.load(table_path)
         table.check_compatible(backend.identity())

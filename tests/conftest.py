@@ -1,30 +1,36 @@
+"""Shared fixtures. Helper modules (tiny_models, fakes, fake_tensorrt) are importable by name:
+pyproject.toml puts tests/ on the path."""
 import os
-import sys
 
-# tests import helpers (tiny_models) from this folder, and subprocesses use module:factory
+import pytest
+
+from fakes import ReachedHeavyWork
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-os.environ["PYTHONPATH"] = HERE + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 
-import pytest  # noqa: E402
-
-
-class ReachedHeavyWork(Exception):
-    """Raised in place of training, evaluating or measuring: the command got past its checks."""
+@pytest.fixture(autouse=True, scope="session")
+def _children_find_test_models():
+    """CLI subprocesses (torchrun, kill -9 tests) load ``tiny_models:...`` like the tests do."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = HERE + (os.pathsep + old if old else "")
+    yield
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
 
 
 HEAVY_WORK = ("halp_trt.train.train_epoch", "halp_trt.train.evaluate",
-              "halp_trt.measure.measure_interleaved", "halp_trt.build.TableBuilder.run",
-              "halp_trt.deploy.compare_onnx")
+              "halp_trt.runtime.protocol.measure_interleaved", "halp_trt.latency.build.TableBuilder.run",
+              "halp_trt.runtime.deploy.compare_onnx")
 
 
 @pytest.fixture
 def no_heavy_work(monkeypatch):
     """Make every heavy step raise ReachedHeavyWork (for tests of option checking)."""
-    import halp_trt.deploy  # noqa: F401  (bind their imports before patching)
-    import halp_trt.feedback  # noqa: F401
+    import halp_trt.runtime.deploy  # noqa: F401  (bind their imports before patching)
+    import halp_trt.pruning.feedback  # noqa: F401
 
     def stop(*args, **kwargs):
         raise ReachedHeavyWork
@@ -36,9 +42,9 @@ def no_heavy_work(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_table(tmp_path_factory):
     """A real ONNX Runtime table of tests/tiny_models.py's model at 16x16 (few rounds)."""
-    from halp_trt.backends import get_backend
-    from halp_trt.build import BuildConfig, build_table
-    from halp_trt.measure import Protocol
+    from halp_trt.runtime import get_backend
+    from halp_trt.latency.build import BuildConfig, build_table
+    from halp_trt.runtime.protocol import Protocol
     from tiny_models import tiny_resnet
 
     path = tmp_path_factory.mktemp("table") / "tiny.json"
@@ -47,13 +53,3 @@ def tiny_table(tmp_path_factory):
     build_table(tiny_resnet(), (1, 3, 16, 16), get_backend("onnxruntime"), str(path),
                 "tiny_models:tiny_resnet", cfg)
     return str(path)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now: fixed torchrun ports collide with any other job
-    (or a parallel test run) on the same machine."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

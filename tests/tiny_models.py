@@ -40,3 +40,57 @@ class TinyResNet(nn.Module):
 
 def tiny_resnet(num_classes=10):
     return TinyResNet(num_classes)
+
+
+# ---- models for module:factory in the CLI error tests ----------------------------------
+
+class Bessel(nn.Module):
+    def forward(self, x):
+        return torch.special.bessel_j0(x)  # no ONNX symbolic in opset 17
+
+
+class UnexportableNet(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = Bessel()
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+class GrayNet(nn.Module):
+    """Expects 1-channel images."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def unexportable_net(num_classes=10):
+    return UnexportableNet(num_classes)
+
+
+def gray_net(num_classes=10):
+    return GrayNet(num_classes)
+
+
+def wide_resnet(num_classes=10):
+    return TinyResNet(num_classes, width=24)
+
+
+def ten_class_net():  # ignores the data's class count
+    return TinyResNet(10)
+
+
+def failing_factory(num_classes=10):
+    raise RuntimeError("out of memory while building")
+
+
+def not_a_module(num_classes=10):
+    return "resnet"

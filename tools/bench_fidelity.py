@@ -19,15 +19,15 @@ import math
 
 import torch
 
-from halp_trt.backends import get_backend
-from halp_trt.calibration import Calibration
+from halp_trt.runtime import get_backend
+from halp_trt.latency.calibration import Calibration
 from halp_trt.data import load_data, make_loader
-from halp_trt.export import export_onnx
-from halp_trt.measure import measure_interleaved, model_protocol
+from halp_trt.runtime.export import export_onnx
+from halp_trt.runtime.protocol import measure_interleaved, model_protocol
 from halp_trt.models import create_model, parse_input_shape
-from halp_trt.pipeline import slimmed_copy
-from halp_trt.pruner import HALPConfig, HALPPruner
-from halp_trt.table import LatencyTable
+from halp_trt.latency.calibration import slimmed_copy
+from halp_trt.pruning.pruner import HALPConfig, HALPPruner
+from halp_trt.latency.table import LatencyTable
 
 
 def prune_one_shot(model, example, table, loader, layers_target_ms, rule, batches):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark halp_trt.knapsack on ResNet-50-scale instances (seeded, synthetic).
+"""Benchmark halp_trt.pruning.knapsack on ResNet-50-scale instances (seeded, synthetic).
 
 Usage: python tools/bench_knapsack.py [--json PATH] [--dump DIR] [--quick]
 
@@ -33,7 +33,7 @@ try:
     import halp_trt  # noqa: F401
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from halp_trt.knapsack import KnapsackGroup, solve_knapsack, solve_reference_dp
+from halp_trt.pruning.knapsack import KnapsackGroup, solve_knapsack, solve_reference_dp
 
 HIGHS_LIMIT_S = 300.0
 

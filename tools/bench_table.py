@@ -13,9 +13,9 @@ import argparse
 import json
 import time
 
-from halp_trt.backends import get_backend
-from halp_trt.build import BuildConfig, build_table, grid_size
-from halp_trt.measure import Protocol
+from halp_trt.runtime import get_backend
+from halp_trt.latency.build import BuildConfig, build_table, grid_size
+from halp_trt.runtime.protocol import Protocol
 from halp_trt.models import create_model, parse_input_shape
 
 

@@ -11,7 +11,8 @@ accuracy right after pruning with BatchNorm statistics recalibrated (no fine-tun
 one short fine-tuning epoch, plus the share of the original model's Taylor importance it keeps.
 Mean ± std over seeds (seeds change the importance batches and the fine-tuning order).
 
-    python tools/bench_vs_torch_pruning.py --json tools/results/vs_torch_pruning.json --png tools/results/vs_torch_pruning.png
+    python tools/bench_vs_torch_pruning.py --json tools/results/vs_torch_pruning.json \
+        --png tools/results/vs_torch_pruning.png
     python tools/bench_vs_torch_pruning.py --quick      # 1 ratio, 2 seeds
 """
 import argparse
@@ -23,17 +24,17 @@ import time
 import torch
 import torch.nn as nn
 
-from halp_trt.backends import get_backend
+from halp_trt.runtime import get_backend
 from halp_trt.data import load_data, make_loader
-from halp_trt.export import export_onnx
-from halp_trt.feedback import LatencyFeedback
-from halp_trt.groups import find_channel_groups
-from halp_trt.importance import ImportanceAccumulator
-from halp_trt.measure import measure_interleaved, model_protocol
+from halp_trt.runtime.export import export_onnx
+from halp_trt.pruning.feedback import LatencyFeedback
+from halp_trt.graph.groups import find_channel_groups
+from halp_trt.pruning.importance import ImportanceAccumulator
+from halp_trt.runtime.protocol import measure_interleaved, model_protocol
 from halp_trt.models import create_model
-from halp_trt.pruner import HALPConfig, HALPPruner
-from halp_trt.result import apply_result
-from halp_trt.table import LatencyTable
+from halp_trt.pruning.pruner import HALPConfig, HALPPruner
+from halp_trt.pruning.result import apply_result
+from halp_trt.latency.table import LatencyTable
 from halp_trt.train import evaluate, recalibrate_bn, train_epoch
 
 SHAPE = (1, 3, 64, 64)

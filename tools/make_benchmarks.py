@@ -46,7 +46,7 @@ def machine() -> str:
                     f"torch-pruning {torch_pruning.__version__}")
     except ImportError:
         versions = "(versions unavailable)"
-    from halp_trt.backends.onnxruntime import cpu_description
+    from halp_trt.runtime.onnxruntime import cpu_description
 
     cpu = cpu_description()
     return (f"{cpu['cpu_model']} ({', '.join(cpu['isa'])}), {os.cpu_count()} vCPUs shared with "

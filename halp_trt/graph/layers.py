@@ -1,0 +1,145 @@
+"""Prunable layers of a model and the signature under which each is timed.
+
+A layer's latency depends on its op, kernel/stride/padding/dilation, groups, input feature-map
+size and the batch; the channel counts are the table's axes. Layers with the same signature share
+one set of measurements. Which coupled channel group (``halp_trt.graph.groups``) sets a layer's input
+width and which sets its output width ties the table to the pruning decisions.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # torch stays unimported for table-only work (loading, inspect)
+    import torch
+
+    from halp_trt.graph.groups import ChannelGroup
+
+
+def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
+    """A depthwise conv: one group per channel, so its input and output width are one."""
+    return groups > 1 and groups == in_channels == out_channels
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a latency measurement depends on, apart from channel counts, batch and precision."""
+
+    op: str  # "conv" | "dwconv" | "linear"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1  # for grouped (not depthwise) convs; depthwise scales groups with channels
+    input_hw: tuple[int, int] = (1, 1)
+    in_scale: int = 1  # Linear only: input features per input channel (a flatten before it)
+
+    @property
+    def key(self) -> str:
+        k, s, p, d, hw = self.kernel, self.stride, self.padding, self.dilation, self.input_hw
+        if self.op == "linear":
+            return f"linear_x{self.in_scale}"
+        return (f"{self.op}_k{k[0]}x{k[1]}_s{s[0]}x{s[1]}_p{p[0]}x{p[1]}_d{d[0]}x{d[1]}"
+                f"_g{self.groups}_hw{hw[0]}x{hw[1]}")
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Signature":
+        return cls(op=d["op"], kernel=tuple(d["kernel"]), stride=tuple(d["stride"]),
+                   padding=tuple(d["padding"]), dilation=tuple(d["dilation"]),
+                   groups=int(d["groups"]), input_hw=tuple(d["input_hw"]),
+                   in_scale=int(d.get("in_scale", 1)))
+
+
+@dataclass
+class LayerSpec:
+    """One prunable layer of the model, with the groups that set its widths."""
+
+    name: str
+    signature: Signature
+    in_channels: int  # channels entering the layer (for linear: input features / in_scale)
+    out_channels: int
+    in_group: int | None  # channel group that sets the input width; None = fixed (e.g. image)
+    out_group: int | None  # None = output width fixed (classifier, excluded layer)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.signature.op == "dwconv"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["signature"] = self.signature.key
+        return d
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
+                groups: Sequence["ChannelGroup"]) -> list[LayerSpec]:
+    """Every Conv2d (plain, grouped, depthwise) and Linear in forward order, with its signature
+    and coupled groups. A module called more than once must see one input size."""
+    import torch
+    import torch.nn as nn
+
+    names = {m: n for n, m in model.named_modules()}
+    seen_hw: dict[str, tuple[int, int]] = {}
+    order: list[str] = []
+
+    def hook(module, inputs, _output):
+        x = inputs[0]
+        name = names[module]
+        hw = tuple(x.shape[-2:]) if isinstance(module, nn.Conv2d) else (1, 1)
+        if name not in seen_hw:
+            order.append(name)
+            seen_hw[name] = hw
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+
+    out_group: dict[str, int] = {}
+    in_group: dict[str, tuple[int, int]] = {}  # module -> (group id, channels of it in module)
+    for g in groups:
+        for m in g.members:
+            if m.side == "out":
+                out_group[m.module_name] = g.id
+            else:
+                in_group[m.module_name] = (g.id, len(m.idxs))
+
+    modules = dict(model.named_modules())
+    specs = []
+    for name in order:
+        mod = modules[name]
+        if isinstance(mod, nn.Conv2d):
+            depthwise = is_depthwise(mod.groups, mod.in_channels, mod.out_channels)
+            sig = Signature(op="dwconv" if depthwise else "conv", kernel=_pair(mod.kernel_size),
+                            stride=_pair(mod.stride), padding=_pair(mod.padding),
+                            dilation=_pair(mod.dilation), groups=1 if depthwise else mod.groups,
+                            input_hw=seen_hw[name])
+            c_in = mod.in_channels
+            og = out_group.get(name)
+            ig = og if depthwise else in_group.get(name, (None, 0))[0]
+        else:
+            gid, n_idx = in_group.get(name, (None, 0))
+            g_size = next((g.size for g in groups if g.id == gid), 0)
+            # A flatten before the Linear maps each channel to several features.
+            scale = max(1, n_idx // g_size) if gid is not None and g_size else 1
+            sig = Signature(op="linear", in_scale=scale)
+            c_in, ig, og = mod.in_features // scale, gid, out_group.get(name)
+        specs.append(LayerSpec(name=name, signature=sig, in_channels=c_in,
+                               out_channels=mod.out_channels if isinstance(mod, nn.Conv2d)
+                               else mod.out_features,
+                               in_group=ig, out_group=og))
+    return specs

@@ -1,0 +1,104 @@
+"""DeployConfig: every option of a prune-and-deploy run, validated before any work.
+
+Errors name the field (``ConfigError``); the CLI names the matching flag instead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from halp_trt.errors import ConfigError
+from halp_trt.pruning.targets import parse_target
+
+# Beyond these a run is almost surely a typo (a 16k image, a batch of 100k) and would only fail
+# minutes later, out of memory in export or the runtime.
+MAX_INPUT_SIZE = 4096
+MAX_BATCH_SIZE = 1024
+
+# Choice fields and their values (the CLI offers the same choices).
+CHOICES = {
+    "contribution": ("two_sided", "one_sided"),
+    "importance": ("taylor", "magnitude"),
+    "calibration": ("affine", "additive", "ratio"),
+    "precision": ("fp32", "fp16"),
+}
+
+
+@dataclass
+class DeployConfig:
+    out: str
+    model: str = "resnet18"
+    weights: str | None = None
+    data: str = "digits"
+    input_size: int = 64
+    batch_size: int = 1  # latency measurement batch
+    train_batch_size: int = 64
+    table: str = "auto"  # path | auto (profiles/, cache, or build one)
+    target: str = "0.5"  # fraction of the measured original, or "12ms"
+    steps: int = 8
+    interval: int = 5  # minibatches between pruning steps
+    epochs: int = 2  # fine-tuning epochs after the last pruning step
+    pretrain_epochs: int = 4  # when no --weights are given
+    lr: float = 0.01
+    contribution: str = "two_sided"
+    importance: str = "taylor"
+    calibration: str = "affine"
+    gpu: bool = False
+    precision: str = "fp32"
+    rounds: int = 30  # interleaved rounds when measuring whole models
+    seed: int = 0
+    allow_table_mismatch: bool = False
+    exclude: tuple = ()  # modules whose output channels must not change
+    max_batches: int | None = None  # cap batches per epoch (tests, smoke runs)
+    progress: bool = True
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"{{field}} must be one of {', '.join(allowed)}, got "
+                                  f"{getattr(self, name)!r}")
+        if self.precision != "fp32" and not self.gpu:
+            raise ConfigError("precision", f"{{field}} {self.precision} needs the TensorRT "
+                              "backend (gpu); ONNX Runtime on the CPU measures fp32 only")
+        if not 8 <= self.input_size <= MAX_INPUT_SIZE:
+            raise ConfigError("input_size", f"{{field}} must be between 8 and {MAX_INPUT_SIZE}, "
+                              f"got {self.input_size}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError("batch_size", f"{{field}} (latency measurement batch) must be at "
+                              f"most {MAX_BATCH_SIZE}, got {self.batch_size}")
+        for name in ("batch_size", "train_batch_size", "steps", "interval", "rounds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "{field} must be >= 1")
+        for name in ("epochs", "pretrain_epochs", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "{field} must be >= 0")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError("max_batches", "{field} must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError("lr", "{field} must be a positive number")
+        if isinstance(self.exclude, str):
+            self.exclude = (self.exclude,)
+        self.exclude = tuple(self.exclude)
+        self.parsed_target = parse_target(self.target, of="measured", field_name="target")
+
+    @property
+    def target_fraction(self) -> float | None:
+        t = self.parsed_target
+        return t.value if t.kind == "fraction" else None
+
+    @property
+    def target_ms(self) -> float | None:
+        t = self.parsed_target
+        return t.value if t.kind == "ms" else None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch_size, 3, self.input_size, self.input_size)
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d.pop("parsed_target", None)
+        d["exclude"] = list(self.exclude)
+        return d

@@ -1,0 +1,384 @@
+"""The stages of prune-and-deploy, each a method a reader can follow:
+
+1. ``load``      data, model, layer graph, backend; every check that needs no training
+2. ``original``  weights (given or trained briefly) and the original's accuracy
+3. ``table``     the latency table (explicit, shipped, cached, or measured now)
+4. ``calibrate`` whole-model measurements that map the table's layer sum to real latency
+5. ``prune``     HALP during fine-tuning, closed loop on measured latency; channels removed
+6. ``finetune``  further epochs on the pruned model
+7. ``deploy``    ONNX export and the runtime's outputs checked against PyTorch
+8. ``verify``    original and pruned measured interleaved
+9. ``report``    report.json / report.md / model.onnx / pruning.json / weights / PNGs
+
+The latency target is a fraction of the *measured* original (or ms). ``RunState`` owns what a
+resumed run needs; it is saved after every stage and epoch, and Ctrl-C leaves it in
+``out/checkpoint.pt``, from which the same command resumes.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+
+import torch
+
+from halp_trt.distributed import (broadcast_object, check_same_on_all_ranks, dist_context,
+                                  finish_distributed)
+from halp_trt.errors import ConfigError, HalpError
+from halp_trt.fileio import check_writable, write_bytes_atomic
+from halp_trt.pipeline.config import DeployConfig
+from halp_trt.pipeline.state import RunState
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def prune_and_deploy(cfg: DeployConfig) -> dict:
+    """Run the whole job; returns the report (also written to ``cfg.out``)."""
+    return DeployRun(cfg).run()
+
+
+def _progress(iterable, enabled: bool, **kw):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, dynamic_ncols=True, leave=False, **kw)
+
+
+def _capped(loader, max_batches):
+    for i, b in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield b
+
+
+class DeployRun:
+    """One prune-and-deploy run. ``run()`` calls the stages in order; each reads what earlier
+    stages left on ``self`` and in ``self.state``."""
+
+    def __init__(self, cfg: DeployConfig):
+        if not isinstance(cfg, DeployConfig):
+            raise HalpError("prune_and_deploy needs a DeployConfig")
+        self.cfg = cfg
+        self.t_start = time.perf_counter()
+        self.rank, self.world = dist_context()
+        self.is_main = self.rank == 0
+        self.show_progress = cfg.progress and self.is_main
+        self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            print(f"[halp-trt] {msg}", flush=True)
+
+    def checkpoint(self, **fields) -> None:
+        for k, v in fields.items():
+            setattr(self.state, k, v)
+        if self.is_main:
+            self.state.save(self.ckpt_path)
+
+    def run(self) -> dict:
+        self.load()
+        self.original()
+        self.table()
+        self.calibrate()
+        self.prune()
+        self.finetune()
+        if not self.is_main:
+            finish_distributed(self.world)
+            return {}
+        self.deploy()
+        self.verify()
+        report = self.report()
+        finish_distributed(self.world)
+        return report
+
+    # ---- 1. load -----------------------------------------------------------------------------
+    def load(self) -> None:
+        from halp_trt.data import check_sample, load_data, make_loader
+        from halp_trt.graph.groups import find_channel_groups, run_example
+        from halp_trt.graph.layers import list_layers
+        from halp_trt.latency.resolve import resolve_table
+        from halp_trt.models import create_model
+        from halp_trt.runtime import backend_for
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        check_writable(cfg.out, is_dir=True)
+        self.data = load_data(cfg.data, (cfg.input_size, cfg.input_size), cfg.seed)
+        self.new_model = lambda: create_model(cfg.model, self.data.num_classes)
+        self.model = self.new_model()
+        check_sample(self.data, cfg.input_shape)
+        self.example = torch.randn(*cfg.input_shape)
+        try:
+            n_out = run_example(self.model, self.example,
+                                fix="set {field} to the size the model expects").shape[-1]
+        except HalpError as exc:
+            raise ConfigError("input_size", f"{cfg.model}: {exc}") from None
+        if n_out != self.data.num_classes:
+            raise HalpError(f"the model has {n_out} outputs but {self.data.name} has "
+                            f"{self.data.num_classes} classes")
+        self.train_loader = make_loader(self.data.train, cfg.train_batch_size, True, cfg.seed,
+                                        self.world > 1)
+        self.val_loader = make_loader(self.data.val, 256, False, cfg.seed, self.world > 1)
+        self.backend = backend_for(cfg.gpu, cfg.precision)
+        # before any training: the architecture must be prunable and an explicit table must fit
+        # (channel groups and layer signatures depend on the architecture only, not on weights)
+        groups, _ = find_channel_groups(self.model, self.example)
+        self.specs = list_layers(self.model, self.example, groups)
+        modules = dict(self.model.named_modules())
+        unknown = [n for n in cfg.exclude if n not in modules]
+        if unknown:
+            raise ConfigError("exclude", f"cannot {{field}} {unknown}: no such module in the "
+                              f"model (module names look like {list(modules)[1:4]})")
+        self.explicit_table = (resolve_table(cfg.table, self.model, cfg.model, cfg.input_shape,
+                                             self.specs, self.backend, cfg.allow_table_mismatch,
+                                             self.show_progress, self.log)
+                               if cfg.table != "auto" else None)
+        run = {"model": cfg.model, "data": cfg.data, "input_size": cfg.input_size,
+               "batch_size": cfg.batch_size}
+        self.state = (RunState.load(self.ckpt_path) if os.path.exists(self.ckpt_path)
+                      else RunState(run=run))
+        if self.state.run != run:
+            raise HalpError(f"{self.ckpt_path} belongs to another run ({self.state.run}); rerun "
+                            "that command to resume it, or choose another --out (or delete the "
+                            "checkpoint) to start this one")
+        if self.state.phase != "start":
+            self.log(f"resuming from {self.ckpt_path} (phase {self.state.phase})")
+
+    # ---- training helpers ------------------------------------------------------------------------
+    def _optimizer(self, params):
+        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=1e-4)
+
+    def _run_epochs(self, net, optimizer, n_epochs, desc, pruner=None, scheduler=None,
+                    until=None, on_epoch=None):
+        """``n_epochs`` epochs, or with ``until`` as many as it takes until it returns True."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from halp_trt.train import train_epoch
+
+        cfg, loader = self.cfg, self.train_loader
+        wrapped = DDP(net) if self.world > 1 else net
+        epoch = 0
+        while (epoch < n_epochs) if until is None else not until():
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch + 1000 * cfg.seed)
+            n = min(len(loader), cfg.max_batches or len(loader))
+            bar = _progress(_capped(loader, cfg.max_batches), self.show_progress, total=n,
+                            desc=f"{desc} epoch {epoch + 1}" + (f"/{n_epochs}" if until is None
+                                                                 else ""))
+            train_epoch(wrapped, bar, optimizer, pruner, scheduler=scheduler)
+            epoch += 1
+            if on_epoch:
+                on_epoch(epoch)
+
+    # ---- 2. original -------------------------------------------------------------------------
+    def original(self) -> None:
+        from halp_trt.train import evaluate, load_weights
+
+        cfg, model = self.cfg, self.model
+        if self.state.phase == "start":
+            if cfg.weights:
+                load_weights(model, cfg.weights)
+                self.log(f"loaded weights {cfg.weights}")
+            elif cfg.pretrain_epochs:
+                self.log(f"no --weights: training {cfg.model} on {self.data.name} for "
+                         f"{cfg.pretrain_epochs} epochs")
+                opt = self._optimizer(model.parameters())
+                per_epoch = min(len(self.train_loader), cfg.max_batches or len(self.train_loader))
+                sched = torch.optim.lr_scheduler.OneCycleLR(
+                    opt, max_lr=cfg.lr * 5, total_steps=cfg.pretrain_epochs * per_epoch)
+                self._run_epochs(model, opt, cfg.pretrain_epochs, "pre-train", scheduler=sched)
+            self.checkpoint(phase="original", original=model.state_dict())
+        else:
+            model.load_state_dict(self.state.original)
+        self.original_model = self.new_model()
+        self.original_model.load_state_dict(self.state.original)
+        self.original_model.eval()
+        self.acc_original = evaluate(self.original_model, self.val_loader)
+        self.log(f"original accuracy on {self.data.name}: {self.acc_original:.4f}")
+
+    # ---- 3. table ----------------------------------------------------------------------------
+    def table(self) -> None:
+        from halp_trt.latency.resolve import resolve_table
+
+        cfg = self.cfg
+        self.latency_table, self.table_path = self.explicit_table or resolve_table(
+            cfg.table, self.original_model, cfg.model, cfg.input_shape, self.specs, self.backend,
+            cfg.allow_table_mismatch, self.show_progress, self.log)
+        self.layers_full_ms = self.latency_table.layers_sum_ms(self.specs)
+
+    # ---- 4. calibrate ------------------------------------------------------------------------
+    def calibrate(self) -> None:
+        from halp_trt.latency.calibration import Calibration, slimmed_copy
+        from halp_trt.pruning.config import HALPConfig
+        from halp_trt.pruning.pruner import HALPPruner
+        from halp_trt.runtime.export import export_onnx
+        from halp_trt.runtime.protocol import measure_interleaved, model_protocol
+
+        cfg, st = self.cfg, self.state
+        # One throw-away pruner on a copy gives both the table's floor (the lowest target the
+        # pruner accepts, checked before calibrating and training towards it) and the slimmed
+        # calibration model: each construction traces the dependency graph.
+        pruning_ahead = st.phase in ("original", "pruning")
+        probe = (HALPPruner(copy.deepcopy(self.original_model), self.example, self.latency_table,
+                            HALPConfig(target=1 - 1e-9, steps=1, interval=1,
+                                       exclude=tuple(cfg.exclude)))
+                 if pruning_ahead or st.calibration is None else None)
+        layers_min_ms = probe.min_ms if pruning_ahead else None
+        if st.calibration is None:
+            factor = min(0.9, max(0.25, math.sqrt(cfg.target_fraction or 0.5)))
+            slim, slim_layers_ms = slimmed_copy(probe, factor)
+            self.log(f"measuring the original and a {factor:.2f}-width copy on "
+                     f"{self.backend.identity().get('runtime')} ({cfg.rounds} interleaved "
+                     "rounds) to calibrate whole-model predictions")
+            stats = measure_interleaved(
+                self.backend, {"original": export_onnx(self.original_model, self.example),
+                               "slim": export_onnx(slim, self.example)},
+                model_protocol(cfg.rounds))
+            cal = broadcast_object({  # every rank must prune to the same targets
+                "layers_full_ms": self.layers_full_ms,
+                "model_full_ms": stats["original"].estimate("min"),
+                "layers_slim_ms": slim_layers_ms, "model_slim_ms": stats["slim"].estimate("min")})
+            self.checkpoint(original_ms=cal["model_full_ms"], calibration=cal)
+        c = st.calibration
+        self.calib = Calibration(cfg.calibration, c["layers_full_ms"], c["model_full_ms"],
+                                 c["layers_slim_ms"], c["model_slim_ms"])
+        original_ms = st.original_ms
+        self.target_ms = cfg.parsed_target.to_ms(original_ms)
+        if self.target_ms >= original_ms:
+            raise ConfigError("target", f"{{field}} {cfg.target} is not below the original's "
+                              f"measured {original_ms:.3f} ms: nothing to prune; give a lower "
+                              "target")
+        layers_target_ms = self.calib.layers_ms(self.target_ms)
+        if layers_min_ms is not None and layers_target_ms < layers_min_ms:
+            floor_ms = self.calib.model_ms(layers_min_ms)
+            raise ConfigError(
+                "target", f"{{field}} {cfg.target} ({self.target_ms:.3f} ms) is infeasible with "
+                f"this table: its smallest model (every prunable group at its minimum width) is "
+                f"predicted at {floor_ms:.3f} ms, {floor_ms / original_ms:.3f} of the original's "
+                f"{original_ms:.3f} ms measured. Use {{field}} "
+                f"{math.ceil(1000 * floor_ms / original_ms) / 1000:.3f} or more.")
+        if layers_target_ms <= 0:
+            raise ConfigError("target", f"target {self.target_ms:.3f} ms is infeasible: the part "
+                              "of the model the table does not hold alone takes "
+                              f"{self.target_ms - layers_target_ms:.3f} ms (original "
+                              f"{original_ms:.3f} ms measured)")
+        self.halp_config = HALPConfig(target=f"{layers_target_ms}ms", steps=cfg.steps,
+                                      interval=cfg.interval, contribution=cfg.contribution,
+                                      importance=cfg.importance, exclude=tuple(cfg.exclude))
+
+    # ---- 5. prune ----------------------------------------------------------------------------
+    def prune(self) -> None:
+        from halp_trt.pruning.feedback import LatencyFeedback
+        from halp_trt.pruning.pruner import HALPPruner
+        from halp_trt.pruning.result import PruningResult, apply_result
+        from halp_trt.runtime.export import export_onnx
+        from halp_trt.runtime.protocol import model_protocol
+
+        cfg, st, model, example = self.cfg, self.state, self.model, self.example
+        if st.phase not in ("original", "pruning"):
+            # resuming after pruning: rebuild the pruned architecture from its decisions
+            self.result = PruningResult.from_json(st.result, source=self.ckpt_path)
+            self.pruned_model = apply_result(self.new_model(), example, self.result)
+            self.pruned_model.load_state_dict(st.model if st.phase == "finetune" else st.pruned)
+            return
+        pruner = HALPPruner(model, example, self.latency_table, self.halp_config)
+        final_ratio = self.target_ms / st.original_ms
+        feedback = LatencyFeedback(
+            pruner, lambda result: apply_result(self.new_model(), example, result).eval(),
+            lambda net: export_onnx(net, example), self.backend,
+            export_onnx(self.original_model, example), final_ratio, model_protocol(cfg.rounds),
+            log=self.log, broadcast=broadcast_object if self.world > 1 else None)
+        if st.phase == "pruning":
+            model.load_state_dict(st.model)
+            pruner.load_state_dict(st.pruner)
+            feedback.load_state_dict(st.feedback)
+        opt = self._optimizer(model.parameters())
+        pruner.attach_optimizer(opt)
+        self.log(f"pruning to {final_ratio:.3f} of the original's latency "
+                 f"({self.target_ms:.3f} ms of {st.original_ms:.3f} ms measured) in {cfg.steps} "
+                 f"steps every {cfg.interval} batches, measuring after each step")
+
+        def save_pruning(_epoch=None):
+            self.checkpoint(phase="pruning", model=model.state_dict(),
+                            pruner=pruner.state_dict(), feedback=feedback.state_dict())
+
+        try:
+            self._run_epochs(model, opt, 0, "prune", pruner=feedback,
+                             until=lambda: feedback.done, on_epoch=save_pruning)
+        except KeyboardInterrupt:
+            save_pruning()
+            raise
+        st.feedback = feedback.state_dict()
+        if self.world > 1:
+            check_same_on_all_ranks(pruner.result().kept)
+        self.result = pruner.result()
+        self.pruned_model = pruner.finalize()
+        if self.is_main:
+            self.result.save(os.path.join(cfg.out, "pruning.json"))
+        self.checkpoint(phase="pruned", pruned=self.pruned_model.state_dict(),
+                        finetune_epochs_done=0, result=self.result.to_json())
+
+    # ---- 6. fine-tune ------------------------------------------------------------------------
+    def finetune(self) -> None:
+        from halp_trt.train import evaluate
+
+        cfg, net = self.cfg, self.pruned_model
+        done_epochs = self.state.finetune_epochs_done
+        if done_epochs < cfg.epochs:
+            opt = self._optimizer(net.parameters())
+            self._run_epochs(net, opt, cfg.epochs - done_epochs, "fine-tune",
+                             on_epoch=lambda e: self.checkpoint(
+                                 phase="finetune", model=net.state_dict(),
+                                 finetune_epochs_done=done_epochs + e))
+        net.eval()
+        self.acc_pruned = evaluate(net, self.val_loader)
+        self.log(f"pruned accuracy: {self.acc_pruned:.4f}")
+
+    # ---- 7. deploy ---------------------------------------------------------------------------
+    def deploy(self) -> None:
+        from halp_trt.data import make_loader
+        from halp_trt.runtime.deploy import check_outputs
+        from halp_trt.runtime.export import export_onnx
+
+        cfg = self.cfg
+        val_x = [x[: cfg.batch_size] for x, _ in
+                 _capped(make_loader(self.data.val, cfg.batch_size, False), 8)]
+        self.original_onnx = export_onnx(self.original_model, self.example)
+        self.pruned_onnx = export_onnx(self.pruned_model, self.example)
+        self.check = check_outputs(self.backend, self.pruned_onnx, self.pruned_model, val_x,
+                                   label="pruned model")
+        check_outputs(self.backend, self.original_onnx, self.original_model, val_x[:2],
+                      label="original model")
+
+    # ---- 8. verify ---------------------------------------------------------------------------
+    def verify(self) -> None:
+        from halp_trt.runtime.deploy import compare_onnx
+        from halp_trt.runtime.protocol import model_protocol
+
+        self.log(f"measuring original and pruned interleaved ({self.cfg.rounds} rounds)")
+        self.comparison = compare_onnx(self.backend, self.original_onnx, self.pruned_onnx,
+                                       model_protocol(self.cfg.rounds))
+        self.pruned_layers_ms = self.latency_table.layer_predictions(
+            self.specs, self.pruned_model)
+
+    # ---- 9. report ---------------------------------------------------------------------------
+    def report(self) -> dict:
+        from halp_trt.report import build_report, write_outputs
+
+        cfg = self.cfg
+        report = build_report(
+            cfg, self.latency_table, self.table_path, self.backend, self.calib,
+            self.layers_full_ms, self.pruned_layers_ms, self.comparison, self.check,
+            self.acc_original, self.acc_pruned, self.result,
+            time.perf_counter() - self.t_start, self.state.feedback or {})
+        write_bytes_atomic(os.path.join(cfg.out, "original.onnx"), self.original_onnx)
+        write_outputs(cfg.out, report, self.pruned_onnx, self.pruned_model, self.latency_table,
+                      self.specs, self.pruned_layers_ms)
+        self.log(f"speedup {report['speedup_measured']:.2f}x measured (target ratio "
+                 f"{cfg.target}), accuracy {self.acc_original:.4f} -> {self.acc_pruned:.4f}; "
+                 f"report in {os.path.join(cfg.out, 'report.md')}")
+        if os.path.exists(self.ckpt_path):
+            os.unlink(self.ckpt_path)
+        return report

@@ -1,0 +1,50 @@
+"""The resumable state of a prune-and-deploy run: one typed object, saved as a weights-only
+checkpoint (tensors and plain containers; nothing that runs code on load).
+
+Phases, in order: ``start`` → ``original`` (weights fixed, original measured) → ``pruning``
+(masks, pruner and feedback state after each epoch) → ``pruned`` (channels removed) →
+``finetune`` (after each fine-tuning epoch). The same command resumes from the saved phase.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from halp_trt.errors import HalpError
+from halp_trt.fileio import write_atomic_with
+
+PHASES = ("start", "original", "pruning", "pruned", "finetune")
+
+
+@dataclass
+class RunState:
+    run: dict  # what identifies the run (model, data, input size, batch)
+    phase: str = "start"
+    original: dict | None = None  # the original's state dict
+    original_ms: float | None = None  # the original, measured whole
+    calibration: dict | None = None  # layer sums and measurements of original + slim copy
+    model: dict | None = None  # masked model (pruning) or fine-tuned pruned model (finetune)
+    pruner: dict | None = None  # HALPPruner.state_dict()
+    feedback: dict | None = None  # LatencyFeedback.state_dict()
+    pruned: dict | None = None  # the pruned model right after channel removal
+    result: dict | None = None  # PruningResult.to_json()
+    finetune_epochs_done: int = 0
+
+    def save(self, path: str) -> None:
+        state = {k: v for k, v in asdict(self).items() if v is not None}
+        write_atomic_with(path, lambda f: torch.save(state, f))
+
+    @classmethod
+    def load(cls, path: str) -> "RunState":
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise HalpError(f"cannot resume from {path}: {exc}. Delete it to start over.") \
+                from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or "run" not in d or d.get("phase") not in PHASES or \
+                set(d) - known:
+            raise HalpError(f"cannot resume from {path}: it is not a halp-trt checkpoint of this "
+                            "version. Delete it to start over.")
+        return cls(**d)

@@ -1,0 +1,249 @@
+"""Closed-loop latency targets: measure the pruned architecture after each pruning step and
+correct the targets of the steps that remain.
+
+The table predicts each layer to within a few percent, but the whole model is not the sum of
+its layers: measured on resnet18 at 64x64 (ORT CPU), two pruned models with the same per-layer
+sum ratio differed by 10–40% from any one-formula calibration, because which layers shrink
+changes the in-graph overheads (layout conversions, per-node dispatch). So after each step the
+current widths are built as a real model, exported and timed interleaved with the original; a
+local affine fit between the last two (layer sum, measured) points maps the remaining
+measured-latency schedule back to layer-sum targets for the knapsack. Pruning only removes
+channels, so an undershoot cannot be undone; approaching the target over several steps keeps
+the last correction small.
+
+The last step is bracketed: whole models under a millisecond repeat only within ±5% between
+measurement sessions here, so a target read off one session and hit in another lands 10–30%
+low or high. Before the last step, the knapsack is solved for several layer-sum targets around
+the estimate, every distinct candidate is built and timed in one interleaved session with the
+original (and the reference model, when the target is "as fast as this model"), and the step
+takes the candidate that keeps the most latency while measuring at or under the target. A
+further step is added only if no candidate met it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping
+
+import torch.nn as nn
+
+from halp_trt.errors import HalpError
+from halp_trt.latency.calibration import clamp_slope
+from halp_trt.pruning.schedule import scheduled_value
+from halp_trt.runtime.protocol import Protocol, measure_interleaved
+
+
+@dataclass
+class FeedbackPoint:
+    step: int
+    layers_ratio: float  # table layer sum / original layer sum
+    measured_ratio: float  # measured latency / measured original (interleaved)
+    target_ratio: float  # what this step aimed for (measured scale)
+
+
+# Layer-sum targets tried for the last step, as factors of the estimated one: dense near 1,
+# where the pick lands (7 factors 7% apart left 5-10% gaps between neighbouring candidates).
+DEFAULT_BRACKET = (0.8, 0.88, 0.93, 0.96, 0.98, 1.0, 1.02, 1.04, 1.07, 1.12, 1.2, 1.3)
+
+
+# Graphs' worth of sessions the reference is timed as in each session (its reading decides).
+REFERENCE_COPIES = 3
+
+
+class LatencyFeedback:
+    """Drop-in for the pruner in a training loop (``accumulate()`` / ``step()`` / ``done``).
+
+    ``build_arch(result)`` builds the (untrained) architecture of a ``PruningResult``;
+    ``export(model)`` makes its ONNX bytes. ``reference_onnx``: a model whose latency is the
+    target — then each measurement session re-reads the target as reference / original, and
+    ``final_ratio`` is only the first estimate. ``bracket=()`` turns bracketing off.
+    """
+
+    def __init__(self, pruner, build_arch: Callable[..., nn.Module], export: Callable, backend,
+                 original_onnx: bytes, final_ratio: float, protocol: Protocol,
+                 tolerance: float = 0.01, max_extra_steps: int = 2, log=print,
+                 broadcast: Callable | None = None, bracket: tuple = DEFAULT_BRACKET,
+                 reference_onnx: bytes | None = None):
+        self.pruner, self.build_arch, self.export = pruner, build_arch, export
+        self.backend, self.original_onnx = backend, original_onnx
+        self.final_ratio, self.protocol, self.tolerance = final_ratio, protocol, tolerance
+        self.extra_left = max_extra_steps
+        self.log = log
+        self.broadcast = broadcast or (lambda x: x)  # DDP: every rank uses rank 0's numbers
+        self.bracket = tuple(sorted(bracket))
+        self.reference_onnx = reference_onnx
+        self.reference_ratios: list[float] = []  # reference / original, one per session
+        self.session_reference_ratio: float | None = None  # the latest session's
+        self.brackets: list[dict] = []  # what each bracketed step measured, for reports
+        # (measured ratio, met the target) of the candidate the last step is about to commit
+        self._bracket_outcome: tuple[float, bool] | None = None
+        self.points: list[FeedbackPoint] = []
+        self.m = len(pruner.targets_ms)
+        self.initial_targets_ms = list(pruner.targets_ms)
+
+    @property
+    def done(self) -> bool:
+        return self.pruner.done
+
+    def accumulate(self):
+        return self.pruner.accumulate()
+
+    def step(self):
+        p = self.pruner
+        if self.bracket and not p.finalized and p.prunes_at_next_step() and \
+                len(p.history) == len(p.targets_ms) - 1:
+            self._bracket_last_step()
+        record = p.step()
+        if record is not None:
+            self._after_step(record.step)
+        return record
+
+    def _measure(self, graphs: dict) -> dict[str, float]:
+        """Each graph's latency over the original's, from one interleaved session (rank 0's
+        numbers under DDP); updates the target when there is a reference model."""
+        graphs = {"original": self.original_onnx, **graphs}
+        if self.reference_onnx is not None:
+            # the yardstick of every pick: timed as several graphs' worth of sessions
+            for i in range(REFERENCE_COPIES):
+                graphs[f"reference#{i}"] = self.reference_onnx
+        stats = measure_interleaved(self.backend, graphs, self.protocol)
+        est = {k: st.estimate(self.protocol.estimator) for k, st in stats.items()}
+        ratios = self.broadcast({k: v / est["original"] for k, v in est.items()
+                                 if k != "original"})
+        if self.reference_onnx is not None:
+            copies = [ratios.pop(f"reference#{i}") for i in range(REFERENCE_COPIES)]
+            self.session_reference_ratio = sum(copies) / len(copies)
+            self.reference_ratios.append(self.session_reference_ratio)
+            # the schedule of the earlier steps follows the median over sessions (one session
+            # is ±5% on small models); the last step compares with its own session's reading
+            self.final_ratio = float(sorted(self.reference_ratios)[len(self.reference_ratios)
+                                                                   // 2])
+        return ratios
+
+    def measure_current(self) -> float:
+        """Measured latency of the current widths over the original's (interleaved)."""
+        arch = self.build_arch(self.pruner.result())
+        return self._measure({"current": lambda: self.export(arch)})["current"]
+
+    def _bracket_last_step(self) -> None:
+        p = self.pruner
+        estimate_ms = p.targets_ms[len(p.history)]
+        ceiling_ms = p.predict_ms()  # pruning cannot grow a group back
+        candidates: dict[str, tuple[float, object]] = {}
+        seen = set()
+        for f in self.bracket:
+            target_ms = min(max(estimate_ms * f, p.min_ms), ceiling_ms)
+            plan = p.plan(target_ms)
+            widths = tuple(sorted(plan.kept.items()))
+            if widths not in seen:
+                seen.add(widths)
+                candidates[f"x{f:g}"] = (target_ms, plan)
+        graphs = {k: (lambda plan=plan: self.export(self.build_arch(p.result(plan))))
+                  for k, (_, plan) in candidates.items()}
+        ratios = self._measure(graphs)
+        # With a reference, compare with its reading in this same session: every ratio of a
+        # session shares its reading of the original (a few % off between sessions), so a
+        # target carried over from other sessions biased picks (measured: a reference read at
+        # 0.122 of the original over the feedback sessions, 0.128 next to the pick).
+        goal_ratio = self._goal_ratio()
+        meeting = [k for k in candidates if self._meets(ratios[k], goal_ratio)]
+        # most latency kept (the knapsack then keeps the most importance) within the target;
+        # if nothing meets it, the fastest candidate, and a further step follows
+        pick = max(meeting, key=lambda k: candidates[k][1].predicted_ms) if meeting else \
+            min(candidates, key=lambda k: ratios[k])
+        self._bracket_outcome = (ratios[pick], bool(meeting))
+        self.brackets.append({"step": len(p.history) + 1, "goal_ratio": goal_ratio,
+                              "picked": pick, "candidates": {
+                                  k: {"layers_target_ms": t, "predicted_ms": plan.predicted_ms,
+                                      "measured_ratio": ratios[k]}
+                                  for k, (t, plan) in candidates.items()}})
+        self.log(f"last step: {len(candidates)} candidate widths measured "
+                 + ", ".join(f"{ratios[k]:.3f}" for k in candidates)
+                 + f" of the original; target {goal_ratio:.3f}, took {ratios[pick]:.3f}")
+        p.retarget([candidates[pick][0]])
+
+    def _goal_ratio(self) -> float:
+        """The target as read in the latest session (with a reference), else the given one."""
+        if self.session_reference_ratio is not None:  # only set when there is a reference
+            return self.session_reference_ratio
+        return self.final_ratio
+
+    def _meets(self, ratio: float, goal_ratio: float) -> bool:
+        return ratio <= goal_ratio * (1 + self.tolerance)
+
+    def _scheduled_ratio(self, t: int) -> float:
+        """The pruner's own schedule (exp or linear), on the measured scale: from 1 (the
+        original) to the final ratio over the first ``m`` steps."""
+        return scheduled_value(1.0, self.final_ratio, t, self.m, self.pruner.config.schedule)
+
+    def _after_step(self, t: int) -> None:
+        p = self.pruner
+        layers_ratio = p.predict_ms() / p.full_ms
+        if self._bracket_outcome is not None:  # this architecture was just measured
+            (measured, bracket_met), self._bracket_outcome = self._bracket_outcome, None
+        else:
+            measured, bracket_met = self.measure_current(), False
+        self.points.append(FeedbackPoint(t, layers_ratio, measured, self._scheduled_ratio(t)))
+        self.log(f"step {t}: measured {measured:.3f} of the original (scheduled "
+                 f"{self._scheduled_ratio(t):.3f}, table layer sum {layers_ratio:.3f})")
+        # Slope of measured vs layer-sum ratio: least squares through the original (1, 1) and
+        # every measured point, bounded so that one noisy measurement cannot swing the targets.
+        num = sum((1 - q.layers_ratio) * (1 - q.measured_ratio) for q in self.points)
+        den = sum((1 - q.layers_ratio) ** 2 for q in self.points)
+        proportional = measured / layers_ratio
+        slope = clamp_slope(num / den if den > 1e-6 else proportional, proportional)
+
+        def layer_target_ms(rho: float, k: int) -> float:
+            # line through the latest point; each correction at most 0.7-1.4x the table's own
+            # schedule for that step
+            want = p.full_ms * (layers_ratio + (rho - measured) / slope)
+            base = self.initial_targets_ms[min(k, len(self.initial_targets_ms)) - 1]
+            return min(max(want, 0.7 * base), 1.4 * base)
+
+        remaining = list(range(t + 1, len(p.targets_ms) + 1))
+        if remaining:
+            p.retarget([layer_target_ms(self._scheduled_ratio(k), k) for k in remaining])
+        elif bracket_met:
+            return  # measured at or under the target next to it, in one session
+        elif not self._meets(measured, self._goal_ratio()) and self.extra_left > 0:
+            # A correction only ever prunes more, so deciding on one noisy reading biases
+            # results low (seen: 10–30% under the target on sub-millisecond models). Measure
+            # again and act only if the better of the two readings is still above the target.
+            measured = min(measured, self.measure_current())
+            self.points[-1].measured_ratio = measured
+            goal_ratio = self._goal_ratio()
+            if self._meets(measured, goal_ratio):
+                return
+            self.extra_left -= 1
+            self.log(f"measured {measured:.3f} is above the target {goal_ratio:.3f}: "
+                     "one more pruning step")
+            p.retarget([layer_target_ms(goal_ratio, t)])
+
+    def to_json(self) -> list[dict]:
+        return [asdict(q) for q in self.points]
+
+    # ---- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to make the same decisions as an uninterrupted one:
+        the measured points, the brackets, the reference readings and the extra steps left
+        (plain containers: loadable with ``torch.load(weights_only=True)``). The pruner's
+        own state (masks, targets) is saved with ``pruner.state_dict()``."""
+        return {"points": self.to_json(), "brackets": list(self.brackets),
+                "final_ratio": float(self.final_ratio), "extra_left": int(self.extra_left),
+                "reference_ratios": list(self.reference_ratios),
+                "session_reference_ratio": self.session_reference_ratio,
+                "initial_targets_ms": list(self.initial_targets_ms), "m": int(self.m)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        try:
+            self.points = [FeedbackPoint(**p) for p in state["points"]]
+            self.brackets = list(state["brackets"])
+            self.final_ratio = float(state["final_ratio"])
+            self.extra_left = int(state["extra_left"])
+            self.reference_ratios = [float(r) for r in state["reference_ratios"]]
+            self.session_reference_ratio = state["session_reference_ratio"]
+            self.initial_targets_ms = [float(t) for t in state["initial_targets_ms"]]
+            self.m = int(state["m"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HalpError(f"the feedback checkpoint is not usable ({exc}); delete it to start "
+                            "pruning over") from None
+        self._bracket_outcome = None

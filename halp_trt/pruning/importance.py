@@ -1,0 +1,232 @@
+"""Channel importance (HALP's first-order Taylor importance on the BN after each conv, or on
+the weights without BN), accumulated over the minibatches between two pruning steps.
+
+Scores are per coupled channel group, indexed in the group's root order (``ChannelGroup``), so all
+channels tied by a residual add, depthwise conv or concat share one score.
+
+* ``TaylorImportance``: first-order Taylor estimate of the loss change when a channel is removed,
+  taken on the BatchNorm scale and shift: |Σ_BN (γ·∂L/∂γ + β·∂L/∂β)| over every BN of the group.
+  A group without BN uses the filters instead: |Σ w·∂L/∂w| over each channel's out-side conv/linear
+  weights and bias. The absolute value is taken per batch, then averaged: averaging signed values
+  first would cancel towards zero as training converges.
+* ``MagnitudeImportance``: L2 norm of each channel's out-side filters (no gradients needed).
+* Any callable ``fn(model, group) -> tensor[group.size]``.
+
+Under ``torch.distributed`` the sums and batch counts are all-reduced before averaging, and rank
+0's result is broadcast, so every rank takes bit-identical pruning decisions.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from halp_trt.distributed import all_reduce_sum_then_broadcast
+from halp_trt.errors import HalpError
+from halp_trt.graph.groups import ChannelGroup
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_FILTER = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _root_index(member, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channel indices in the module on its device, group indices on the CPU)."""
+    return (torch.as_tensor(member.idxs, dtype=torch.long, device=device),
+            torch.as_tensor(member.root_idxs, dtype=torch.long))
+
+
+def _filter_rows(module: nn.Module, param: torch.Tensor) -> torch.Tensor:
+    """A conv/linear parameter as one row per output channel."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.transposed:
+        param = param.transpose(0, 1)
+    return param.reshape(param.shape[0], -1)
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_j a[i, j]·b[i, j] per row, without an elementwise product as big as the weight (a VGG
+    classifier has 10^8 weights)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).flatten()
+
+
+class TaylorImportance:
+    """First-order Taylor importance on BN (γ, β), falling back to filters without BN."""
+
+    needs_grad = True
+    name = "taylor"
+
+    def __call__(self, model: nn.Module, group: ChannelGroup,
+                 modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+        modules = modules if modules is not None else dict(model.named_modules())
+        score = torch.zeros(group.size, dtype=torch.float64)
+        found_bn = False
+        for m in group.members:
+            mod = modules[m.module_name]
+            if m.side != "out" or not isinstance(mod, _BN) or not mod.affine:
+                continue
+            if mod.weight.grad is None and mod.bias.grad is None:
+                continue
+            found_bn = True
+            idx, root = _root_index(m, mod.weight.device)
+            contrib = torch.zeros(len(m.idxs), dtype=torch.float64, device=mod.weight.device)
+            for p in (mod.weight, mod.bias):
+                if p.grad is not None:
+                    contrib += p.detach()[idx].double() * p.grad[idx].double()
+            score.index_add_(0, root, contrib.cpu())
+        if found_bn:
+            return score.abs()
+        for m in group.members:
+            mod = modules[m.module_name]
+            if m.side != "out" or not isinstance(mod, _FILTER):
+                continue
+            idx, root = _root_index(m, mod.weight.device)
+            contrib = torch.zeros(len(m.idxs), dtype=torch.float64, device=mod.weight.device)
+            for p in (mod.weight, mod.bias):
+                if p is not None and p.grad is not None:
+                    contrib += _row_dots(_filter_rows(mod, p.detach()),
+                                         _filter_rows(mod, p.grad))[idx].double()
+            score.index_add_(0, root, contrib.cpu())
+        return score.abs()
+
+
+class MagnitudeImportance:
+    """L2 norm of each channel's out-side conv/linear filters (weights and bias), divided by the
+    group's mean norm.
+
+    Raw filter norms have per-layer scales (fan-in, initialisation, BN after the conv), so a
+    knapsack across layers would compare incomparable numbers: measured on resnet18/digits,
+    raw norms kept 0.10–0.13 accuracy where Taylor kept 0.23–0.32 at the same pruning.
+    Normalising by the group mean (as Torch-Pruning's "mean" normaliser does) ranks channels
+    within a group exactly as before and makes groups comparable."""
+
+    needs_grad = False
+    name = "magnitude"
+
+    def __call__(self, model: nn.Module, group: ChannelGroup,
+                 modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+        modules = modules if modules is not None else dict(model.named_modules())
+        sq = torch.zeros(group.size, dtype=torch.float64)
+        for m in group.members:
+            mod = modules[m.module_name]
+            if m.side != "out" or not isinstance(mod, _FILTER):
+                continue
+            idx, root = _root_index(m, mod.weight.device)
+            for p in (mod.weight, mod.bias):
+                if p is not None:
+                    rows = _filter_rows(mod, p.detach())[idx].double()
+                    sq.index_add_(0, root, (rows ** 2).sum(dim=1).cpu())
+        norms = sq.sqrt()
+        mean = norms.mean()
+        return norms / mean if mean > 0 else norms
+
+
+class _UserImportance:
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.needs_grad = bool(getattr(fn, "needs_grad", True))
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, model, group, modules=None):
+        out = self.fn(model, group)
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(out)
+        out = out.detach().reshape(-1).double().cpu()
+        if out.numel() != group.size:
+            raise HalpError(f"importance function {self.name} returned {out.numel()} scores for "
+                            f"group {group.root} of {group.size} channels; return one per channel")
+        return out
+
+
+def make_importance(spec) -> Callable:
+    """'taylor', 'magnitude', an importance object, or a callable fn(model, group)."""
+    if isinstance(spec, str):
+        table = {"taylor": TaylorImportance, "magnitude": MagnitudeImportance}
+        if spec not in table:
+            raise HalpError(f"unknown importance {spec!r}; choose taylor, magnitude or pass a "
+                            "callable fn(model, group) -> tensor")
+        return table[spec]()
+    if isinstance(spec, (TaylorImportance, MagnitudeImportance, _UserImportance)):
+        return spec
+    if callable(spec):
+        return _UserImportance(spec)
+    raise HalpError(f"importance must be 'taylor', 'magnitude' or a callable, got {spec!r}")
+
+
+class ImportanceAccumulator:
+    """Sums per-group scores over batches; ``scores()`` averages them (across ranks too)."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], importance="taylor"):
+        self.model = model
+        self.groups = list(groups)
+        self.importance = make_importance(importance)
+        self._modules = dict(model.named_modules())
+        # every parameter of the groups' modules: a batch whose gradients there are not finite
+        # (fp16 overflow, a diverging step) must not enter the estimate
+        seen, self._params = set(), []
+        for g in self.groups:
+            for m in g.members:
+                for p in self._modules[m.module_name].parameters(recurse=False):
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        self._params.append(p)
+        self._offsets = [0]
+        for g in self.groups:
+            self._offsets.append(self._offsets[-1] + g.size)
+        self.reset()
+
+    def reset(self) -> None:
+        self._sum = torch.zeros(self._offsets[-1], dtype=torch.float64)
+        self.count = 0
+        self.skipped = 0
+
+    def _compute(self) -> torch.Tensor:
+        parts = []
+        for g in self.groups:
+            s = self.importance(self.model, g, self._modules)
+            parts.append(torch.as_tensor(s, dtype=torch.float64).reshape(-1).cpu())
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def _grads_finite(self) -> bool:
+        peaks = [p.grad.detach().abs().amax() for p in self._params
+                 if p.grad is not None and p.grad.numel()]
+        if not peaks:
+            return True
+        dev = peaks[0].device  # one stack and one sync, not one per parameter
+        return bool(torch.isfinite(torch.stack([x.float().to(dev) for x in peaks])).all())
+
+    def accumulate(self) -> bool:
+        """Add this batch's scores (call after ``loss.backward()``; with a GradScaler, after
+        ``scaler.unscale_(optimizer)`` so the gradients are not scaled). Returns False if the
+        batch was skipped."""
+        with torch.no_grad():
+            flat = self._compute()
+            finite = self._grads_finite() and bool(torch.isfinite(flat).all())
+        if not finite:
+            self.skipped += 1
+            warnings.warn("halp-trt: skipped a batch in the importance estimate: its gradients "
+                          "contain NaN or infinity", RuntimeWarning, stacklevel=2)
+            return False
+        self._sum += flat
+        self.count += 1
+        return True
+
+    def scores(self) -> list[torch.Tensor]:
+        """Average per group since the last ``reset()``; one float64 tensor per group.
+
+        Collective under torch.distributed: every rank must call it at the same point."""
+        total = torch.cat([self._sum, torch.tensor([float(self.count)], dtype=torch.float64)])
+        total = all_reduce_sum_then_broadcast(total)
+        sums, count = total[:-1], float(total[-1])
+        if count == 0:
+            if self.importance.needs_grad:
+                raise HalpError("no importance was accumulated before this pruning step: call "
+                                "pruner.accumulate() after each loss.backward() (or every batch "
+                                "had NaN/inf gradients)")
+            flat = self._compute()
+        else:
+            flat = sums / count
+        return [flat[a:b].clone() for a, b in zip(self._offsets[:-1], self._offsets[1:])]
+
+
+__all__ = ["TaylorImportance", "MagnitudeImportance", "ImportanceAccumulator", "make_importance"]

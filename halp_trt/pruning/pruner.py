@@ -1,0 +1,373 @@
+"""HALP progressive pruning for any training loop.
+
+    pruner = HALPPruner(model, example_input, latency_table, HALPConfig(target="0.5"))
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(); loss.backward()
+        pruner.accumulate()          # importance from this batch's gradients
+        optimizer.step()
+        pruner.step()                # every `interval` calls: one pruning step, up to `steps`
+    ...                              # keep fine-tuning; masks stay applied
+    pruned = pruner.finalize()       # physical removal (torch-pruning); rebuild the optimizer
+
+A pruning step averages the importance since the previous step, sorts each coupled group's
+channels, bundles them into neuron groups of the latency step size (the remainder, least
+important, last), offers the knapsack every prefix length, and solves at the scheduled target.
+Pruning is monotone: a removed channel never comes back.
+
+Until ``finalize()`` channels are removed by masking: their weights, biases, BN parameters and
+statistics, and the consumers' input slices are zero, gradients are zeroed by hooks, and the masks
+are re-applied at every ``step()`` (and in the state of optimizers passed to ``attach_optimizer``)
+so momentum, Adam moments or weight decay cannot revive them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from halp_trt.errors import HalpError
+from halp_trt.graph.groups import ChannelGroup, check_unique_coverage, find_channel_groups
+from halp_trt.graph.layers import LayerSpec, list_layers
+from halp_trt.pruning.config import HALPConfig
+from halp_trt.pruning.contributions import (LatencyModel, neuron_group_size, option_costs,
+                                            predict_model_ms)
+from halp_trt.pruning.importance import ImportanceAccumulator
+from halp_trt.pruning.knapsack import KnapsackGroup, solve_knapsack
+from halp_trt.pruning.masker import ChannelMasker
+from halp_trt.pruning.result import PruningResult
+from halp_trt.pruning.schedule import schedule_targets_ms
+from halp_trt.pruning.surgery import remove_channels, unprunable_reason
+# Attempts at tightening the budget when the true prediction exceeds the knapsack's estimate
+# (two-sided linearisation, or a non-monotone table).
+_REPAIR_ATTEMPTS = 12
+_RELINEARIZE = 4  # of those, re-linearisations of the two-sided costs around the trial
+
+
+@dataclass
+class StepRecord:
+    """One pruning step."""
+
+    step: int
+    target_ms: float
+    predicted_ms: float  # the table's whole-model prediction at the new widths
+    kept: dict[str, int]  # group root -> channels kept
+    objective: float  # total importance kept (knapsack objective)
+    error_bound_ms: float  # knapsack discretisation bound
+    repairs: int = 0  # budget tightenings needed to meet the target
+    rule: str = ""  # contribution rule whose solution was used ("min_widths": the fallback)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepPlan:
+    """A pruning step not yet taken: kept-channel mask per group id and its record fields."""
+
+    keep: dict[int, torch.Tensor]
+    record_fields: dict
+
+    @property
+    def predicted_ms(self) -> float:
+        return self.record_fields["predicted_ms"]
+
+    @property
+    def kept(self) -> dict[str, int]:
+        return self.record_fields["kept"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
+
+
+class HALPPruner:
+    """Latency-constrained progressive pruning (HALP). See the module docstring for the loop."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, latency_model: LatencyModel,
+                 config: HALPConfig):
+        if not isinstance(config, HALPConfig):
+            raise HalpError("config must be a HALPConfig")
+        for attr in ("layer_ms", "step_size"):
+            if not callable(getattr(latency_model, attr, None)):
+                raise HalpError(f"the latency model has no {attr}() method; pass a latency table")
+        self.config = config
+        self.model = _unwrap(model)
+        self.input_shape = [int(d) for d in example_input.shape]
+        self.latency_model = latency_model
+        self.groups, self.graph = find_channel_groups(self.model, example_input, config.exclude)
+        check_unique_coverage(self.groups)
+        modules = dict(self.model.named_modules())
+        self.fixed: dict[str, str] = {}  # group root -> why it keeps its width
+        self.prunable: list[ChannelGroup] = []
+        for g in self.groups:
+            why = unprunable_reason(g, modules)
+            if why is None and g.size > 1:
+                self.prunable.append(g)
+            else:
+                self.fixed[g.root] = why or "a single channel"
+        self.layers: list[LayerSpec] = list_layers(self.model, example_input, self.groups)
+        self.group_sizes = {g.id: neuron_group_size(g, self.layers, latency_model,
+                                                    config.group_size) for g in self.prunable}
+        self.keep = {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.prunable}
+
+        self.full_ms = self.predict_ms()
+        self.final_target_ms = config.target.to_ms(self.full_ms)
+        if self.final_target_ms >= self.full_ms:
+            raise HalpError(f"latency target {self.final_target_ms:.4f} ms is not below the full "
+                            f"model's predicted {self.full_ms:.4f} ms: nothing to prune")
+        self.min_ms = self.predict_ms(self._min_widths(full=True))
+        if self.final_target_ms < self.min_ms:
+            raise HalpError(self._infeasible_message(self.final_target_ms, self.min_ms))
+        self.targets_ms = schedule_targets_ms(self.full_ms, self.final_target_ms, config.steps,
+                                              config.schedule)
+        self.accumulator = ImportanceAccumulator(self.model, self.prunable, config.importance)
+        self.masker = ChannelMasker(self.model, self.prunable)
+        self.history: list[StepRecord] = []
+        self.calls = 0
+        self.finalized = False
+
+    # ---- state ---------------------------------------------------------------------------
+    @property
+    def widths(self) -> dict[int, int]:
+        """Kept channels per group id (fixed groups at full width)."""
+        w = {g.id: g.size for g in self.groups}
+        w.update({gid: int(k.sum()) for gid, k in self.keep.items()})
+        return w
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Kept-channel mask per prunable group, keyed by root module name."""
+        return {g.root: self.keep[g.id].clone() for g in self.prunable}
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) >= len(self.targets_ms)
+
+    def retarget(self, remaining_targets_ms: Sequence[float]) -> None:
+        """Replace the targets of the steps not yet taken (e.g. after measuring the masked
+        model on the runtime); more targets than steps left add steps. Targets below the
+        table's minimum are raised to it."""
+        if not remaining_targets_ms:
+            raise HalpError("retarget needs at least one target")
+        done = len(self.history)
+        self.targets_ms = self.targets_ms[:done] + [max(float(t), self.min_ms)
+                                                    for t in remaining_targets_ms]
+
+    def predict_ms(self, widths: Mapping[int, int] | None = None) -> float:
+        return predict_model_ms(self.layers, self.widths if widths is None else widths,
+                                self.latency_model, self.groups)
+
+    def _min_count(self, g: ChannelGroup, n_cur: int) -> int:
+        by_groups = self.config.min_groups_kept * self.group_sizes[g.id]
+        by_ratio = math.ceil(g.size * (1.0 - self.config.max_prune_ratio) - 1e-9)
+        return max(1, min(n_cur, max(by_groups, by_ratio)))
+
+    def _counts(self, g: ChannelGroup, n_cur: int) -> np.ndarray:
+        # Prefix lengths in whole neuron groups from the most important end; the remainder
+        # (n_cur mod step, the least important channels) is only ever kept with everything.
+        step = self.group_sizes[g.id]
+        counts = list(range(step, n_cur, step)) + [n_cur]
+        lo = self._min_count(g, n_cur)
+        kept = [c for c in counts if c >= lo]
+        return np.asarray(kept, dtype=np.int64)
+
+    def _min_widths(self, full: bool = False) -> dict[int, int]:
+        w = self.widths
+        for g in self.prunable:
+            n = g.size if full else w[g.id]
+            w[g.id] = int(self._counts(g, n)[0])
+        return w
+
+    def _infeasible_message(self, target_ms: float, min_ms: float) -> str:
+        return (f"latency target {target_ms:.4f} ms is infeasible: the minimum latency the table "
+                f"allows is {min_ms:.4f} ms (full model {self.full_ms:.4f} ms, every prunable "
+                f"group at {self.config.min_groups_kept} neuron group(s), "
+                f"max_prune_ratio={self.config.max_prune_ratio}); raise the target")
+
+    def set_masks(self, masks: Mapping[str, torch.Tensor | Sequence[bool]]) -> None:
+        """Impose kept-channel masks (group root -> bool per channel, True = kept), e.g. to resume
+        a run. Groups not named keep their current mask."""
+        by_root = {g.root: g for g in self.prunable}
+        for root, mask in masks.items():
+            g = by_root.get(root)
+            if g is None:
+                raise HalpError(f"{root!r} is not the root of a prunable channel group "
+                                f"(prunable roots look like {list(by_root)[:3]})")
+            keep = torch.as_tensor(mask, dtype=torch.bool).flatten().cpu()
+            if keep.numel() != g.size or not bool(keep.any()):
+                raise HalpError(f"mask for {root} must have {g.size} entries, at least one True")
+            self.keep[g.id] = keep.clone()
+        self.masker.set_masks(self.keep)
+
+    # ---- training-loop API ----------------------------------------------------------------
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Also zero masked entries of this optimizer's state (momentum, Adam moments), so masked
+        weights stay zero even between optimizer.step() and pruner.step()."""
+        self.masker.attach_optimizer(optimizer)
+
+    def accumulate(self) -> bool:
+        """Add the current gradients' importance; call after each loss.backward()."""
+        if self.done or self.finalized:
+            return False
+        return self.accumulator.accumulate()
+
+    def prunes_at_next_step(self) -> bool:
+        """Whether the next ``step()`` call runs a pruning step."""
+        return not self.done and (self.calls + 1) % self.config.interval == 0
+
+    def step(self) -> StepRecord | None:
+        """Call after each optimizer.step(): re-applies the masks; every ``interval`` calls (up to
+        ``steps`` times) runs one pruning step and returns its record."""
+        if self.finalized:
+            raise HalpError("the pruner was finalized; the model is already pruned")
+        due = self.prunes_at_next_step()
+        self.calls += 1
+        record = self.prune_step() if due else None
+        self.masker.apply()
+        return record
+
+    def prune_step(self) -> StepRecord:
+        """One pruning step now, at the next scheduled target."""
+        if self.done:
+            raise HalpError(f"all {len(self.targets_ms)} pruning steps are done")
+        t = len(self.history) + 1
+        plan = self.plan(self.targets_ms[t - 1])
+        self.accumulator.reset()
+        self.keep = {gid: k.clone() for gid, k in plan.keep.items()}
+        self.masker.set_masks(self.keep)
+        record = StepRecord(step=t, **plan.record_fields)
+        self.history.append(record)
+        return record
+
+    def plan(self, target_ms: float) -> "StepPlan":
+        """What a pruning step at ``target_ms`` would keep, from the importance accumulated so
+        far; changes nothing (e.g. to measure candidate architectures before committing).
+        Under DDP every rank must call it (the scores are all-reduced)."""
+        scores = self.accumulator.scores()
+        widths = self.widths
+        orders, kgroups, options = {}, [], {}
+        for g, s in zip(self.prunable, scores):
+            kept_idx = torch.nonzero(self.keep[g.id]).flatten()
+            # stable sort, descending importance; ties keep the lower channel index first
+            order = kept_idx[torch.sort(-s[kept_idx], stable=True).indices]
+            orders[g.id] = order
+            counts = self._counts(g, len(order))
+            cum = torch.cumsum(s[order], 0).numpy()
+            options[g.id] = counts
+            kgroups.append((g, counts, cum[counts - 1]))
+        chosen = predicted = used = None
+        rule_used = "min_widths"
+        rules = [self.config.contribution]
+        if self.config.contribution == "two_sided":
+            # one-sided costs use the current (largest) input widths: an upper bound when the
+            # table is monotone, so it meets the target where the linearisation keeps missing it
+            rules.append("one_sided")
+        repairs = 0
+        for rule in rules:
+            oc = option_costs(rule, self.layers, self.groups, widths, self.latency_model, options)
+            knap = [KnapsackGroup(g.root, counts, values, oc.costs_ms[g.id])
+                    for g, counts, values in kgroups]
+            budget_ms = target_ms - oc.constant_ms
+            for _ in range(_REPAIR_ATTEMPTS):
+                try:
+                    sol = solve_knapsack(knap, budget_ms, self.config.resolution_ms)
+                except HalpError:
+                    break  # below this rule's minimum: try the next rule, then the fallback
+                trial = dict(widths)
+                trial.update({g.id: k for (g, _, _), k in zip(kgroups, sol.kept)})
+                predicted = self.predict_ms(trial)
+                if predicted <= target_ms:
+                    chosen, used, rule_used = trial, sol, rule
+                    break
+                repairs += 1
+                if rule == "two_sided" and repairs <= _RELINEARIZE:
+                    # The linearisation around the current widths misses the cross terms of
+                    # groups shrinking together (conv cost ~ c_in·c_out): re-linearise around
+                    # the trial widths, where the solution will be, and solve again.
+                    oc = option_costs(rule, self.layers, self.groups, trial, self.latency_model,
+                                      options)
+                    knap = [KnapsackGroup(g.root, counts, values, oc.costs_ms[g.id])
+                            for g, counts, values in kgroups]
+                    budget_ms = target_ms - oc.constant_ms
+                else:
+                    # The estimate is still optimistic: tighten by the overshoot, solve again.
+                    budget_ms -= (predicted - target_ms) + self.config.resolution_ms
+            if chosen is not None:
+                break
+        if chosen is None:
+            # Fall back to the smallest allowed widths if even those meet the target.
+            trial = self._min_widths()
+            predicted = self.predict_ms(trial)
+            if predicted > target_ms:
+                raise HalpError(self._infeasible_message(target_ms, predicted))
+            chosen = trial
+        if used is not None:
+            objective, error_bound = float(used.objective), float(used.error_bound_ms)
+        else:
+            objective, error_bound = float(sum(v[0] for _, _, v in kgroups)), 0.0
+
+        keep = {}
+        for g in self.prunable:
+            keep[g.id] = torch.zeros(g.size, dtype=torch.bool)
+            keep[g.id][orders[g.id][:chosen[g.id]]] = True
+        return StepPlan(keep, dict(
+            target_ms=float(target_ms), predicted_ms=float(predicted),
+            kept={g.root: int(chosen[g.id]) for g in self.prunable}, objective=objective,
+            error_bound_ms=error_bound, repairs=repairs, rule=rule_used))
+
+    # ---- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Masks, step counter and history: tensors and plain containers only, so a checkpoint
+        loads with ``torch.load(..., weights_only=True)``. Importance accumulated since the last
+        pruning step is not kept: a resumed run re-accumulates it."""
+        return {"masks": self.masks, "calls": self.calls, "targets_ms": list(self.targets_ms),
+                "history": [r.to_json() for r in self.history]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        try:
+            self.set_masks(state["masks"])
+            self.calls = int(state["calls"])
+            self.history = [StepRecord(**r) for r in state["history"]]
+            self.targets_ms = [float(t) for t in state.get("targets_ms", self.targets_ms)]
+        except (KeyError, TypeError) as exc:
+            raise HalpError(f"the pruner checkpoint is not usable ({exc}); delete it to start "
+                            "pruning over") from None
+        self.accumulator.reset()
+
+    # ---- end of pruning -------------------------------------------------------------------
+    def finalize(self) -> nn.Module:
+        """Remove masked channels physically and return the (same, now smaller) model.
+
+        Parameters are new tensors afterwards: build a new optimizer (and re-wrap the model in
+        DistributedDataParallel) for further training."""
+        if self.finalized:
+            return self.model
+        self.masker.apply()
+        drop = {g.id: torch.nonzero(~self.keep[g.id]).flatten().tolist() for g in self.prunable}
+        self.masker.remove_hooks()
+        remove_channels(self.model, self.graph, self.groups, drop)
+        self.finalized = True
+        return self.model
+
+    def result(self, plan: "StepPlan | None" = None):
+        """The decisions as a ``PruningResult`` (JSON; see ``halp_trt.pruning.result``) — the current
+        masks, or those of ``plan`` (a candidate from ``plan()``)."""
+        keep = self.keep if plan is None else plan.keep
+        widths = None if plan is None else {**self.widths,
+                                            **{gid: int(k.sum()) for gid, k in keep.items()}}
+        return PruningResult(
+            kept={g.root: torch.nonzero(keep[g.id]).flatten().tolist()
+                  for g in self.prunable},
+            original_widths={g.root: g.size for g in self.prunable},
+            table_identity=dict(getattr(self.latency_model, "identity", {}) or {}),
+            config=self.config.summary(),
+            input_shape=self.input_shape,
+            full_predicted_ms=self.full_ms,
+            predicted_ms=self.predict_ms(widths),
+            history=[r.to_json() for r in self.history])

@@ -1,0 +1,43 @@
+"""Registry of latency backends behind one interface (``halp_trt.runtime.base.Backend``).
+
+Backends are registered by import path so that choosing one imports only its runtime:
+``import halp_trt`` loads neither onnxruntime nor tensorrt.
+"""
+from __future__ import annotations
+
+import importlib
+
+from halp_trt.errors import HalpError
+
+_REGISTRY: dict[str, str] = {
+    "onnxruntime": "halp_trt.runtime.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "halp_trt.runtime.tensorrt:TensorRTBackend",
+}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Add a backend as ``"package.module:ClassName"`` (a subclass of Backend)."""
+    _REGISTRY[name] = target
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str, **options):
+    """Instantiate the backend ``name`` with its options (precision, threads, ...)."""
+    if name not in _REGISTRY:
+        raise HalpError(f"unknown backend {name!r}; choose one of {available_backends()}")
+    module_name, cls_name = _REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**options)
+
+
+def backend_for(gpu: bool, precision: str = "fp32", **options):
+    """The CLI's choice: TensorRT with --gpu, ONNX Runtime on the CPU otherwise."""
+    if gpu:
+        return get_backend("tensorrt", precision=precision, **options)
+    if precision != "fp32":
+        raise HalpError(f"precision {precision} needs --gpu; the ONNX Runtime CPU backend "
+                        "measures fp32 only.")
+    return get_backend("onnxruntime", **options)

@@ -1,0 +1,171 @@
+"""prune-and-deploy end to end at toy scale (tiny residual CNN, 16x16 digits, a few batches),
+with real training, real ONNX Runtime sessions and real measurements."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from halp_trt.cli import main
+from halp_trt.errors import HalpError
+from halp_trt.pipeline import DeployConfig, prune_and_deploy
+from halp_trt.pruning.result import PruningResult, apply_result
+from tiny_models import tiny_resnet
+from fakes import free_port
+
+MODEL = "tiny_models:tiny_resnet"
+
+
+
+
+def toy_config(out, table, **kw):
+    base = dict(out=str(out), model=MODEL, input_size=16, table=table, target="0.85", steps=2,
+                interval=2, epochs=1, pretrain_epochs=1, rounds=5, max_batches=4,
+                progress=False, train_batch_size=32)
+    base.update(kw)
+    return DeployConfig(**base)
+
+
+def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
+    report = prune_and_deploy(toy_config(tmp_path, tiny_table))
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["speedup_measured"] == pytest.approx(report["speedup_measured"])
+    for key in ("target_ratio", "speedup_measured", "max_abs_diff", "backend", "table"):
+        assert key in on_disk
+    for side in ("original", "pruned"):
+        assert on_disk[side]["measured_ms"] > 0 and on_disk[side]["predicted_ms"] > 0
+    assert 0 <= on_disk["accuracy"]["original"] <= 1 and 0 <= on_disk["accuracy"]["pruned"] <= 1
+    assert on_disk["backend"]["verified"].startswith("measured on this machine")
+    assert on_disk["table"]["identity"]["model"] == MODEL
+    for name in ("report.md", "model.onnx", "original.onnx", "pruning.json", "pruned_weights.pt",
+                 "widths.png",
+                 "layer_latency.png"):
+        assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "checkpoint.pt").exists()
+    # the pruned architecture is rebuilt from the original definition + JSON + weights-only
+    result = PruningResult.load(str(tmp_path / "pruning.json"))
+    assert any(len(v) < result.original_widths[k] for k, v in result.kept.items())
+    x = torch.randn(1, 3, 16, 16)
+    rebuilt = apply_result(tiny_resnet(), x, result)
+    rebuilt.load_state_dict(torch.load(tmp_path / "pruned_weights.pt", weights_only=True))
+    rebuilt.eval()
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, rebuilt(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert on_disk["max_abs_diff"] < 1e-3
+    # validate re-measures the written models, with the table's prediction for each
+    res = CliRunner().invoke(main, ["validate", str(tmp_path / "original.onnx"),
+                                    str(tmp_path / "model.onnx"), "--table", tiny_table,
+                                    "--rounds", "5", "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 0, res.output
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["speedup_measured"] > 0 and v["pruned"]["predicted_ms"] > 0
+    assert v["pruned"]["predicted_ms"] < v["original"]["predicted_ms"]
+    res = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.onnx"),
+                                    str(tmp_path / "model.onnx")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_interrupted_pruning_resumes_from_checkpoint(tmp_path, tiny_table, monkeypatch):
+    from halp_trt.pruning import feedback
+
+    real_step = feedback.LatencyFeedback.step
+    calls = {"n": 0}
+
+    def interrupt_after_first_prune(self):
+        rec = real_step(self)
+        if rec is not None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt
+        return rec
+
+    monkeypatch.setattr(feedback.LatencyFeedback, "step", interrupt_after_first_prune)
+    cfg = toy_config(tmp_path, tiny_table, steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        prune_and_deploy(cfg)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["phase"] == "pruning" and len(state["pruner"]["history"]) == 1
+    monkeypatch.setattr(feedback.LatencyFeedback, "step", real_step)
+    report = prune_and_deploy(cfg)
+    steps = [h["step"] for h in report["pruning_history"]]
+    assert steps[:3] == [1, 2, 3], "the resumed run continues at step 2, not from scratch"
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def _run_cli(args):
+    res = CliRunner().invoke(main, ["prune-and-deploy"] + args)
+    return res.exit_code, res.output
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model", "no_such_net"], "unknown model"),
+    (["--model", "no_such_module:factory"], "cannot import module"),
+    (["--data", "imagefolder:/nonexistent/dir"], "does not exist"),
+    (["--data", "mnist"], "unknown --data"),
+    (["--target", "1.5"], "between 0 and 1"),
+    (["--target", "0"], "between 0 and 1"),
+    (["--target", "fast"], "neither a fraction"),
+    (["--target", "-3ms"], "neither a fraction"),
+    (["--input-size", "4"], "--input-size"),
+    (["--input-size", "100000"], "between 8 and 4096"),
+    (["--batch-size", "100000"], "at most 1024"),
+])
+def test_bad_options_give_one_clear_error(tmp_path, args, fragment):
+    code, out = _run_cli(["--out", str(tmp_path / "o")] + args)
+    assert code == 2, out
+    assert fragment in out and "Traceback" not in out
+
+
+def test_unreadable_weights_and_pickled_code_are_refused(tmp_path, tiny_table):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    code, out = _run_cli(["--out", str(tmp_path / "a"), "--model", MODEL, "--input-size", "16",
+                          "--table", tiny_table, "--weights", str(garbage)])
+    assert code == 2 and "weights" in out and "Traceback" not in out
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    code, out = _run_cli(["--out", str(tmp_path / "b"), "--model", MODEL, "--input-size", "16",
+                          "--table", tiny_table, "--weights", str(evil)])
+    assert code == 2 and "weights-only" in out
+    assert not (tmp_path / "pwned").exists()
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(tiny_resnet(num_classes=3).state_dict(), wrong)
+    code, out = _run_cli(["--out", str(tmp_path / "c"), "--model", MODEL, "--input-size", "16",
+                          "--table", tiny_table, "--weights", str(wrong)])
+    assert code == 2 and "do not fit the model" in out
+
+
+def test_infeasible_target_names_the_minimum(tmp_path, tiny_table):
+    with pytest.raises(HalpError, match="infeasible"):
+        prune_and_deploy(toy_config(tmp_path, tiny_table, target="0.001ms"))
+
+
+def test_ddp_two_gloo_processes(tmp_path, tiny_table):
+    """torchrun with 2 CPU processes: identical decisions on both ranks (checked inside the
+    pipeline), only rank 0 writes."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(free_port()), "-m", "halp_trt.cli", "prune-and-deploy", "--out", str(out),
+           "--model", MODEL, "--input-size", "16", "--table", tiny_table, "--target", "0.85",
+           "--steps", "2", "--interval", "2", "--epochs", "1", "--pretrain-epochs", "1",
+           "--rounds", "3", "--max-batches", "3", "--train-batch-size", "32"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["speedup_measured"] > 0
+    assert res.stdout.count("speedup") == 1, "only rank 0 reports"

@@ -1,0 +1,219 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from halp_trt.errors import HalpError
+from halp_trt.graph.groups import find_channel_groups
+from halp_trt.pruning.importance import (ImportanceAccumulator, MagnitudeImportance, TaylorImportance,
+                                 make_importance)
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class Residual(nn.Module):
+    """stem's channels are tied to block's by the add: one group with two BNs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(5)
+        self.conv = nn.Conv2d(5, 5, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(x + self.bn(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class Concat(nn.Module):
+    """bn_c normalises a concat: conv_b's channel r is bn_c's channel 4 + r."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(4)
+        self.conv_b = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(4)
+        self.bn_c = nn.BatchNorm2d(8)
+        self.conv_d = nn.Conv2d(8, 6, 1, bias=False)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        a = torch.relu(self.bn_a(self.conv_a(x)))
+        y = torch.cat([a, torch.relu(self.bn_b(self.conv_b(x)))], 1)
+        y = torch.relu(self.conv_d(torch.relu(self.bn_c(y))))
+        return self.fc(y.mean((2, 3)))
+
+
+class NoBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _randomise_bn(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+
+
+def _backward(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    y = torch.randint(0, 10, (4,), generator=g)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _group_of(groups, module_name):
+    return next(g for g in groups if any(m.module_name == module_name and m.side == "out"
+                                         for m in g.members))
+
+
+def _bn_term(bn, idx):
+    d = lambda t: t.detach().double()  # noqa: E731  (hand computation in float64)
+    return (d(bn.weight) * d(bn.weight.grad) + d(bn.bias) * d(bn.bias.grad))[idx]
+
+
+def _setup(cls, seed=0):
+    torch.manual_seed(seed)
+    model = cls()
+    _randomise_bn(model)
+    groups, _ = find_channel_groups(model, torch.randn(1, 3, 8, 8))
+    return model, groups
+
+
+def test_taylor_matches_hand_computation_and_averages_abs_per_batch():
+    model, groups = _setup(ConvBN)
+    acc = ImportanceAccumulator(model, groups, "taylor")
+    expected = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    g1, g2 = _group_of(groups, "conv1"), _group_of(groups, "conv2")
+    for seed in (1, 2, 3):
+        _backward(model, seed)
+        acc.accumulate()
+        expected[g1.id] += _bn_term(model.bn1, slice(None)).abs()
+        expected[g2.id] += _bn_term(model.bn2, slice(None)).abs()
+    scores = acc.scores()
+    assert acc.count == 3
+    for g, s in zip(groups, scores):
+        torch.testing.assert_close(s, expected[g.id] / 3, rtol=1e-12, atol=0)
+    acc.reset()
+    with pytest.raises(HalpError, match="accumulate"):
+        acc.scores()
+
+
+def test_taylor_sums_coupled_bns_before_abs():
+    model, groups = _setup(Residual)
+    g = _group_of(groups, "stem")
+    assert {m.module_name for m in g.members if m.side == "out"} >= {"bn0", "bn"}
+    _backward(model, 5)
+    got = TaylorImportance()(model, g)
+    want = (_bn_term(model.bn0, slice(None)) + _bn_term(model.bn, slice(None))).abs()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_taylor_maps_concat_channels_through_root_indices():
+    model, groups = _setup(Concat)
+    g = _group_of(groups, "conv_b")
+    _backward(model, 7)
+    got = TaylorImportance()(model, g)
+    want = (_bn_term(model.bn_b, slice(None)) + _bn_term(model.bn_c, slice(4, 8))).abs()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_taylor_without_bn_uses_filters():
+    model, groups = _setup(NoBN)
+    g = _group_of(groups, "conv1")
+    _backward(model, 3)
+    w, b = model.conv1.weight.double(), model.conv1.bias.double()
+    gw, gb = model.conv1.weight.grad.double(), model.conv1.bias.grad.double()
+    want = ((w * gw).sum((1, 2, 3)) + b * gb).detach().abs()
+    torch.testing.assert_close(TaylorImportance()(model, g), want, rtol=1e-5, atol=1e-12)
+
+
+def test_magnitude_is_l2_of_out_filters_over_the_group_mean():
+    model, groups = _setup(NoBN)
+    g = _group_of(groups, "conv2")
+    w, b = model.conv2.weight.detach(), model.conv2.bias.detach()
+    norms = ((w ** 2).sum((1, 2, 3)) + b ** 2).sqrt().double()
+    want = norms / norms.mean()
+    torch.testing.assert_close(MagnitudeImportance()(model, g), want)
+    # needs no gradients: scores() works without accumulate()
+    acc = ImportanceAccumulator(model, [g], "magnitude")
+    torch.testing.assert_close(acc.scores()[0], want)
+
+
+def test_user_callable_and_size_check():
+    model, groups = _setup(ConvBN)
+
+    def by_index(model, group):
+        return torch.arange(group.size, dtype=torch.float32)
+
+    acc = ImportanceAccumulator(model, groups, by_index)
+    acc.accumulate()
+    acc.accumulate()
+    for g, s in zip(groups, acc.scores()):
+        assert s.tolist() == list(range(g.size))
+
+    acc = ImportanceAccumulator(model, groups, lambda m, g: torch.ones(g.size + 1))
+    with pytest.raises(HalpError, match="scores"):
+        acc.accumulate()
+    with pytest.raises(HalpError):
+        make_importance("fisher")
+    with pytest.raises(HalpError):
+        make_importance(3)
+
+
+def test_nan_batch_is_skipped_with_warning():
+    model, groups = _setup(ConvBN)
+    acc = ImportanceAccumulator(model, groups, "taylor")
+    _backward(model, 1)
+    acc.accumulate()
+    first = [s.clone() for s in acc.scores()]
+
+    _backward(model, 2)
+    model.bn1.weight.grad[0] = float("nan")
+    model.bn2.bias.grad[1] = float("inf")
+    with pytest.warns(RuntimeWarning, match="NaN or infinity"):
+        assert acc.accumulate() is False
+    assert acc.count == 1 and acc.skipped == 1
+    for a, b in zip(first, acc.scores()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    # a NaN that Taylor's BN terms do not read still marks the batch as bad
+    _backward(model, 4)
+    model.conv2.weight.grad[0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning):
+        assert acc.accumulate() is False
+    assert acc.count == 1 and acc.skipped == 2
+
+    _backward(model, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert acc.accumulate() is True
+    assert acc.count == 2
