@@ -1,9 +1,42 @@
 """halp-trt: latency-driven structured pruning (HALP) for TensorRT and ONNX Runtime.
 
-Importing the package is cheap: runtimes (onnxruntime, tensorrt, cuda) load lazily, only when a
-backend is used.
+Layers, bottom up: ``runtime`` (backends, export, timing protocol) and ``graph`` (prunable
+layers, coupled channel groups) → ``latency`` (tables) → ``pruning`` (HALP) → the pipeline,
+training, data, report and CLI.
+
+    import halp_trt
+    pruned, result = halp_trt.prune(model, x, target=0.5, table="t.json", data=loader)
+    report = halp_trt.prune_and_deploy(halp_trt.DeployConfig(out="run1"))
+
+Importing the package is cheap: the public names load on first use, and runtimes (onnxruntime,
+tensorrt, cuda) only when a backend is used.
 """
+from halp_trt.errors import ConfigError, HalpError, MissingBackendError
+from halp_trt.version import __version__
 
-__version__ = "0.1.0"
+_LAZY = {
+    "prune": "halp_trt.api",
+    "HALPConfig": "halp_trt.pruning.config",
+    "HALPPruner": "halp_trt.pruning.pruner",
+    "PruningResult": "halp_trt.pruning.result",
+    "apply_result": "halp_trt.pruning.result",
+    "LatencyTable": "halp_trt.latency.table",
+    "BuildConfig": "halp_trt.latency.build",
+    "build_table": "halp_trt.latency.build",
+    "DeployConfig": "halp_trt.pipeline.config",
+    "prune_and_deploy": "halp_trt.pipeline.run",
+    "get_backend": "halp_trt.runtime",
+    "available_backends": "halp_trt.runtime",
+}
 
-from halp_trt.errors import HalpError, MissingBackendError  # noqa: E402,F401
+__all__ = ["__version__", "HalpError", "ConfigError", "MissingBackendError", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'halp_trt' has no attribute {name!r}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-import halp_trt
+from halp_trt.version import __version__
 from halp_trt.fileio import write_atomic_with, write_bytes_atomic, write_json_atomic
 
 
@@ -20,7 +20,7 @@ def build_report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_
     target_ratio = cfg.target_fraction if cfg.target_fraction is not None else \
         cfg.target_ms / orig_ms
     return {
-        "halp_trt_version": halp_trt.__version__,
+        "halp_trt_version": __version__,
         "model": cfg.model, "data": cfg.data, "input_shape": list(cfg.input_shape),
         "target": cfg.target, "target_ratio": target_ratio,
         "original": {"measured_ms": orig_ms, "predicted_ms": pred_orig,

@@ -8,7 +8,6 @@ pruner (pruning/test_pruner), TensorRT build failures (runtime/tensorrt/test_bac
 import json
 import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from halp_trt.cli import main
 from halp_trt.errors import HalpError
 from halp_trt.runtime.export import export_onnx
 from halp_trt.runtime.protocol import Protocol
-from halp_trt.fileio import write_json_atomic
 from halp_trt.latency.table import LatencyTable
 from fakes import ReachedHeavyWork
 from tiny_models import UnexportableNet, tiny_resnet
@@ -367,23 +365,6 @@ def test_ctrl_c_during_build_table_keeps_every_finished_batch_and_resumes(tmp_pa
     assert all(final[k] == st for k, st in partial.items()), "kept, not re-measured"
 
 
-def test_interrupted_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
-    import halp_trt.fileio as atomic_mod
-
-    path = tmp_path / "t.json"
-    write_json_atomic(str(path), {"version": "old"})
-
-    def interrupt(_fd):  # the new content is written to the temporary file, not yet renamed
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(atomic_mod.os, "fsync", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        write_json_atomic(str(path), {"version": "new"})
-    monkeypatch.undo()
-    assert json.loads(path.read_text()) == {"version": "old"}
-    assert os.listdir(tmp_path) == ["t.json"], "no temporary file is left behind"
-
-
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     from halp_trt.pipeline import state as state_mod
 
@@ -480,21 +461,3 @@ def test_noisy_timing_is_flagged_in_the_table_inspect_and_validate(tmp_path, onn
     res = invoke(["validate", *onnx_pair, "--rounds", "5"])
     assert res.exit_code == 0, res.output
     assert "warning: noisy measurement" in res.output
-
-
-def test_leftover_temporary_files_of_a_killed_writer_are_removed(tmp_path):
-    from halp_trt.fileio import STALE_TMP_S, write_json_atomic
-
-    target = tmp_path / "t.json"
-    stale = tmp_path / ".tmp-t.json-abc.json"  # what kill -9 mid-write leaves behind
-    fresh = tmp_path / ".tmp-t.json-def.json"  # maybe a writer still running: kept
-    other = tmp_path / ".tmp-u.json-ghi.json"  # another file's: not ours to remove
-    for p in (stale, fresh, other):
-        p.write_text("{half")
-    old = time.time() - 2 * STALE_TMP_S
-    os.utime(stale, (old, old))
-    os.utime(other, (old, old))
-    write_json_atomic(str(target), {"a": 1})
-    assert json.loads(target.read_text()) == {"a": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [fresh.name, other.name, target.name])

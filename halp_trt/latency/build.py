@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-import halp_trt
 from halp_trt.distributed import dist_context, finish_distributed, gather_dicts
 from halp_trt.errors import HalpError
+from halp_trt.version import __version__
 from halp_trt.latency.identity import RESUME_KEYS, differences
 from halp_trt.graph.groups import find_channel_groups
 from halp_trt.latency.graphs import layer_onnx
@@ -169,7 +169,7 @@ class TableBuilder:
         ident = dict(self.backend.identity())
         ident.update({"batch": self.batch, "input_shape": list(self.input_shape),
                       "model": self.model_name, "protocol": self.config.protocol.to_json(),
-                      "halp_trt_version": halp_trt.__version__,
+                      "halp_trt_version": __version__,
                       "lattice": {"sweep_window": self.config.sweep_window,
                                   "max_points_per_axis": self.config.max_points_per_axis},
                       "created": now_iso()})

@@ -8,7 +8,6 @@ import os
 import re
 from typing import Callable, Sequence
 
-import halp_trt
 from halp_trt.errors import ConfigError, HalpError
 from halp_trt.graph.layers import LayerSpec
 from halp_trt.latency.identity import AUTO_MATCH_KEYS, differences
@@ -17,10 +16,10 @@ from halp_trt.latency.identity import AUTO_MATCH_KEYS, differences
 def profile_dirs() -> list[str]:
     """Where ``auto`` looks: the shipped ``profiles/`` and the user's table cache
     (``$HALP_TRT_CACHE/tables``, default ``~/.cache/halp-trt/tables``)."""
-    here = os.path.dirname(os.path.abspath(halp_trt.__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cache = os.environ.get("HALP_TRT_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
                                                            "halp-trt"))
-    return [os.path.join(os.path.dirname(here), "profiles"), os.path.join(cache, "tables")]
+    return [os.path.join(os.path.dirname(package), "profiles"), os.path.join(cache, "tables")]
 
 
 def table_fits(table, specs: Sequence[LayerSpec], expected_identity: dict) -> bool:

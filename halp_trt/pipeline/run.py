@@ -151,8 +151,10 @@ class DeployRun:
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=1e-4)
 
     def _run_epochs(self, net, optimizer, n_epochs, desc, pruner=None, scheduler=None,
-                    until=None, on_epoch=None):
-        """``n_epochs`` epochs, or with ``until`` as many as it takes until it returns True."""
+                    until=None, on_epoch=None, first_epoch: int = 0):
+        """``n_epochs`` epochs, or with ``until`` as many as it takes until it returns True.
+        Each epoch's data order is seeded by (seed, ``first_epoch`` + epoch), so a resumed run
+        sees the batches the uninterrupted run would have seen."""
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         from halp_trt.train import train_epoch
@@ -161,8 +163,11 @@ class DeployRun:
         wrapped = DDP(net) if self.world > 1 else net
         epoch = 0
         while (epoch < n_epochs) if until is None else not until():
+            global_epoch = first_epoch + epoch
             if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch + 1000 * cfg.seed)
+                loader.sampler.set_epoch(global_epoch + 1000 * cfg.seed)
+            else:
+                loader.generator.manual_seed(cfg.seed * 100_003 + global_epoch)
             n = min(len(loader), cfg.max_batches or len(loader))
             bar = _progress(_capped(loader, cfg.max_batches), self.show_progress, total=n,
                             desc=f"{desc} epoch {epoch + 1}" + (f"/{n_epochs}" if until is None
@@ -290,23 +295,30 @@ class DeployRun:
             lambda net: export_onnx(net, example), self.backend,
             export_onnx(self.original_model, example), final_ratio, model_protocol(cfg.rounds),
             log=self.log, broadcast=broadcast_object if self.world > 1 else None)
+        opt = self._optimizer(model.parameters())
         if st.phase == "pruning":
             model.load_state_dict(st.model)
             pruner.load_state_dict(st.pruner)
             feedback.load_state_dict(st.feedback)
-        opt = self._optimizer(model.parameters())
+            opt.load_state_dict(st.optimizer)
+            torch.set_rng_state(st.rng)
         pruner.attach_optimizer(opt)
         self.log(f"pruning to {final_ratio:.3f} of the original's latency "
                  f"({self.target_ms:.3f} ms of {st.original_ms:.3f} ms measured) in {cfg.steps} "
                  f"steps every {cfg.interval} batches, measuring after each step")
 
-        def save_pruning(_epoch=None):
+        done_before = st.prune_epochs_done if st.phase == "pruning" else 0
+
+        def save_pruning(epoch=0):
             self.checkpoint(phase="pruning", model=model.state_dict(),
-                            pruner=pruner.state_dict(), feedback=feedback.state_dict())
+                            pruner=pruner.state_dict(), feedback=feedback.state_dict(),
+                            optimizer=opt.state_dict(), rng=torch.get_rng_state(),
+                            prune_epochs_done=done_before + epoch)
 
         try:
             self._run_epochs(model, opt, 0, "prune", pruner=feedback,
-                             until=lambda: feedback.done, on_epoch=save_pruning)
+                             until=lambda: feedback.done, on_epoch=save_pruning,
+                             first_epoch=1000 + done_before)
         except KeyboardInterrupt:
             save_pruning()
             raise
@@ -318,7 +330,8 @@ class DeployRun:
         if self.is_main:
             self.result.save(os.path.join(cfg.out, "pruning.json"))
         self.checkpoint(phase="pruned", pruned=self.pruned_model.state_dict(),
-                        finetune_epochs_done=0, result=self.result.to_json())
+                        finetune_epochs_done=0, result=self.result.to_json(), optimizer=None,
+                        rng=None)
 
     # ---- 6. fine-tune ------------------------------------------------------------------------
     def finetune(self) -> None:
@@ -331,7 +344,8 @@ class DeployRun:
             self._run_epochs(net, opt, cfg.epochs - done_epochs, "fine-tune",
                              on_epoch=lambda e: self.checkpoint(
                                  phase="finetune", model=net.state_dict(),
-                                 finetune_epochs_done=done_epochs + e))
+                                 finetune_epochs_done=done_epochs + e),
+                             first_epoch=2000 + done_epochs)
         net.eval()
         self.acc_pruned = evaluate(net, self.val_loader)
         self.log(f"pruned accuracy: {self.acc_pruned:.4f}")

@@ -29,6 +29,9 @@ class RunState:
     feedback: dict | None = None  # LatencyFeedback.state_dict()
     pruned: dict | None = None  # the pruned model right after channel removal
     result: dict | None = None  # PruningResult.to_json()
+    optimizer: dict | None = None  # the optimizer's state (momentum) of the current phase
+    rng: object | None = None  # torch's RNG state at the checkpoint
+    prune_epochs_done: int = 0
     finetune_epochs_done: int = 0
 
     def save(self, path: str) -> None:

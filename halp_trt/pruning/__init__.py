@@ -2,10 +2,9 @@
 and channel surgery, the pruner for any training loop, its result, and the closed loop on
 measured latency (``feedback``).
 
-    from halp_trt.pruning import HALPConfig, HALPPruner
-"""
-from halp_trt.pruning.config import HALPConfig
-from halp_trt.pruning.pruner import HALPPruner
-from halp_trt.pruning.result import PruningResult, apply_result
+    from halp_trt.pruning.pruner import HALPPruner
+    from halp_trt.pruning.config import HALPConfig
 
-__all__ = ["HALPConfig", "HALPPruner", "PruningResult", "apply_result"]
+(also exported by ``halp_trt`` itself). This ``__init__`` imports nothing, so the modules
+below it may be loaded one by one (``result`` needs no torch to read a result).
+"""

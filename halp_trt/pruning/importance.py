@@ -180,6 +180,17 @@ class ImportanceAccumulator:
         self.count = 0
         self.skipped = 0
 
+    def state_dict(self) -> dict:
+        return {"sum": self._sum.clone(), "count": self.count, "skipped": self.skipped}
+
+    def load_state_dict(self, state) -> None:
+        total = torch.as_tensor(state["sum"], dtype=torch.float64)
+        if total.shape != self._sum.shape:
+            raise ValueError(f"importance of {total.numel()} channels, the groups have "
+                             f"{self._sum.numel()}")
+        self._sum = total.clone()
+        self.count, self.skipped = int(state["count"]), int(state["skipped"])
+
     def _compute(self) -> torch.Tensor:
         parts = []
         for g in self.groups:

@@ -323,11 +323,12 @@ class HALPPruner:
 
     # ---- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Masks, step counter and history: tensors and plain containers only, so a checkpoint
-        loads with ``torch.load(..., weights_only=True)``. Importance accumulated since the last
-        pruning step is not kept: a resumed run re-accumulates it."""
+        """Masks, step counter, targets, history and the importance accumulated since the last
+        pruning step: tensors and plain containers only, so a checkpoint loads with
+        ``torch.load(..., weights_only=True)``."""
         return {"masks": self.masks, "calls": self.calls, "targets_ms": list(self.targets_ms),
-                "history": [r.to_json() for r in self.history]}
+                "history": [r.to_json() for r in self.history],
+                "importance": self.accumulator.state_dict()}
 
     def load_state_dict(self, state: Mapping) -> None:
         try:
@@ -335,10 +336,13 @@ class HALPPruner:
             self.calls = int(state["calls"])
             self.history = [StepRecord(**r) for r in state["history"]]
             self.targets_ms = [float(t) for t in state.get("targets_ms", self.targets_ms)]
-        except (KeyError, TypeError) as exc:
+            if "importance" in state:
+                self.accumulator.load_state_dict(state["importance"])
+            else:
+                self.accumulator.reset()
+        except (KeyError, TypeError, ValueError) as exc:
             raise HalpError(f"the pruner checkpoint is not usable ({exc}); delete it to start "
                             "pruning over") from None
-        self.accumulator.reset()
 
     # ---- end of pruning -------------------------------------------------------------------
     def finalize(self) -> nn.Module:

@@ -169,3 +169,50 @@ def test_ddp_two_gloo_processes(tmp_path, tiny_table):
     report = json.loads((out / "report.json").read_text())
     assert report["speedup_measured"] > 0
     assert res.stdout.count("speedup") == 1, "only rank 0 reports"
+
+
+def test_resumed_run_makes_the_same_decisions_as_an_uninterrupted_one(tmp_path, tiny_table,
+                                                                      monkeypatch):
+    """Killed right after the first pruning epoch's checkpoint, then resumed: same widths, same
+    kept channels, same measured points as a run that was never interrupted (timing is made
+    deterministic; everything else is the real pipeline)."""
+    import halp_trt.runtime
+    from fakes import SizeTimedBackend
+    from halp_trt.pipeline.run import DeployRun
+
+    monkeypatch.setattr(halp_trt.runtime, "backend_for",
+                        lambda gpu, precision="fp32", **kw: SizeTimedBackend())
+    kw = dict(steps=3, interval=2, max_batches=3, pretrain_epochs=1, epochs=0, seed=3)
+    straight = prune_and_deploy(toy_config(tmp_path / "straight", tiny_table, **kw))
+
+    real_checkpoint = DeployRun.checkpoint
+    killed = {"n": 0}
+
+    def checkpoint_then_die(self, **fields):
+        real_checkpoint(self, **fields)
+        if fields.get("phase") == "pruning" and fields.get("prune_epochs_done") == 1 \
+                and not killed["n"]:
+            killed["n"] += 1
+            raise SystemExit("killed")  # like kill -9 right after the save: no handler runs
+
+    monkeypatch.setattr(DeployRun, "checkpoint", checkpoint_then_die)
+    with pytest.raises(SystemExit):
+        prune_and_deploy(toy_config(tmp_path / "resumed", tiny_table, **kw))
+    assert killed["n"] == 1
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert state["phase"] == "pruning" and 0 < len(state["pruner"]["history"]) < 3
+    monkeypatch.setattr(DeployRun, "checkpoint", real_checkpoint)
+    resumed = prune_and_deploy(toy_config(tmp_path / "resumed", tiny_table, **kw))
+
+    a = PruningResult.load(str(tmp_path / "straight" / "pruning.json"))
+    b = PruningResult.load(str(tmp_path / "resumed" / "pruning.json"))
+    assert a.kept == b.kept
+    assert [h["kept"] for h in straight["pruning_history"]] == \
+        [h["kept"] for h in resumed["pruning_history"]]
+    assert straight["feedback"] == resumed["feedback"]
+    assert straight["accuracy"]["pruned"] == resumed["accuracy"]["pruned"]
+    wa = torch.load(tmp_path / "straight" / "pruned_weights.pt", weights_only=True)
+    wb = torch.load(tmp_path / "resumed" / "pruned_weights.pt", weights_only=True)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -16,7 +16,9 @@ from halp_trt.runtime.base import Backend
 from fakes import StaircaseLatencyModel
 from halp_trt.pruning.feedback import LatencyFeedback
 from halp_trt.runtime.protocol import Protocol
+from halp_trt.errors import HalpError
 from halp_trt.pruning.pruner import HALPConfig, HALPPruner
+from halp_trt.pruning.schedule import schedule_targets_ms
 from tiny_models import TinyResNet
 
 X0 = torch.randn(1, 3, 16, 16)
@@ -54,11 +56,11 @@ class WidthsBackend(Backend):
         pass
 
 
-def make_loop(target_ratio, spread, seed=0, **fb_kw):
+def make_loop(target_ratio, spread, seed=0, schedule="exp", **fb_kw):
     torch.manual_seed(seed)
     model = TinyResNet(width=32)
     pr = HALPPruner(model, X0, StaircaseLatencyModel(step=2),
-                    HALPConfig(target=target_ratio, steps=3, interval=2))
+                    HALPConfig(target=target_ratio, steps=3, interval=2, schedule=schedule))
     by_root = {g.root: g.id for g in pr.prunable}
 
     def true_ratio(kept_counts):
@@ -137,3 +139,29 @@ def test_reference_model_sets_the_target_in_each_session():
     assert len(fb.reference_ratios) == len(fb.points) + len(fb.brackets) - 1
     assert fb.final_ratio == pytest.approx(ref, rel=0.07)
     assert ref * 0.9 <= landed(pr, true_ratio) <= ref * 1.08
+
+
+@pytest.mark.parametrize("schedule", ["exp", "linear"])
+def test_measured_targets_follow_the_configured_schedule(schedule):
+    """The loop's corrected targets use the pruner's own schedule: a linear schedule stayed
+    linear only until the first correction, which re-derived an exponential one."""
+    model, pr, fb, _ = make_loop(0.45, spread=0.0, schedule=schedule, bracket=())
+    run(model, fb)
+    expected = schedule_targets_ms(1.0, 0.45, 3, schedule)
+    got = [p.target_ratio for p in fb.points[:3]]
+    assert got == pytest.approx(expected, rel=1e-9)
+    if schedule == "linear":
+        assert got[0] == pytest.approx(1 - (1 - 0.45) / 3)
+
+
+def test_feedback_state_round_trips(tmp_path):
+    model, pr, fb, _ = make_loop(0.45, spread=0.02)
+    run(model, fb)
+    state = fb.state_dict()
+    torch.save(state, tmp_path / "fb.pt")
+    _, _, fresh, _ = make_loop(0.45, spread=0.02)
+    fresh.load_state_dict(torch.load(tmp_path / "fb.pt", weights_only=True))
+    assert fresh.state_dict() == state
+    assert [p.measured_ratio for p in fresh.points] == [p.measured_ratio for p in fb.points]
+    with pytest.raises(HalpError, match="feedback checkpoint"):
+        fresh.load_state_dict({"points": []})

@@ -360,6 +360,29 @@ def test_identity_describes_runtime_device_and_settings(install):
     assert "cuda_runtime" in ident and "cuda_driver" in ident
 
 
+def test_identity_names_the_backend_and_the_auto_table_cache_uses_it(install, tmp_path,
+                                                                     monkeypatch):
+    """Every backend's identity carries its registry name (TensorRT's lacked it, so the auto
+    cache named tables '..._None_fp16.json'); whether it is verified is its own attribute."""
+    from halp_trt.latency import resolve
+
+    install()
+    backend = TensorRTBackend(precision="fp16")
+    assert backend.identity()["backend"] == "tensorrt"
+    assert backend.verified is False and "contract-tested" in backend.verification_note
+    monkeypatch.setenv("HALP_TRT_CACHE", str(tmp_path))
+    made = {}
+
+    def fake_build(model, shape, backend_, path, name, cfg):
+        made["path"] = path
+        raise KeyboardInterrupt  # stop before measuring: only the name is under test
+
+    monkeypatch.setattr("halp_trt.latency.build.build_table", fake_build)
+    with pytest.raises(KeyboardInterrupt):
+        resolve.resolve_table("auto", None, "resnet18", (1, 3, 64, 64), [], backend)
+    assert os.path.basename(made["path"]) == "resnet18_1x3x64x64_tensorrt_fp16.json"
+
+
 # ------------------------------------------------------------------------------ fp16 conversion
 def test_convert_onnx_to_fp16_matches_fp32_reference():
     from onnx.reference import ReferenceEvaluator
