@@ -1,0 +1,61 @@
+"""The model as pruning sees it: coupled channel groups and prunable layers."""
+import pytest
+import torch
+import torch.nn as nn
+
+from halp_trt.errors import HalpError
+from halp_trt.graph.groups import (check_unique_coverage, find_channel_groups, output_layers,
+                                   run_example)
+from halp_trt.graph.layers import Signature, is_depthwise, list_layers
+from tiny_models import GrayNet, TinyResNet
+
+X = torch.randn(1, 3, 16, 16)
+
+
+def test_residual_and_depthwise_couplings_share_one_group():
+    model = TinyResNet(width=16)
+    groups, _ = find_channel_groups(model, X)
+    check_unique_coverage(groups)
+    by_module = {}
+    for g in groups:
+        for m in g.members:
+            by_module.setdefault((m.module_name, m.side), set()).add(g.id)
+    # the stem and the residual block's second conv feed one add: one group
+    stem_group = next(g for g in groups if g.root == "stem")
+    assert "block.conv2" in stem_group.modules("out")
+    # the depthwise conv's input and output are the same channels: one group with its producer
+    dw = next(n for n, m in model.named_modules()
+              if isinstance(m, nn.Conv2d) and is_depthwise(m.groups, m.in_channels,
+                                                           m.out_channels))
+    assert len(by_module[(dw, "out")]) == 1
+    assert "fc" not in {g.root for g in groups}, "the classifier's outputs are never pruned"
+    assert output_layers(model, X) == {"fc"}
+
+
+def test_layers_in_forward_order_with_signatures_and_groups():
+    model = TinyResNet(width=16)
+    groups, _ = find_channel_groups(model, X)
+    specs = list_layers(model, X, groups)
+    names = [s.name for s in specs]
+    assert names[0] == "stem" and names[-1] == "fc"
+    stem = specs[0]
+    assert stem.in_group is None and stem.out_group is not None, "the image is not prunable"
+    assert stem.signature.input_hw == (16, 16) and stem.signature.op == "conv"
+    fc = specs[-1]
+    assert fc.out_group is None and fc.signature.op == "linear"
+    dws = [s for s in specs if s.depthwise]
+    assert dws and all(s.in_group == s.out_group for s in dws)
+    sig = stem.signature
+    assert Signature.from_json(sig.to_json()) == sig and sig.key.startswith("conv_k3x3")
+
+
+def test_depthwise_test():
+    assert is_depthwise(8, 8, 8) and not is_depthwise(1, 1, 1)
+    assert not is_depthwise(4, 8, 8) and not is_depthwise(8, 8, 16)
+
+
+def test_a_model_that_cannot_run_on_the_input_is_one_clear_error():
+    with pytest.raises(HalpError, match=r"cannot run on an input of shape \(1, 3, 16, 16\)"):
+        run_example(GrayNet(), X)
+    with pytest.raises(HalpError, match="cannot exclude"):
+        find_channel_groups(TinyResNet(), X, exclude=["no.such.module"])
