@@ -19,6 +19,7 @@ from halp_trt.errors import ConfigError, HalpError
 from halp_trt.pruning.config import HALPConfig
 from halp_trt.pruning.pruner import HALPPruner
 from halp_trt.pruning.result import PruningResult
+from halp_trt.train import classification_loss
 
 
 def _latency_model(table):
@@ -33,12 +34,8 @@ def _latency_model(table):
     return table
 
 
-def _default_loss(output, target):
-    return nn.functional.cross_entropy(output, target)
-
-
 def prune(model: nn.Module, example_input: torch.Tensor, target, table, data: Iterable | None
-          = None, *, loss_fn: Callable = _default_loss, batches: int = 8,
+          = None, *, loss_fn: Callable = classification_loss, batches: int = 8,
           importance: str | Callable = "taylor", contribution: str = "two_sided",
           exclude: Sequence[str] = ()) -> tuple[nn.Module, PruningResult]:
     """Prune ``model`` in place to ``target`` and return it with its ``PruningResult``.

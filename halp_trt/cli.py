@@ -161,6 +161,9 @@ def inspect_cmd(table_path, pattern, out_dir):
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--allow-table-mismatch", is_flag=True,
               help="Use a table measured on another device/runtime/precision/batch anyway.")
+@click.option("--allow-untrained", is_flag=True,
+              help="Prune a starting model at chance accuracy anyway (benchmarks on random "
+                   "weights); non-finite outputs are still refused.")
 @click.option("--exclude", multiple=True,
               help="Module whose output channels must not change (repeatable).")
 @click.option("--max-batches", type=int, default=None, hidden=True)

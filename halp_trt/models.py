@@ -53,3 +53,15 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
     if len(dims) != 4 or min(dims) < 1:
         raise HalpError(f"--input-shape must be N,C,H,W with positive integers, got {text!r}")
     return dims  # type: ignore[return-value]
+
+
+def strip_aux_heads(model: nn.Module) -> nn.Module:
+    """Drop auxiliary classifier heads (GoogLeNet's aux1/aux2, Inception v3's AuxLogits): they
+    help training the original but are not part of the eval graph that is pruned, exported and
+    deployed. Returns the model (changed in place)."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if isinstance(getattr(model, name, None), nn.Module):
+                setattr(model, name, None)
+    return model

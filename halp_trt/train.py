@@ -43,16 +43,47 @@ def recalibrate_bn(model: nn.Module, loader, max_batches: int = 20) -> None:
         m.momentum = 0.1
 
 
+# Weight of each auxiliary head's loss, as the architectures' papers train them: GoogLeNet's two
+# heads 0.3 each, Inception v3's single head 0.4.
+AUX_WEIGHT = {1: 0.4, 2: 0.3}
+
+
+def split_outputs(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(main logits, auxiliary logits) of a classifier's training-mode output: a tensor, a
+    namedtuple such as GoogLeNetOutputs/InceptionOutputs (main first), a tuple/list (main
+    first) or a dict ("out"/"logits" main, the rest auxiliary)."""
+    if isinstance(output, torch.Tensor):
+        return output, []
+    if isinstance(output, dict):
+        key = next((k for k in ("logits", "out") if k in output), next(iter(output)))
+        return output[key], [v for k, v in output.items()
+                             if k != key and isinstance(v, torch.Tensor)]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0], [v for v in output[1:] if isinstance(v, torch.Tensor)]
+    raise HalpError(f"the model returned {type(output).__name__} in training; halp-trt trains "
+                    "classifiers that return logits, a tuple/namedtuple with the logits first, "
+                    "or a dict with 'logits' or 'out'")
+
+
+def classification_loss(output, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the main output plus weighted auxiliary losses."""
+    main, aux = split_outputs(output)
+    loss = nn.functional.cross_entropy(main, target)
+    w = AUX_WEIGHT.get(len(aux), 0.3)
+    for a in aux:
+        loss = loss + w * nn.functional.cross_entropy(a, target)
+    return loss
+
+
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, pruner=None,
                 scheduler=None) -> float:
     """One epoch of cross-entropy training; with a pruner, importance is accumulated after each
     backward and masks are updated/re-applied after each optimizer step."""
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
     total, n = 0.0, 0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = classification_loss(model(x), y)
         if not torch.isfinite(loss):
             raise HalpError("training loss became NaN/inf; lower the learning rate or check the "
                             "data")

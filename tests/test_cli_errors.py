@@ -79,7 +79,8 @@ def assert_clear_error(res, *fragments):
 
 def pd_args(out, table, *extra):
     return ["prune-and-deploy", "--out", out, "--model", MODEL, "--input-size", "16", "--table",
-            table, "--pretrain-epochs", "0", "--rounds", "3", "--max-batches", "1", *extra]
+            table, "--pretrain-epochs", "0", "--rounds", "3", "--max-batches", "1",
+            "--allow-untrained", *extra]
 
 
 def write_images(root, classes, n=2, modes=("RGB",), sizes=((20, 12),)):
@@ -401,7 +402,7 @@ def test_ctrl_c_during_fine_tuning_resumes_and_reports_noisy_timing(tmp_path, ti
     args = ["prune-and-deploy", "--out", tmp_path, "--model", MODEL, "--input-size", "16",
             "--table", tiny_table, "--target", "0.85", "--steps", "1", "--interval", "2",
             "--epochs", "2", "--pretrain-epochs", "0", "--rounds", "3", "--max-batches", "2",
-            "--train-batch-size", "32"]
+            "--train-batch-size", "32", "--allow-untrained"]
     monkeypatch.setattr(train, "train_epoch", interrupt_second_finetune_epoch)
     res = invoke(args)
     assert res.exit_code == 130 and "Traceback" not in res.output, res.output

@@ -94,3 +94,141 @@ def failing_factory(num_classes=10):
 
 def not_a_module(num_classes=10):
     return "resnet"
+
+
+# ---- one small model per architecture family (pruned end to end in tests/test_families.py) ----
+
+class GroupedBlock(nn.Module):
+    """ResNeXt/RegNet-style bottleneck: 1x1 -> grouped 3x3 -> 1x1, with a residual add and
+    (RegNetY) a squeeze-excitation on the grouped conv's output."""
+
+    def __init__(self, c, width, groups, se=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, 4, 1), nn.ReLU(),
+                                nn.Conv2d(4, width, 1), nn.Sigmoid()) if se else None
+        self.conv3 = nn.Conv2d(width, c, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        if self.se is not None:
+            y = y * self.se(y)
+        return torch.relu(x + self.bn3(self.conv3(y)))
+
+
+class GroupedNet(nn.Module):
+    def __init__(self, num_classes=10, groups=4, se=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 24, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(24)
+        self.block1 = GroupedBlock(24, 32, groups, se)
+        self.block2 = GroupedBlock(24, 48, groups * 2, se)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = self.block2(self.block1(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnext_like(num_classes=10):
+    return GroupedNet(num_classes, groups=4)
+
+
+def regnety_like(num_classes=10):
+    return GroupedNet(num_classes, groups=2, se=True)
+
+
+class AuxOutputs(tuple):
+    """Like torchvision's GoogLeNetOutputs: main logits first."""
+
+
+class AuxNet(nn.Module):
+    """GoogLeNet/Inception style: an inception block (concat of branches) and an auxiliary
+    classifier that only exists in training."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.b1 = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.b2 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                                nn.ReLU())
+        self.aux_logits = True
+        self.aux1 = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, num_classes))
+        self.head = nn.Conv2d(24, 32, 1, bias=False)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.cat([self.b1(x), self.b2(x)], 1)
+        aux = self.aux1(x) if self.training and self.aux_logits else None
+        x = torch.relu(self.head(x))
+        out = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return AuxOutputs((out, aux)) if aux is not None else out
+
+
+class ConcatNet(nn.Module):
+    """A concat of a conv and a cheap depthwise branch (the case whose two-sided costs once
+    produced a negative width), then a consumer of the concat."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv = nn.Conv2d(16, 24, 3, padding=1, bias=False)
+        self.conv_bn = nn.BatchNorm2d(24)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.dw_bn = nn.BatchNorm2d(16)
+        self.mix = nn.Conv2d(40, 32, 1, bias=False)
+        self.mix_bn = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        y = torch.cat([torch.relu(self.conv_bn(self.conv(x))), self.dw_bn(self.dw(x))], 1)
+        y = torch.relu(self.mix_bn(self.mix(y)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+class LayerNormNet(nn.Module):
+    """ConvNeXt style: depthwise conv, LayerNorm over channels, pointwise MLP."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.norm = nn.LayerNorm(16)
+        self.pw1 = nn.Linear(16, 64)
+        self.pw2 = nn.Linear(64, 16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.pw2(nn.functional.gelu(self.pw1(y))).permute(0, 3, 1, 2)
+        x = x + y
+        return self.fc(x.mean((2, 3)))
+
+
+def aux_net(num_classes=10):
+    return AuxNet(num_classes)
+
+
+def concat_net(num_classes=10):
+    return ConcatNet(num_classes)
+
+
+def layernorm_net(num_classes=10):
+    return LayerNormNet(num_classes)
+
+
+def shufflenet_tiny(num_classes=10):
+    import torchvision
+
+    return torchvision.models.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 128], num_classes=num_classes)

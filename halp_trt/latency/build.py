@@ -76,8 +76,12 @@ def signature_tables(specs: Sequence[LayerSpec]) -> dict[str, SignatureTable]:
 
 
 def sweep_points(t: SignatureTable, window: int) -> dict[str, list[tuple[int, int]]]:
-    """Dense sweeps that reveal the step along each prunable axis."""
+    """Dense sweeps that reveal the step along each prunable axis. A grouped conv takes only
+    multiples of its group count, one channel per conv group being its granularity: it gets
+    no sweep (``grouped_step``)."""
     pts: dict[str, list[tuple[int, int]]] = {}
+    if t.signature.groups > 1:
+        return pts
     if t.out_prunable:
         lo = max(1, t.c_out_max - window + 1)
         if t.depthwise:
@@ -89,6 +93,13 @@ def sweep_points(t: SignatureTable, window: int) -> dict[str, list[tuple[int, in
         g = t.signature.groups
         pts["in"] = [(c, t.c_out_max) for c in range(lo, t.c_in_max + 1) if c % g == 0]
     return pts
+
+
+def grouped_step(t: SignatureTable) -> StepInfo | None:
+    """A grouped conv's step: its group count (pruning narrows every conv group by the same
+    number of channels, so widths are multiples of it)."""
+    g = t.signature.groups
+    return StepInfo(g, 0, True, None, None, source="groups") if g > 1 else None
 
 
 def plan_axis(max_c: int, step: StepInfo, max_points: int, fixed: Sequence[int] = (),
@@ -271,6 +282,8 @@ class TableBuilder:
                                                         own.residual_ratio, own.jump_to_noise,
                                                         source="consensus"))
         for s in t.signatures.values():
+            if grouped_step(s) is not None:
+                s.step_in = s.step_out = grouped_step(s)
             if s.depthwise:
                 s.step_in = s.step_out
             g = s.signature.groups

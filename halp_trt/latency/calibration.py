@@ -76,13 +76,12 @@ def slimmed_copy(pruner, width_factor: float):
     """The second calibration point: every prunable group of ``pruner``'s model cut to
     ``width_factor`` of its width (whole neuron groups). Returns the finalized model and its
     table layer sum. ``pruner`` (a HALPPruner, usually on a copy) is used up."""
-    import torch
 
     masks = {}
     for g in pruner.prunable:
         step = pruner.group_sizes[g.id]
         k = min(g.size, max(step, int(round(g.size * width_factor / step)) * step))
-        masks[g.root] = torch.arange(g.size) < k
+        masks[g.root] = pruner.uniform_mask(g, k)
     pruner.set_masks(masks)
     layers_ms = pruner.predict_ms()
     return pruner.finalize().eval(), layers_ms

@@ -48,6 +48,7 @@ class DeployConfig:
     rounds: int = 30  # interleaved rounds when measuring whole models
     seed: int = 0
     allow_table_mismatch: bool = False
+    allow_untrained: bool = False  # prune a model at chance accuracy (benchmarks)
     exclude: tuple = ()  # modules whose output channels must not change
     max_batches: int | None = None  # cap batches per epoch (tests, smoke runs)
     progress: bool = True

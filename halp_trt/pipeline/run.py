@@ -29,6 +29,7 @@ from halp_trt.errors import ConfigError, HalpError
 from halp_trt.fileio import check_writable, write_bytes_atomic
 from halp_trt.pipeline.config import DeployConfig
 from halp_trt.pipeline.state import RunState
+from halp_trt.sanity import check_model_is_sane
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -179,6 +180,7 @@ class DeployRun:
 
     # ---- 2. original -------------------------------------------------------------------------
     def original(self) -> None:
+        from halp_trt.models import create_model, strip_aux_heads
         from halp_trt.train import evaluate, load_weights
 
         cfg, model = self.cfg, self.model
@@ -194,14 +196,21 @@ class DeployRun:
                 sched = torch.optim.lr_scheduler.OneCycleLR(
                     opt, max_lr=cfg.lr * 5, total_steps=cfg.pretrain_epochs * per_epoch)
                 self._run_epochs(model, opt, cfg.pretrain_epochs, "pre-train", scheduler=sched)
+            # auxiliary heads train the original; the deployed (eval) graph has none, so they
+            # are dropped before pruning and every later model is built without them
+            strip_aux_heads(model)
             self.checkpoint(phase="original", original=model.state_dict())
         else:
+            strip_aux_heads(model)
             model.load_state_dict(self.state.original)
+        self.new_model = lambda: strip_aux_heads(create_model(cfg.model, self.data.num_classes))
         self.original_model = self.new_model()
         self.original_model.load_state_dict(self.state.original)
         self.original_model.eval()
         self.acc_original = evaluate(self.original_model, self.val_loader)
         self.log(f"original accuracy on {self.data.name}: {self.acc_original:.4f}")
+        check_model_is_sane(self.original_model, self.val_loader, self.acc_original,
+                            cfg.allow_untrained)
 
     # ---- 3. table ----------------------------------------------------------------------------
     def table(self) -> None:

@@ -16,15 +16,24 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _zero_targets(mod: nn.Module, side: str) -> list[tuple[torch.Tensor, int]]:
-    """(tensor, dim) pairs holding a channel of ``mod`` on ``side``."""
+# A grouped conv's input channel c is column c % (in/groups) of the filters of conv group
+# c // (in/groups) only: not one dim of the weight, so it is masked densely.
+GROUPED_IN = "grouped_in"
+
+
+def _zero_targets(mod: nn.Module, side: str) -> list[tuple[torch.Tensor, int | str]]:
+    """(tensor, dim) pairs holding a channel of ``mod`` on ``side`` (dim ``GROUPED_IN``: the
+    input side of a grouped conv)."""
     if isinstance(mod, _CONV):
         depthwise = is_depthwise(mod.groups, mod.in_channels, mod.out_channels)
         out_dim = 1 if mod.transposed else 0
         if side == "out" or depthwise:
             return [(mod.weight, out_dim)] + ([(mod.bias, 0)] if mod.bias is not None else [])
         if mod.groups > 1:
-            raise HalpError(f"cannot mask the input channels of grouped convolution {mod}")
+            if mod.transposed:
+                raise HalpError(f"cannot mask the input channels of grouped transposed "
+                                f"convolution {mod}")
+            return [(mod.weight, GROUPED_IN)]
         return [(mod.weight, 1 - out_dim)]
     if isinstance(mod, nn.Linear):
         if side == "out":
@@ -67,14 +76,32 @@ class ChannelMasker:
                     continue
                 for t, dim in _zero_targets(self._modules[m.module_name], m.side):
                     per_tensor.setdefault(id(t), (t, defaultdict(list)))[1][dim].extend(pos)
-        self._zero = {
-            key: (t, [(dim, torch.as_tensor(sorted(set(p)), dtype=torch.long, device=t.device))
-                      for dim, p in dims.items()])
-            for key, (t, dims) in per_tensor.items()}
+        self._zero = {key: (t, [self._entry(t, dim, p) for dim, p in dims.items()])
+                      for key, (t, dims) in per_tensor.items()}
         for key, (t, _) in self._zero.items():
             if isinstance(t, nn.Parameter) and t.requires_grad and key not in self._hooks:
                 self._hooks[key] = t.register_hook(lambda g, key=key: self._mask_grad(key, g))
         self.apply()
+
+    def _entry(self, t: torch.Tensor, dim, positions) -> tuple:
+        """(dim, index tensor), or (GROUPED_IN, dense bool tensor: True = zero)."""
+        idx = sorted(set(positions))
+        if dim != GROUPED_IN:
+            return dim, torch.as_tensor(idx, dtype=torch.long, device=t.device)
+        conv = next(m for m in self._modules.values() if getattr(m, "weight", None) is t)
+        in_pg, out_pg = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+        zero = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
+        for c in idx:
+            g = c // in_pg
+            zero[g * out_pg:(g + 1) * out_pg, c % in_pg] = True
+        return GROUPED_IN, zero
+
+    @staticmethod
+    def _fill(t: torch.Tensor, dim, idx) -> None:
+        if dim == GROUPED_IN:
+            t.masked_fill_(idx.to(t.device), 0)
+        else:
+            t.index_fill_(dim, idx.to(t.device), 0)
 
     def _mask_grad(self, key: int, grad: torch.Tensor) -> torch.Tensor:
         entry = self._zero.get(key)
@@ -82,7 +109,7 @@ class ChannelMasker:
             return grad
         grad = grad.clone()
         for dim, idx in entry[1]:
-            grad.index_fill_(dim, idx.to(grad.device), 0)
+            self._fill(grad, dim, idx)
         return grad
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -93,11 +120,11 @@ class ChannelMasker:
     def apply(self) -> None:
         for t, entries in self._zero.values():
             for dim, idx in entries:
-                t.index_fill_(dim, idx, 0)
+                self._fill(t, dim, idx)
                 for opt in self._optimizers:
                     for v in opt.state.get(t, {}).values():
                         if isinstance(v, torch.Tensor) and v.shape == t.shape:
-                            v.index_fill_(dim, idx.to(v.device), 0)
+                            self._fill(v, dim, idx)
 
     def remove_hooks(self) -> None:
         for h in self._hooks.values():

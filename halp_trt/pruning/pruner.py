@@ -41,7 +41,7 @@ from halp_trt.pruning.knapsack import KnapsackGroup, solve_knapsack
 from halp_trt.pruning.masker import ChannelMasker
 from halp_trt.pruning.result import PruningResult
 from halp_trt.pruning.schedule import schedule_targets_ms
-from halp_trt.pruning.surgery import remove_channels, unprunable_reason
+from halp_trt.pruning.surgery import conv_group_slices, remove_channels, unprunable_reason
 # Attempts at tightening the budget when the true prediction exceeds the knapsack's estimate
 # (two-sided linearisation, or a non-monotone table).
 _REPAIR_ATTEMPTS = 12
@@ -114,6 +114,15 @@ class HALPPruner:
         self.layers: list[LayerSpec] = list_layers(self.model, example_input, self.groups)
         self.group_sizes = {g.id: neuron_group_size(g, self.layers, latency_model,
                                                     config.group_size) for g in self.prunable}
+        # groups feeding or leaving a grouped conv: channels split by conv group, pruned evenly
+        # (every conv group narrower by the same count), so a neuron group spans all of them
+        self.slices: dict[int, list[list[int]]] = {}
+        for g in self.prunable:
+            sl = conv_group_slices(g, modules)
+            if sl is not None:
+                self.slices[g.id] = sl
+                n = len(sl)
+                self.group_sizes[g.id] = n * max(1, math.ceil(self.group_sizes[g.id] / n))
         self.keep = {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.prunable}
 
         self.full_ms = self.predict_ms()
@@ -166,7 +175,37 @@ class HALPPruner:
     def _min_count(self, g: ChannelGroup, n_cur: int) -> int:
         by_groups = self.config.min_groups_kept * self.group_sizes[g.id]
         by_ratio = math.ceil(g.size * (1.0 - self.config.max_prune_ratio) - 1e-9)
+        if g.id in self.slices:  # whole rounds over the conv groups
+            n = len(self.slices[g.id])
+            by_ratio = n * math.ceil(by_ratio / n)
         return max(1, min(n_cur, max(by_groups, by_ratio)))
+
+    def _importance_order(self, g: ChannelGroup, scores: torch.Tensor) -> torch.Tensor:
+        """The group's kept channels, most important first (stable: ties keep the lower index
+        first). For a group split by conv groups, round-robin over the conv groups — the r-th
+        best of each, then the (r+1)-th — so every prefix of whole rounds keeps the same number
+        in each conv group and is the most important such selection."""
+        def ranked(idx: torch.Tensor) -> torch.Tensor:
+            return idx[torch.sort(-scores[idx], stable=True).indices]
+
+        keep = self.keep[g.id]
+        if g.id not in self.slices:
+            return ranked(torch.nonzero(keep).flatten())
+        per = [ranked(torch.as_tensor([i for i in s if keep[i]], dtype=torch.long))
+               for s in self.slices[g.id]]
+        return torch.stack(per, dim=1).flatten()  # row r: the r-th best of every slice
+
+    def uniform_mask(self, g: ChannelGroup, k: int) -> torch.Tensor:
+        """A mask keeping ``k`` channels of ``g`` by index order (the first ones; for a group
+        split by conv groups, the first k/n of each), for calibration copies."""
+        keep = torch.zeros(g.size, dtype=torch.bool)
+        if g.id not in self.slices:
+            keep[:k] = True
+            return keep
+        n = len(self.slices[g.id])
+        for s in self.slices[g.id]:
+            keep[s[:max(1, k // n)]] = True
+        return keep
 
     def _counts(self, g: ChannelGroup, n_cur: int) -> np.ndarray:
         # Prefix lengths in whole neuron groups from the most important end; the remainder
@@ -202,6 +241,9 @@ class HALPPruner:
             keep = torch.as_tensor(mask, dtype=torch.bool).flatten().cpu()
             if keep.numel() != g.size or not bool(keep.any()):
                 raise HalpError(f"mask for {root} must have {g.size} entries, at least one True")
+            if g.id in self.slices and len({int(keep[s].sum()) for s in self.slices[g.id]}) != 1:
+                raise HalpError(f"mask for {root} must keep the same number of channels in each "
+                                f"of the {len(self.slices[g.id])} groups of its grouped conv")
             self.keep[g.id] = keep.clone()
         self.masker.set_masks(self.keep)
 
@@ -253,9 +295,7 @@ class HALPPruner:
         widths = self.widths
         orders, kgroups, options = {}, [], {}
         for g, s in zip(self.prunable, scores):
-            kept_idx = torch.nonzero(self.keep[g.id]).flatten()
-            # stable sort, descending importance; ties keep the lower channel index first
-            order = kept_idx[torch.sort(-s[kept_idx], stable=True).indices]
+            order = self._importance_order(g, s)
             orders[g.id] = order
             counts = self._counts(g, len(order))
             cum = torch.cumsum(s[order], 0).numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import torch
 import torch.nn as nn
 
 from halp_trt.errors import HalpError
@@ -16,14 +17,46 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CROSS_CHANNEL = (nn.GroupNorm, nn.LayerNorm)
 
 
-def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> str | None:
-    """Why a group must keep its width, or None. Grouped (not depthwise) convs need whole conv
-    groups removed, which torch-pruning's channel surgery does not do correctly."""
+def _is_grouped(mod: nn.Module) -> bool:
+    return isinstance(mod, _CONV) and mod.groups > 1 and not is_depthwise(
+        mod.groups, mod.in_channels, mod.out_channels)
+
+
+def conv_group_slices(group: ChannelGroup, modules: Mapping[str, nn.Module]
+                      ) -> list[list[int]] | None:
+    """For a group that feeds or leaves a grouped conv: its channels (root indices) split by
+    conv group. Pruning keeps the same number in every slice (each conv group narrower by the
+    same count; measured choice, see ``unprunable_reason``). None for other groups."""
+    slices = None
     for m in group.members:
         mod = modules[m.module_name]
-        if isinstance(mod, _CONV) and mod.groups > 1 and not is_depthwise(
-                mod.groups, mod.in_channels, mod.out_channels):
-            return f"{m.module_name} is a grouped convolution (groups={mod.groups})"
+        if not _is_grouped(mod):
+            continue
+        per = (mod.out_channels if m.side == "out" else mod.in_channels) // mod.groups
+        mine: dict[int, list[int]] = {}
+        for i, r in zip(m.idxs, m.root_idxs):
+            mine.setdefault(i // per, []).append(r)
+        new = [sorted(v) for _, v in sorted(mine.items())]
+        if slices is None:
+            slices = new
+        elif sorted(map(tuple, new)) != sorted(map(tuple, slices)):
+            return [[-1]]  # two grouped convs slice this group differently
+    return slices
+
+
+def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> str | None:
+    """Why a group must keep its width, or None.
+
+    Grouped (not depthwise) convs are pruned by narrowing every conv group by the same number
+    of channels, so the group count (the runtime's parallelism) stays; a group whose channels
+    two grouped convs slice differently keeps its width."""
+    slices = conv_group_slices(group, modules)
+    if slices == [[-1]]:
+        return "two grouped convolutions split its channels differently"
+    if slices is not None and len({len(s) for s in slices}) != 1:
+        return "its channels fall unevenly into the conv groups of a grouped convolution"
+    for m in group.members:
+        mod = modules[m.module_name]
         if isinstance(mod, _CROSS_CHANNEL):
             return f"{m.module_name} ({type(mod).__name__}) normalises across channels"
     return None
@@ -31,9 +64,27 @@ def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> 
 
 def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
                     drop: Mapping[int, Sequence[int]]) -> nn.Module:
-    """Physically remove ``drop[group id]`` (root channel indices) with torch-pruning."""
+    """Physically remove ``drop[group id]`` (root channel indices) with torch-pruning.
+
+    torch-pruning 1.6.1 cuts a grouped conv's input weights with the first ``in/groups`` kept
+    global indices, which is right only when every conv group keeps the same local channels;
+    those convs are rebuilt here from their original weights and what each side keeps."""
     modules = dict(model.named_modules())
     by_id = {g.id: g for g in groups}
+    grouped = {name: (mod.weight.detach().clone(),
+                      None if mod.bias is None else mod.bias.detach().clone())
+               for name, mod in modules.items() if _is_grouped(mod)}
+    kept = {}  # (module, side) -> kept channel indices, for grouped convs
+    for name in grouped:
+        mod = modules[name]
+        for side, n in (("in", mod.in_channels), ("out", mod.out_channels)):
+            dropped = set()
+            for g in groups:
+                gone = set(int(i) for i in drop.get(g.id, ()))
+                for m in g.members:
+                    if m.module_name == name and m.side == side:
+                        dropped.update(i for i, r in zip(m.idxs, m.root_idxs) if r in gone)
+            kept[(name, side)] = [c for c in range(n) if c not in dropped]
     with quiet_torch_pruning():
         for gid, idxs in drop.items():
             idxs = sorted(int(i) for i in idxs)
@@ -46,4 +97,24 @@ def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
             fn = graph.get_pruner_of_module(root).prune_out_channels
             tp_group = graph.get_pruning_group(root, fn, idxs)
             tp_group.prune()
+    for name, (weight, bias) in grouped.items():
+        _rebuild_grouped_conv(modules[name], name, weight, bias, kept[(name, "in")],
+                              kept[(name, "out")])
     return model
+
+
+def _rebuild_grouped_conv(conv, name: str, weight, bias, keep_in: list[int],
+                          keep_out: list[int]) -> None:
+    groups = conv.groups
+    in_pg, out_pg = weight.shape[1], weight.shape[0] // groups
+    local_in = [[c % in_pg for c in keep_in if c // in_pg == g] for g in range(groups)]
+    per_out = [[o for o in keep_out if o // out_pg == g] for g in range(groups)]
+    if len({len(x) for x in local_in}) != 1 or len({len(x) for x in per_out}) != 1:
+        raise HalpError(f"{name}: a grouped convolution must keep the same number of channels "
+                        "in every conv group; this is a bug in halp-trt's grouped pruning")
+    rows = [weight[o, local_in[o // out_pg]] for o in keep_out]
+    new_w = torch.stack(rows).contiguous()
+    conv.weight = nn.Parameter(new_w, requires_grad=conv.weight.requires_grad)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias[keep_out].clone(), requires_grad=conv.bias.requires_grad)
+    conv.in_channels, conv.out_channels = len(keep_in), len(keep_out)

@@ -13,6 +13,14 @@ from halp_trt.errors import HalpError
 from halp_trt.runtime.protocol import Protocol, Stats, measure_interleaved, model_protocol
 
 
+# The largest output magnitude the numeric check scales its tolerance to. Logits of a sane
+# model are O(1-100); letting the tolerance grow with the outputs passed a diverged model whose
+# outputs were ~1e19 (tolerance 1.5e16) as "numerically equal".
+SANE_OUTPUT_SCALE = 1e3
+# Outputs beyond this are garbage (a diverged model), not something to check equality on.
+MAX_OUTPUT = 1e6
+
+
 @dataclass
 class NumericCheck:
     max_abs_diff: float
@@ -29,7 +37,8 @@ def check_outputs(backend, onnx_bytes: bytes, model: torch.nn.Module,
                   inputs: Sequence[torch.Tensor], rel_tolerance: float = 1e-3,
                   label: str = "model") -> NumericCheck:
     """Run real inputs through the runtime and through PyTorch; fail loudly past tolerance
-    (``rel_tolerance`` times the largest reference output magnitude)."""
+    (``rel_tolerance`` times the largest reference output magnitude, that magnitude taken
+    between 1 and ``SANE_OUTPUT_SCALE``). Non-finite outputs on either side fail."""
     handle = backend.prepare(onnx_bytes, label=label)
     worst, ref_max = 0.0, 0.0
     try:
@@ -41,11 +50,21 @@ def check_outputs(backend, onnx_bytes: bytes, model: torch.nn.Module,
                 if got.shape != want.shape:
                     raise HalpError(f"{label}: runtime output shape {got.shape} differs from "
                                     f"PyTorch's {want.shape}")
+                for side, out in (("PyTorch", want), ("the runtime", got)):
+                    if not np.all(np.isfinite(out)):
+                        raise HalpError(f"{label}: {side} gives non-finite outputs (NaN/inf) "
+                                        "on real inputs; the model is broken, nothing to deploy")
+                    peak = float(np.max(np.abs(out))) if out.size else 0.0
+                    if peak > MAX_OUTPUT:
+                        raise HalpError(f"{label}: {side} gives outputs up to {peak:.3g}, beyond "
+                                        "any sane model's scale (it diverged); a numeric check "
+                                        "against it proves nothing")
                 worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want))))
                 ref_max = max(ref_max, float(np.max(np.abs(want))))
     finally:
         backend.release(handle)
-    check = NumericCheck(worst, ref_max, rel_tolerance * max(ref_max, 1.0), len(inputs))
+    scale = min(max(ref_max, 1.0), SANE_OUTPUT_SCALE)
+    check = NumericCheck(worst, ref_max, rel_tolerance * scale, len(inputs))
     if not check.ok:
         raise HalpError(f"{label}: runtime outputs differ from PyTorch's by {worst:.3g} "
                         f"(tolerance {check.tolerance:.3g}); the exported model is wrong")

@@ -27,7 +27,7 @@ MODEL = "tiny_models:tiny_resnet"
 def toy_config(out, table, **kw):
     base = dict(out=str(out), model=MODEL, input_size=16, table=table, target="0.85", steps=2,
                 interval=2, epochs=1, pretrain_epochs=1, rounds=5, max_batches=4,
-                progress=False, train_batch_size=32)
+                progress=False, train_batch_size=32, allow_untrained=True)
     base.update(kw)
     return DeployConfig(**base)
 
@@ -163,7 +163,7 @@ def test_ddp_two_gloo_processes(tmp_path, tiny_table):
            "--master-port", str(free_port()), "-m", "halp_trt.cli", "prune-and-deploy", "--out", str(out),
            "--model", MODEL, "--input-size", "16", "--table", tiny_table, "--target", "0.85",
            "--steps", "2", "--interval", "2", "--epochs", "1", "--pretrain-epochs", "1",
-           "--rounds", "3", "--max-batches", "3", "--train-batch-size", "32"]
+           "--rounds", "3", "--max-batches", "3", "--train-batch-size", "32", "--allow-untrained"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())

@@ -76,9 +76,15 @@ def _masked_entries_are_zero(pruner) -> list[str]:
                 tensors = [mod.weight, mod.bias, mod.running_mean, mod.running_var]
                 slices = [t[pos] for t in tensors]
             elif isinstance(mod, _CONV_LINEAR):
-                dw = isinstance(mod, nn.Conv2d) and mod.groups > 1
+                grouped = isinstance(mod, nn.Conv2d) and mod.groups > 1
+                dw = grouped and mod.groups == mod.in_channels == mod.out_channels
                 if m.side == "out" or dw:
                     slices = [mod.weight[pos]] + ([mod.bias[pos]] if mod.bias is not None else [])
+                elif grouped:  # input c: column c % in_pg of conv group c // in_pg's filters
+                    in_pg = mod.in_channels // mod.groups
+                    out_pg = mod.out_channels // mod.groups
+                    slices = [mod.weight[(c // in_pg) * out_pg:(c // in_pg + 1) * out_pg,
+                                         c % in_pg] for c in pos]
                 else:
                     slices = [mod.weight[:, pos]]
             else:
@@ -108,6 +114,12 @@ def test_masked_equals_pruned(name):
     for g in pruner.prunable:
         keep = rng.random(g.size) >= 0.3  # remove a random ~30%
         keep[rng.integers(g.size)] = True
+        if g.id in pruner.slices:  # grouped conv: a random ~70% of each conv group, same count
+            per = len(pruner.slices[g.id][0])
+            k = max(1, int(round(0.7 * per)))
+            keep[:] = False
+            for s in pruner.slices[g.id]:
+                keep[rng.choice(s, size=k, replace=False)] = True
         masks[g.root] = torch.as_tensor(keep)
     model.eval()
     with torch.no_grad():
@@ -137,16 +149,61 @@ def test_shufflenet_is_refused_with_a_clear_error():
                    HALPConfig(target=0.5))
 
 
-def test_grouped_convs_keep_their_width():
+def test_grouped_convs_are_pruned_evenly_keeping_their_group_count():
+    """Grouped convs were held at full width (torch-pruning 1.6.1 cuts their input weights
+    wrongly); now every conv group narrows by the same count and the surgery is ours."""
+    torch.manual_seed(0)
     model = torchvision.models.regnet_x_400mf(num_classes=10)
-    pruner = HALPPruner(model, torch.randn(1, 3, 32, 32), StaircaseLatencyModel(),
-                        HALPConfig(target=0.7))
-    assert any("grouped convolution" in why for why in pruner.fixed.values())
-    modules = dict(model.named_modules())
-    for g in pruner.prunable:
-        for m in g.members:
-            mod = modules[m.module_name]
-            assert not (isinstance(mod, nn.Conv2d) and 1 < mod.groups < mod.out_channels)
+    _randomise_bn(model)
+    x = torch.randn(2, 3, 32, 32)
+    before = {n: (m.groups, m.in_channels) for n, m in model.named_modules()
+              if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels}
+    pruner = HALPPruner(model, x[:1], StaircaseLatencyModel(),
+                        HALPConfig(target=0.3, importance="magnitude"))
+    assert not any("grouped" in why for why in pruner.fixed.values()), pruner.fixed
+    assert pruner.slices, "groups that feed or leave a grouped conv are split by conv group"
+    for gid, slices in pruner.slices.items():
+        assert pruner.group_sizes[gid] % len(slices) == 0
+    model.eval()
+    pruner.prune_step()
+    with torch.no_grad():
+        masked = model(x)
+    pruned = pruner.finalize()
+    with torch.no_grad():
+        out = pruned(x)
+    assert ((out - masked).abs().max() / masked.abs().max()).item() <= 1e-5
+    modules = dict(pruned.named_modules())
+    for name, (groups, _) in before.items():
+        conv = modules[name]
+        assert conv.groups == groups
+        assert conv.in_channels % groups == 0 and conv.out_channels % groups == 0
+    # the knapsack prunes the cheap residual trunk first; at 0.3 grouped convs narrow too
+    assert sum(modules[n].in_channels < c_in for n, (_, c_in) in before.items()) >= 1
+
+
+def test_grouped_surgery_with_nothing_removed_is_the_unpruned_model():
+    torch.manual_seed(0)
+    model = torchvision.models.resnext50_32x4d(num_classes=10)
+    _randomise_bn(model)
+    x = torch.randn(1, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    pruner = HALPPruner(model, x, StaircaseLatencyModel(),
+                        HALPConfig(target=0.5, importance="magnitude"))
+    # one channel per conv group removed from one grouped group: only that changes
+    g = next(g for g in pruner.prunable if g.id in pruner.slices)
+    keep = torch.ones(g.size, dtype=torch.bool)
+    for s in pruner.slices[g.id]:
+        keep[s[0]] = False
+    pruner.set_masks({g.root: keep})
+    with torch.no_grad():
+        masked = model(x)
+    pruned = pruner.finalize()
+    with torch.no_grad():
+        out = pruned(x)
+    torch.testing.assert_close(out, masked, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(before, masked)
 
 
 # --- masks under optimizers ----------------------------------------------------------------
