@@ -122,13 +122,13 @@ class GroupedBlock(nn.Module):
 
 
 class GroupedNet(nn.Module):
-    def __init__(self, num_classes=10, groups=4, se=False):
+    def __init__(self, num_classes=10, groups=4, se=False, c=24, widths=(32, 48)):
         super().__init__()
-        self.stem = nn.Conv2d(3, 24, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(24)
-        self.block1 = GroupedBlock(24, 32, groups, se)
-        self.block2 = GroupedBlock(24, 48, groups * 2, se)
-        self.fc = nn.Linear(24, num_classes)
+        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.block1 = GroupedBlock(c, widths[0], groups, se)
+        self.block2 = GroupedBlock(c, widths[1], groups * 2, se)
+        self.fc = nn.Linear(c, num_classes)
 
     def forward(self, x):
         x = torch.relu(self.bn(self.stem(x)))
@@ -136,12 +136,22 @@ class GroupedNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def resnext_like(num_classes=10):
-    return GroupedNet(num_classes, groups=4)
+def resnext_like(num_classes=10, c=24, widths=(32, 48)):
+    return GroupedNet(num_classes, groups=4, c=c, widths=widths)
 
 
-def regnety_like(num_classes=10):
-    return GroupedNet(num_classes, groups=2, se=True)
+def regnety_like(num_classes=10, c=24, widths=(32, 48)):
+    return GroupedNet(num_classes, groups=2, se=True, c=c, widths=widths)
+
+
+# Wide enough that every prunable group spans several latency steps (16 channels on AVX-512):
+# what the family tests prune with real tables.
+def resnext_wide(num_classes=10):
+    return resnext_like(num_classes, c=64, widths=(128, 192))
+
+
+def regnety_wide(num_classes=10):
+    return regnety_like(num_classes, c=64, widths=(128, 192))
 
 
 class AuxOutputs(tuple):
@@ -152,17 +162,18 @@ class AuxNet(nn.Module):
     """GoogLeNet/Inception style: an inception block (concat of branches) and an auxiliary
     classifier that only exists in training."""
 
-    def __init__(self, num_classes=10):
+    def __init__(self, num_classes=10, c=64):
         super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        self.b1 = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.b2 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
-                                nn.ReLU())
+        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.b1 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.b2 = nn.Sequential(nn.Conv2d(c, 2 * c, 3, padding=1, bias=False),
+                                nn.BatchNorm2d(2 * c), nn.ReLU())
         self.aux_logits = True
-        self.aux1 = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, num_classes))
-        self.head = nn.Conv2d(24, 32, 1, bias=False)
-        self.fc = nn.Linear(32, num_classes)
+        self.aux1 = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(3 * c, num_classes))
+        self.head = nn.Conv2d(3 * c, 4 * c, 1, bias=False)
+        self.fc = nn.Linear(4 * c, num_classes)
 
     def forward(self, x):
         x = torch.relu(self.bn(self.stem(x)))
@@ -177,17 +188,17 @@ class ConcatNet(nn.Module):
     """A concat of a conv and a cheap depthwise branch (the case whose two-sided costs once
     produced a negative width), then a consumer of the concat."""
 
-    def __init__(self, num_classes=10):
+    def __init__(self, num_classes=10, c=64):
         super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        self.conv = nn.Conv2d(16, 24, 3, padding=1, bias=False)
-        self.conv_bn = nn.BatchNorm2d(24)
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
-        self.dw_bn = nn.BatchNorm2d(16)
-        self.mix = nn.Conv2d(40, 32, 1, bias=False)
-        self.mix_bn = nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32, num_classes)
+        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.conv = nn.Conv2d(c, 2 * c, 3, padding=1, bias=False)
+        self.conv_bn = nn.BatchNorm2d(2 * c)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False)
+        self.dw_bn = nn.BatchNorm2d(c)
+        self.mix = nn.Conv2d(3 * c, 2 * c, 1, bias=False)
+        self.mix_bn = nn.BatchNorm2d(2 * c)
+        self.fc = nn.Linear(2 * c, num_classes)
 
     def forward(self, x):
         x = torch.relu(self.bn(self.stem(x)))
@@ -199,14 +210,14 @@ class ConcatNet(nn.Module):
 class LayerNormNet(nn.Module):
     """ConvNeXt style: depthwise conv, LayerNorm over channels, pointwise MLP."""
 
-    def __init__(self, num_classes=10):
+    def __init__(self, num_classes=10, c=64):
         super().__init__()
-        self.stem = nn.Conv2d(3, 16, 4, stride=4)
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.norm = nn.LayerNorm(16)
-        self.pw1 = nn.Linear(16, 64)
-        self.pw2 = nn.Linear(64, 16)
-        self.fc = nn.Linear(16, num_classes)
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.pw1 = nn.Linear(c, 4 * c)
+        self.pw2 = nn.Linear(4 * c, c)
+        self.fc = nn.Linear(c, num_classes)
 
     def forward(self, x):
         x = self.stem(x)
@@ -231,4 +242,5 @@ def layernorm_net(num_classes=10):
 def shufflenet_tiny(num_classes=10):
     import torchvision
 
-    return torchvision.models.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 128], num_classes=num_classes)
+    return torchvision.models.ShuffleNetV2([1, 2, 1], [24, 64, 128, 256, 512],
+                                           num_classes=num_classes)

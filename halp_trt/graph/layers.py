@@ -33,12 +33,13 @@ class Signature:
     groups: int = 1  # for grouped (not depthwise) convs; depthwise scales groups with channels
     input_hw: tuple[int, int] = (1, 1)
     in_scale: int = 1  # Linear only: input features per input channel (a flatten before it)
+    tokens: int = 1  # Linear only: rows per sample (a Linear over N×H×W×C or N×L×C inputs)
 
     @property
     def key(self) -> str:
         k, s, p, d, hw = self.kernel, self.stride, self.padding, self.dilation, self.input_hw
         if self.op == "linear":
-            return f"linear_x{self.in_scale}"
+            return f"linear_x{self.in_scale}" + (f"_t{self.tokens}" if self.tokens > 1 else "")
         return (f"{self.op}_k{k[0]}x{k[1]}_s{s[0]}x{s[1]}_p{p[0]}x{p[1]}_d{d[0]}x{d[1]}"
                 f"_g{self.groups}_hw{hw[0]}x{hw[1]}")
 
@@ -50,7 +51,7 @@ class Signature:
         return cls(op=d["op"], kernel=tuple(d["kernel"]), stride=tuple(d["stride"]),
                    padding=tuple(d["padding"]), dilation=tuple(d["dilation"]),
                    groups=int(d["groups"]), input_hw=tuple(d["input_hw"]),
-                   in_scale=int(d.get("in_scale", 1)))
+                   in_scale=int(d.get("in_scale", 1)), tokens=int(d.get("tokens", 1)))
 
 
 @dataclass
@@ -87,6 +88,7 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
 
     names = {m: n for n, m in model.named_modules()}
     seen_hw: dict[str, tuple[int, int]] = {}
+    seen_tokens: dict[str, int] = {}
     order: list[str] = []
 
     def hook(module, inputs, _output):
@@ -96,6 +98,8 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
         if name not in seen_hw:
             order.append(name)
             seen_hw[name] = hw
+            if isinstance(module, nn.Linear) and x.dim() > 2:
+                seen_tokens[name] = x[0].numel() // x.shape[-1]
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -136,7 +140,7 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
             g_size = next((g.size for g in groups if g.id == gid), 0)
             # A flatten before the Linear maps each channel to several features.
             scale = max(1, n_idx // g_size) if gid is not None and g_size else 1
-            sig = Signature(op="linear", in_scale=scale)
+            sig = Signature(op="linear", in_scale=scale, tokens=seen_tokens.get(name, 1))
             c_in, ig, og = mod.in_features // scale, gid, out_group.get(name)
         specs.append(LayerSpec(name=name, signature=sig, in_channels=c_in,
                                out_channels=mod.out_channels if isinstance(mod, nn.Conv2d)

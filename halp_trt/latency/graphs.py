@@ -40,7 +40,7 @@ def layer_weights(sig: Signature, c_in: int, c_out: int, seed: int = 0):
 
 def layer_input_shape(sig: Signature, c_in: int, batch: int) -> tuple[int, ...]:
     if sig.op == "linear":
-        return (batch, c_in * sig.in_scale)
+        return (batch * sig.tokens, c_in * sig.in_scale)
     return (batch, c_in, *sig.input_hw)
 
 
@@ -66,7 +66,7 @@ def layer_onnx(sig: Signature, c_in: int, c_out: int, batch: int = 1, seed: int 
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
     if sig.op == "linear":
         nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["y"], transB=1)]
-        out_shape = [batch, c_out]
+        out_shape = [batch * sig.tokens, c_out]
     else:
         pads = [sig.padding[0], sig.padding[1], sig.padding[0], sig.padding[1]]
         groups = c_in if sig.op == "dwconv" else sig.groups

@@ -27,6 +27,8 @@ class HALPConfig:
     max_prune_ratio: float = 1.0  # at most this fraction of a group's original channels removed
     resolution_ms: float = 1e-3  # knapsack cost grid
     exclude: Sequence[str] = ()  # modules whose output channels must not change
+    # trial surgery on a copy before pruning; groups that break it keep their width
+    verify_surgery: bool = True
 
     def __post_init__(self):
         self.target = parse_target(self.target)

@@ -22,6 +22,7 @@ so momentum, Adam moments or weight decay cannot revive them.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
@@ -123,6 +124,8 @@ class HALPPruner:
                 self.slices[g.id] = sl
                 n = len(sl)
                 self.group_sizes[g.id] = n * max(1, math.ceil(self.group_sizes[g.id] / n))
+        if config.verify_surgery:
+            self._hold_groups_that_break_surgery(example_input)
         self.keep = {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.prunable}
 
         self.full_ms = self.predict_ms()
@@ -140,6 +143,67 @@ class HALPPruner:
         self.history: list[StepRecord] = []
         self.calls = 0
         self.finalized = False
+
+    # ---- which groups channel surgery handles -------------------------------------------
+    def _hold_groups_that_break_surgery(self, example_input: torch.Tensor) -> None:
+        """Trial surgery on a copy: every prunable group loses one or two neuron groups
+        (alternating, so that constraints *between* groups — equal halves of a channel split,
+        an even concat before a shuffle — show), and the pruned copy must run and equal the
+        masked one. Groups the dependency graph cannot really prune are found by bisection
+        and keep their width, with the reason."""
+        def trial(groups: list[ChannelGroup]) -> str | None:
+            if not groups:
+                return None
+            copy_model = copy.deepcopy(self.model).eval()
+            try:
+                trial_groups, graph = find_channel_groups(copy_model, example_input,
+                                                          self.config.exclude)
+                by_root = {g.root: g for g in trial_groups}
+                keep, drop = {}, {}
+                for i, g in enumerate(groups):
+                    k = min(g.size - self.group_sizes[g.id],
+                            g.size - self.group_sizes[g.id] * (1 + i % 2))
+                    if k < 1:
+                        continue
+                    mask = self.uniform_mask(g, k) if g.id in self.slices else \
+                        torch.arange(g.size) < k
+                    tg = by_root[g.root]
+                    keep[tg.id] = mask
+                    drop[tg.id] = torch.nonzero(~mask).flatten().tolist()
+                masker = ChannelMasker(copy_model, trial_groups)
+                masker.set_masks(keep)
+                with torch.no_grad():
+                    masked = copy_model(example_input)
+                masker.remove_hooks()
+                remove_channels(copy_model, graph, trial_groups, drop)
+                with torch.no_grad():
+                    pruned = copy_model(example_input)
+                scale = float(masked.abs().max()) or 1.0
+                diff = float((pruned - masked).abs().max()) / scale
+                return None if diff <= 1e-4 else f"pruned differs from masked by {diff:.1e}"
+            except Exception as exc:  # noqa: BLE001 - any failure means: not safe to prune
+                return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+
+        def bisect(groups: list[ChannelGroup]) -> None:
+            why = trial(groups)
+            if why is None:
+                return
+            if len(groups) == 1:
+                g = groups[0]
+                self.prunable.remove(g)
+                self.fixed[g.root] = f"channel surgery breaks the model there ({why})"
+                return
+            half = len(groups) // 2
+            bisect(groups[:half])
+            bisect(groups[half:])
+            if trial([g for g in groups if g in self.prunable]) is not None:
+                # only in combination: hold the rest of this set too
+                for g in [g for g in groups if g in self.prunable]:
+                    self.prunable.remove(g)
+                    self.fixed[g.root] = "channel surgery breaks the model when it is pruned " \
+                                         "together with its neighbours"
+
+        bisect(list(self.prunable))
 
     # ---- state ---------------------------------------------------------------------------
     @property

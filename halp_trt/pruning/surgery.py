@@ -44,12 +44,29 @@ def conv_group_slices(group: ChannelGroup, modules: Mapping[str, nn.Module]
     return slices
 
 
+def _side_width(mod: nn.Module, side: str) -> int | None:
+    if isinstance(mod, _CONV):
+        return mod.out_channels if side == "out" else mod.in_channels
+    if isinstance(mod, nn.Linear):
+        return mod.out_features if side == "out" else mod.in_features
+    n = getattr(mod, "num_features", None) or getattr(mod, "num_channels", None)
+    return int(n) if isinstance(n, int) else None
+
+
 def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> str | None:
     """Why a group must keep its width, or None.
 
     Grouped (not depthwise) convs are pruned by narrowing every conv group by the same number
     of channels, so the group count (the runtime's parallelism) stays; a group whose channels
     two grouped convs slice differently keeps its width."""
+    for m in group.members:
+        width = _side_width(modules[m.module_name], m.side)
+        if width is not None and m.idxs and max(m.idxs) >= width:
+            # torch-pruning lost the channel mapping (seen through ShuffleNetV2's split +
+            # shuffle): its indices point past the module's channels
+            return (f"the dependency graph maps it to channel {max(m.idxs)} of "
+                    f"{m.module_name}, which has {width}: a channel shuffle or split it cannot "
+                    "follow")
     slices = conv_group_slices(group, modules)
     if slices == [[-1]]:
         return "two grouped convolutions split its channels differently"
