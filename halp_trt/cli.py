@@ -142,6 +142,9 @@ def inspect_cmd(table_path, pattern, out_dir):
               help="Minibatches between pruning steps (r).")
 @click.option("--epochs", type=int, default=2, show_default=True,
               help="Fine-tuning epochs after the last pruning step.")
+@click.option("--pretrain-lr", type=float, default=2e-3, show_default=True,
+              help="Peak learning rate of the pre-training (AdamW, one-cycle).")
+@click.option("--pretrain-batch-size", type=int, default=16, show_default=True)
 @click.option("--pretrain-epochs", type=int, default=4, show_default=True,
               help="Training epochs when no --weights are given.")
 @click.option("--lr", type=float, default=0.01, show_default=True)

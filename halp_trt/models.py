@@ -13,8 +13,15 @@ DEFAULT_NUM_CLASSES = 10
 DEFAULT_INPUT_SHAPE = (1, 3, 64, 64)
 
 
-def create_model(name: str, num_classes: int | None = None) -> nn.Module:
-    """Build an untrained model. Weights are loaded separately (weights-only state dicts)."""
+# torchvision builders whose architecture depends on the input size: built for the run's size
+_SIZE_KWARG = {"vit_": "image_size", "maxvit": "input_size"}
+
+
+def create_model(name: str, num_classes: int | None = None,
+                 input_size: int | None = None) -> nn.Module:
+    """Build an untrained model. Weights are loaded separately (weights-only state dicts).
+    ``input_size`` builds transformers whose position embeddings or windows depend on it
+    (ViT: ``image_size``; MaxViT: ``input_size``) for that size."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if ":" in name:
         module_name, factory_name = name.split(":", 1)
@@ -39,7 +46,15 @@ def create_model(name: str, num_classes: int | None = None) -> nn.Module:
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise HalpError(f"unknown model {name!r}: give a torchvision classification model "
                             "name (e.g. resnet18, resnet50, mobilenet_v2) or module:factory")
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        size_kw = next((kw for prefix, kw in _SIZE_KWARG.items() if name.startswith(prefix)),
+                       None)
+        if size_kw and input_size:
+            kwargs[size_kw] = input_size if size_kw == "image_size" else (input_size, input_size)
+        try:
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+        except Exception as exc:  # e.g. a size the architecture cannot be built for
+            raise HalpError(f"torchvision could not build {name} with {kwargs}: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(model, nn.Module):
         raise HalpError(f"model {name!r} is not a torch.nn.Module")
     return model

@@ -33,14 +33,14 @@ def check_model_is_sane(model, val_loader, accuracy: float, allow_untrained: boo
                 out = model(x)
                 if not torch.isfinite(out).all():
                     raise HalpError(f"{what} gives non-finite outputs (NaN/inf) on validation "
-                                    "images: its training diverged. Lower --lr, train longer "
+                                    "images: its training diverged. Lower --pretrain-lr, train longer "
                                     "(--pretrain-epochs) or give --weights")
                 peak = max(peak, float(out.abs().max()))
             labels.append(y)
     if allow_untrained:
         return
-    hint = ("Train it properly (more --pretrain-epochs, another --lr) or give --weights; "
-            "--allow-untrained prunes it anyway")
+    hint = ("Train it properly (more --pretrain-epochs, another --pretrain-lr) or give "
+            "--weights; --allow-untrained prunes it anyway")
     if peak > MAX_SANE_LOGIT:
         raise HalpError(f"{what} gives absurdly large outputs (|logit| up to {peak:.3g}): its "
                         f"training diverged. {hint}")

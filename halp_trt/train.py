@@ -26,10 +26,13 @@ def evaluate(model: nn.Module, loader) -> float:
 
 
 def recalibrate_bn(model: nn.Module, loader, max_batches: int = 20) -> None:
-    """Re-estimate BatchNorm running statistics (after pruning changes the activations)."""
+    """Re-estimate BatchNorm running statistics from ``max_batches`` batches (after training
+    too short for the running averages to settle, or after pruning changed the activations);
+    each layer's own momentum is restored after."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
@@ -39,8 +42,8 @@ def recalibrate_bn(model: nn.Module, loader, max_batches: int = 20) -> None:
             if i >= max_batches:
                 break
             model(x)
-    for m in bns:
-        m.momentum = 0.1
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
 
 
 # Weight of each auxiliary head's loss, as the architectures' papers train them: GoogLeNet's two
@@ -76,7 +79,7 @@ def classification_loss(output, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, pruner=None,
-                scheduler=None) -> float:
+                scheduler=None, clip_grad_norm: float | None = None) -> float:
     """One epoch of cross-entropy training; with a pruner, importance is accumulated after each
     backward and masks are updated/re-applied after each optimizer step."""
     model.train()
@@ -88,6 +91,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, prun
             raise HalpError("training loss became NaN/inf; lower the learning rate or check the "
                             "data")
         loss.backward()
+        if clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         if pruner is not None:
             pruner.accumulate()
         optimizer.step()

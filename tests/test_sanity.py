@@ -68,3 +68,14 @@ def test_numeric_check_fails_on_huge_outputs_instead_of_scaling_its_tolerance():
     xs = [torch.randn(1, 3, 16, 16)]
     check = check_outputs(backend, export_onnx(sane, xs[0]), sane, xs)
     assert check.ok and check.tolerance <= 1e-3 * 1e3
+
+
+def test_masked_vs_pruned_check_names_the_problem():
+    from halp_trt.pipeline.run import check_masked_equals_pruned
+
+    a = torch.randn(2, 10)
+    assert check_masked_equals_pruned(a, a + 1e-7) < 1e-4
+    with pytest.raises(HalpError, match="differs from the masked one"):
+        check_masked_equals_pruned(a, a + 1.0)
+    with pytest.raises(HalpError):
+        check_masked_equals_pruned(a, a * float("nan"))

@@ -244,3 +244,14 @@ def shufflenet_tiny(num_classes=10):
 
     return torchvision.models.ShuffleNetV2([1, 2, 1], [24, 64, 128, 256, 512],
                                            num_classes=num_classes)
+
+
+def vit_tiny(num_classes=10):
+    """torchvision's VisionTransformer (nn.MultiheadAttention inside), small."""
+    import torchvision
+
+    net = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                               num_heads=2, hidden_dim=64, mlp_dim=512,
+                                               num_classes=num_classes)
+    nn.init.normal_(net.heads.head.weight, std=0.02)  # zero-initialised: outputs would be 0
+    return net

@@ -23,6 +23,7 @@ COMMANDS = {
     "fidelity18": "python tools/bench_fidelity.py --model resnet18 --num-classes 10 "
                   "--input-shape 1,3,64,64 --table profiles/resnet18_1x3x64x64_ort-cpu.json "
                   "--json tools/results/fidelity_resnet18.json",
+    "zoo": "python tools/bench_zoo.py --json tools/results/bench_zoo.json",
     "vs_tp": "python tools/bench_vs_torch_pruning.py --ratios 0.3,0.6 --seeds 5 --rounds 30 "
              "--json tools/results/vs_torch_pruning.json "
              "--png tools/results/vs_torch_pruning.png",
@@ -52,6 +53,35 @@ def machine() -> str:
     return (f"{cpu['cpu_model']} ({', '.join(cpu['isa'])}), {os.cpu_count()} vCPUs shared with "
             f"other work, Python {platform.python_version()}, {versions}; ONNX Runtime CPU "
             "execution provider, one intra-op thread, graph optimization ALL")
+
+
+def zoo_section(z) -> list[str]:
+    lines = ["## Every torchvision classifier (random weights, one-shot to a measured 0.5)", "",
+             f"`{COMMANDS['zoo']}`", ""]
+    if not z:
+        return lines + ["(not run)", ""]
+    rows = z["models"]
+    m = z.get("machine", {})
+    lines += [f"Machine: {m.get('cpu_model')} (CPU family {m.get('cpu_family')}, model "
+              f"{m.get('cpu_model_number')}; {', '.join(m.get('isa', []))}). Coarse tables "
+              f"({z.get('table_rounds')} rounds, {z.get('table_max_points')} lattice points per "
+              "axis). A model passes when prune-and-deploy finishes (masked ≡ pruned, ONNX ≡ "
+              f"PyTorch) and the measured ratio is within ±5% of {z.get('target')}.", "",
+              "| model | family | input | params | pass | measured ratio | wall | reason |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["family"], r["model"])):
+        params = f"{r['params'] / 1e6:.1f}M" if r.get("params") else "-"
+        ratio = f"{r['measured_ratio']:.3f}" if r.get("measured_ratio") is not None else "-"
+        wall = f"{r['wall_s']:.0f} s" if r.get("wall_s") is not None else "-"
+        reason = (r.get("reason") or "").replace("|", "/")[:160]
+        lines.append(f"| {r['model']} | {r['family']} | {r.get('input') or '-'} | {params} | "
+                     f"{'pass' if r['passed'] else 'FAIL'} | {ratio} | {wall} | {reason} |")
+    n, total = sum(r["passed"] for r in rows), len(rows)
+    tb = sum("traceback" in (r.get("reason") or "") for r in rows)
+    wall = sum(r.get("wall_s") or 0 for r in rows)
+    lines += ["", f"**{n} of {total} models pass**; {tb} ended in a traceback; total wall time "
+              f"{wall / 3600:.1f} h.", ""]
+    return lines
 
 
 def main():
@@ -197,6 +227,7 @@ def main():
                   "![accuracy vs measured latency](tools/results/vs_torch_pruning.png)", ""]
     else:
         lines += ["(not run)", ""]
+    lines += zoo_section(load("bench_zoo.json"))
     with open(OUT, "w") as fh:
         fh.write("\n".join(lines))
     print(f"wrote {OUT}", file=sys.stderr)

@@ -24,8 +24,14 @@ def export_onnx(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:
     was_training = model.training
     model.eval()
     buf = io.BytesIO()
+    # nn.MultiheadAttention takes a fused kernel (aten::_native_multi_head_attention) in eval
+    # without gradients, which the exporter cannot translate; with gradients enabled it runs the
+    # same math unfused (projections, scaled dot-product attention, output projection), which
+    # exports. Export only traces: no gradient is computed either way.
+    has_mha = any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+    grad_mode = torch.enable_grad() if has_mha else torch.no_grad()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), grad_mode:
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (example_input,), buf, input_names=["input"], output_names=["output"],

@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""Every torchvision classifier through halp-trt: table, one-shot pruning to a measured 0.5
+with the feedback loop, channel removal, checks, measured ratio.
+
+For each model of ``torchvision.models.list_models(module=torchvision.models)``: random
+weights, 10 classes, batch 1, at the smallest input among 64/96/128/224 it accepts
+(transformers built for that size); a coarse table (``--rounds``/``--max-points``) measured
+with ONNX Runtime on the CPU; then ``prune-and-deploy`` with one pruning step (bracketed by
+measured candidates), no training (``--allow-untrained``: random weights), which checks
+masked ≡ pruned and ONNX ≡ PyTorch itself and measures original and pruned interleaved.
+A model passes when all of that holds and the measured ratio is within ±5% of the target.
+
+Each model runs in its own process (a crash or out-of-memory is that model's failure, not
+the benchmark's), and its row is written as soon as it finishes: the same command resumes.
+
+    python tools/bench_zoo.py --json tools/results/bench_zoo.json [--only resnet18,vgg11]
+        [--skip-over-params 150e6] [--target 0.5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+SIZES = (64, 96, 128, 224)
+FAMILIES = [("resnext", "ResNeXt"), ("wide_resnet", "Wide ResNet"), ("resnet", "ResNet"),
+            ("regnet_x", "RegNetX"), ("regnet_y", "RegNetY"), ("mobilenet", "MobileNet"),
+            ("efficientnet_v2", "EfficientNetV2"), ("efficientnet", "EfficientNet"),
+            ("mnasnet", "MNASNet"), ("shufflenet", "ShuffleNetV2"), ("squeezenet", "SqueezeNet"),
+            ("densenet", "DenseNet"), ("googlenet", "GoogLeNet"), ("inception", "Inception"),
+            ("convnext", "ConvNeXt"), ("vgg", "VGG"), ("alexnet", "AlexNet"),
+            ("swin", "Swin"), ("maxvit", "MaxViT"), ("vit", "ViT")]
+
+
+def family_of(name: str) -> str:
+    return next((fam for prefix, fam in FAMILIES if name.startswith(prefix)), "other")
+
+
+def smallest_input(name: str) -> tuple[int, object]:
+    """(size, model) for the smallest size in SIZES the model runs on."""
+    import torch
+
+    from halp_trt.models import create_model
+
+    last = None
+    for size in SIZES:
+        try:
+            model = create_model(name, 10, size).eval()
+            with torch.no_grad():
+                model(torch.randn(1, 3, size, size))
+            return size, model
+        except Exception as exc:  # noqa: BLE001 - try the next size
+            last = exc
+    raise RuntimeError(f"runs at none of {SIZES}: {type(last).__name__}: {last}")
+
+
+def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -> dict:
+    """One model, in this process; returns its row."""
+    import contextlib
+    import io
+
+    from halp_trt.errors import HalpError
+    from halp_trt.latency.build import BuildConfig, build_table
+    from halp_trt.pipeline import DeployConfig, prune_and_deploy
+    from halp_trt.runtime import get_backend
+    from halp_trt.runtime.protocol import Protocol
+
+    row = {"model": name, "family": family_of(name), "input": None, "params": None,
+           "passed": False, "reason": "", "measured_ratio": None, "wall_s": None}
+    t0 = time.perf_counter()
+    try:
+        size, model = smallest_input(name)
+        row["input"] = size
+        row["params"] = sum(p.numel() for p in model.parameters())
+        table = os.path.join(work, f"{name}.json")
+        cfg = BuildConfig(protocol=Protocol(rounds=rounds), sweep_window=32,
+                          max_points_per_axis=max_points, measure_model=False, progress=False)
+        build_table(model, (1, 3, size, size), get_backend("onnxruntime"), table, name, cfg)
+        out = os.path.join(work, name)
+        with contextlib.redirect_stdout(io.StringIO()):
+            report = prune_and_deploy(DeployConfig(
+                out=out, model=name, input_size=size, table=table, target=str(target),
+                steps=1, interval=1, epochs=0, pretrain_epochs=0, max_batches=2,
+                train_batch_size=8, rounds=15, allow_untrained=True, progress=False))
+        ratio = report["latency_ratio_measured"]
+        row["measured_ratio"] = round(ratio, 4)
+        off = ratio / target - 1
+        row["passed"] = abs(off) <= 0.05
+        row["reason"] = "" if row["passed"] else \
+            f"measured ratio {ratio:.3f} is {100 * off:+.1f}% off the target {target}"
+        row["narrower_groups"] = sum(w["kept"] < w["original"] for w in report["widths"].values())
+    except HalpError as exc:
+        row["reason"] = str(exc).splitlines()[0][:400]
+    except Exception as exc:  # noqa: BLE001 - a traceback is this model's failure
+        row["reason"] = f"traceback: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        row["traceback"] = traceback.format_exc()[-2000:]
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def load_rows(path: str) -> list[dict]:
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get("models", [])
+    return []
+
+
+def save_rows(path: str, rows: list[dict], meta: dict) -> None:
+    from halp_trt.fileio import write_json_atomic
+
+    rows = sorted(rows, key=lambda r: r["model"])
+    n = sum(r["passed"] for r in rows)
+    write_json_atomic(path, {**meta, "summary": {"passed": n, "run": len(rows)},
+                             "models": rows})
+
+
+def machine() -> dict:
+    from halp_trt.runtime.onnxruntime import cpu_description
+
+    d = cpu_description()
+    with open("/proc/cpuinfo") as f:
+        text = f.read()
+    fam = re.search(r"cpu family\s*:\s*(\d+)", text)
+    mod = re.search(r"model\s*:\s*(\d+)", text)
+    return {**d, "cpu_family": fam and int(fam.group(1)), "cpu_model_number": mod and
+            int(mod.group(1))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", dest="json_path", required=True)
+    ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--skip-over-params", type=float, default=150e6,
+                    help="report larger models as not run (not passing) instead of running them")
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=5, help="table timing rounds (coarse)")
+    ap.add_argument("--max-points", type=int, default=4, help="table lattice points per axis")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per model")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: run one model
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("ROW " + json.dumps(run_one(args.one, args.target, args.rounds, args.max_points,
+                                         args.work)), flush=True)
+        return
+
+    import torchvision
+    from tqdm import tqdm
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            sys.exit(f"error: not torchvision classifiers: {unknown}")
+        names = wanted
+    rows = {r["model"]: r for r in load_rows(args.json_path)}
+    meta = {"target": args.target, "machine": machine(), "table_rounds": args.rounds,
+            "table_max_points": args.max_points,
+            "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
+    todo = [n for n in names if n not in rows]
+    work = tempfile.mkdtemp(prefix="halp-zoo-")
+    for name in tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True):
+        row = size_gate(name, args.skip_over_params)
+        if row is None:
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--json", args.json_path, "--one", name,
+                     "--work", work, "--target", str(args.target), "--rounds", str(args.rounds),
+                     "--max-points", str(args.max_points)],
+                    capture_output=True, text=True, timeout=args.timeout)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
+                            None)
+                row = json.loads(line[4:]) if line else {
+                    "model": name, "family": family_of(name), "input": None, "params": None,
+                    "passed": False, "measured_ratio": None,
+                    "reason": f"process died (exit {proc.returncode}): "
+                              f"{(proc.stderr.strip().splitlines() or [''])[-1][:300]}"}
+            except subprocess.TimeoutExpired:
+                row = {"model": name, "family": family_of(name), "input": None, "params": None,
+                       "passed": False, "measured_ratio": None,
+                       "reason": f"over the {args.timeout:.0f} s budget per model"}
+            row["wall_s"] = round(time.perf_counter() - t0, 1)
+        rows[name] = row
+        save_rows(args.json_path, list(rows.values()), meta)
+        tqdm.write(f"{name:22s} {'pass' if row['passed'] else 'FAIL'} "
+                   f"{row.get('measured_ratio')} {row['reason'][:110]}")
+    done = list(rows.values())
+    n = sum(r["passed"] for r in done)
+    print(f"\n{n} of {len(done)} models pass (target {args.target}, ±5%); "
+          f"{sum('traceback' in r['reason'] for r in done)} ended in a traceback")
+
+
+def size_gate(name: str, limit: float) -> dict | None:
+    """A row for a model over the parameter limit (reported, not silently dropped)."""
+    from halp_trt.models import create_model
+
+    try:
+        params = sum(p.numel() for p in create_model(name, 10, 224).parameters())
+    except Exception:  # noqa: BLE001 - the child reports it properly
+        return None
+    if params <= limit:
+        return None
+    return {"model": name, "family": family_of(name), "input": None, "params": params,
+            "passed": False, "measured_ratio": None, "wall_s": 0.0,
+            "reason": f"not run: {params / 1e6:.0f}M parameters, over --skip-over-params "
+                      f"{limit / 1e6:.0f}M (the table build alone would take hours here)"}
+
+
+if __name__ == "__main__":
+    main()
