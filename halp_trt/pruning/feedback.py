@@ -48,6 +48,9 @@ DEFAULT_BRACKET = (0.8, 0.88, 0.93, 0.96, 0.98, 1.0, 1.02, 1.04, 1.07, 1.12, 1.2
 # Graphs' worth of sessions the reference is timed as in each session (its reading decides).
 REFERENCE_COPIES = 3
 
+# A second bracket around a re-aimed estimate: dense, since it starts from measurements.
+REBRACKET = (0.94, 0.97, 0.985, 1.0, 1.015, 1.03, 1.06)
+
 
 class LatencyFeedback:
     """Drop-in for the pruner in a training loop (``accumulate()`` / ``step()`` / ``done``).
@@ -62,7 +65,8 @@ class LatencyFeedback:
                  original_onnx: bytes, final_ratio: float, protocol: Protocol,
                  tolerance: float = 0.01, max_extra_steps: int = 2, log=print,
                  broadcast: Callable | None = None, bracket: tuple = DEFAULT_BRACKET,
-                 reference_onnx: bytes | None = None):
+                 reference_onnx: bytes | None = None, rebrackets: int = 2,
+                 rebracket_gap: float = 0.03):
         self.pruner, self.build_arch, self.export = pruner, build_arch, export
         self.backend, self.original_onnx = backend, original_onnx
         self.final_ratio, self.protocol, self.tolerance = final_ratio, protocol, tolerance
@@ -70,6 +74,10 @@ class LatencyFeedback:
         self.log = log
         self.broadcast = broadcast or (lambda x: x)  # DDP: every rank uses rank 0's numbers
         self.bracket = tuple(sorted(bracket))
+        # re-aim the last step's bracket (at most this often) when its best pick under the
+        # target is more than ``rebracket_gap`` below it
+        self.rebrackets, self.rebracket_gap = int(rebrackets), float(rebracket_gap)
+        self._best_pick: tuple[float, float, bool] | None = None
         self.reference_onnx = reference_onnx
         self.reference_ratios: list[float] = []  # reference / original, one per session
         self.session_reference_ratio: float | None = None  # the latest session's
@@ -128,38 +136,96 @@ class LatencyFeedback:
         p = self.pruner
         estimate_ms = p.targets_ms[len(p.history)]
         ceiling_ms = p.predict_ms()  # pruning cannot grow a group back
-        candidates: dict[str, tuple[float, object]] = {}
-        seen = set()
-        for f in self.bracket:
-            target_ms = min(max(estimate_ms * f, p.min_ms), ceiling_ms)
-            plan = p.plan(target_ms)
-            widths = tuple(sorted(plan.kept.items()))
-            if widths not in seen:
-                seen.add(widths)
-                candidates[f"x{f:g}"] = (target_ms, plan)
-        graphs = {k: (lambda plan=plan: self.export(self.build_arch(p.result(plan))))
-                  for k, (_, plan) in candidates.items()}
-        ratios = self._measure(graphs)
-        # With a reference, compare with its reading in this same session: every ratio of a
-        # session shares its reading of the original (a few % off between sessions), so a
-        # target carried over from other sessions biased picks (measured: a reference read at
-        # 0.122 of the original over the feedback sessions, 0.128 next to the pick).
-        goal_ratio = self._goal_ratio()
-        meeting = [k for k in candidates if self._meets(ratios[k], goal_ratio)]
-        # most latency kept (the knapsack then keeps the most importance) within the target;
-        # if nothing meets it, the fastest candidate, and a further step follows
-        pick = max(meeting, key=lambda k: candidates[k][1].predicted_ms) if meeting else \
-            min(candidates, key=lambda k: ratios[k])
-        self._bracket_outcome = (ratios[pick], bool(meeting))
-        self.brackets.append({"step": len(p.history) + 1, "goal_ratio": goal_ratio,
-                              "picked": pick, "candidates": {
-                                  k: {"layers_target_ms": t, "predicted_ms": plan.predicted_ms,
-                                      "measured_ratio": ratios[k]}
-                                  for k, (t, plan) in candidates.items()}})
-        self.log(f"last step: {len(candidates)} candidate widths measured "
-                 + ", ".join(f"{ratios[k]:.3f}" for k in candidates)
-                 + f" of the original; target {goal_ratio:.3f}, took {ratios[pick]:.3f}")
-        p.retarget([candidates[pick][0]])
+        factors = self.bracket
+        # (knapsack target ms, measured ratio) of every candidate timed so far, for re-aiming
+        points: list[tuple[float, float]] = []
+        for attempt in range(1 + self.rebrackets):
+            candidates: dict[str, tuple[float, object]] = {}
+            seen = set()
+            for f in factors:
+                target_ms = min(max(estimate_ms * f, p.min_ms), ceiling_ms)
+                plan = p.plan(target_ms)
+                widths = tuple(sorted(plan.kept.items()))
+                if widths not in seen:
+                    seen.add(widths)
+                    candidates[f"x{estimate_ms * f / p.targets_ms[len(p.history)]:.4g}"] = \
+                        (target_ms, plan)
+            graphs = {k: (lambda plan=plan: self.export(self.build_arch(p.result(plan))))
+                      for k, (_, plan) in candidates.items()}
+            ratios = self._measure(graphs)
+            # With a reference, compare with its reading in this same session: every ratio of
+            # a session shares its reading of the original (a few % off between sessions), so
+            # a target carried over from other sessions biased picks (measured: a reference
+            # read at 0.122 of the original over the feedback sessions, 0.128 next to it).
+            goal_ratio = self._goal_ratio()
+            meeting = [k for k in candidates if self._meets(ratios[k], goal_ratio)]
+            # most latency kept (the knapsack then keeps the most importance) within the
+            # target; if nothing meets it, the fastest candidate, and a further step follows
+            pick = max(meeting, key=lambda k: candidates[k][1].predicted_ms) if meeting else \
+                min(candidates, key=lambda k: ratios[k])
+            self.brackets.append({"step": len(p.history) + 1, "goal_ratio": goal_ratio,
+                                  "attempt": attempt + 1, "picked": pick, "candidates": {
+                                      k: {"layers_target_ms": t,
+                                          "predicted_ms": plan.predicted_ms,
+                                          "measured_ratio": ratios[k]}
+                                      for k, (t, plan) in candidates.items()}})
+            self.log(f"last step: {len(candidates)} candidate widths measured "
+                     + ", ".join(f"{ratios[k]:.3f}" for k in candidates)
+                     + f" of the original; target {goal_ratio:.3f}, took {ratios[pick]:.3f}")
+            points += [(t, ratios[k]) for k, (t, _) in candidates.items()]
+            self._keep_best_pick(candidates[pick], ratios[pick], bool(meeting))
+            # Undershooting cannot be undone after the commit: when even the best candidate
+            # under the target is well below it (the calibration put the whole bracket too
+            # low — seen: densenet121, all twelve at 0.12-0.25 for 0.5), aim again from what
+            # was measured, with a denser bracket, and keep the best of all sessions' picks.
+            best_ms, best_ratio, best_met = self._best_pick
+            if not best_met or best_ratio >= goal_ratio * (1 - self.rebracket_gap) or \
+                    attempt == self.rebrackets or best_ms >= ceiling_ms:
+                break
+            new_estimate = self._aim(points, goal_ratio, ceiling_ms)
+            if new_estimate is None or new_estimate <= best_ms * 1.005:
+                break
+            estimate_ms, factors = new_estimate, REBRACKET
+        target_ms, ratio, met = self._best_pick
+        self._best_pick = None
+        self._bracket_outcome = (ratio, met)
+        p.retarget([target_ms])
+
+    def _keep_best_pick(self, candidate, ratio: float, met: bool) -> None:
+        """Across re-brackets: the candidate that met its session's target keeping the most
+        (else the first session's fastest)."""
+        target_ms = candidate[0]
+        cur = self._best_pick
+        if cur is None or (met and (not cur[2] or target_ms > cur[0])):
+            self._best_pick = (target_ms, ratio, met)
+
+    @staticmethod
+    def _aim(points: list[tuple[float, float]], goal_ratio: float, ceiling_ms: float
+             ) -> float | None:
+        """The knapsack target expected to measure ``goal_ratio``: interpolated between the
+        nearest measured candidates on either side, or extrapolated from the local slope when
+        none was above the goal."""
+        below = [(t, r) for t, r in points if r <= goal_ratio]
+        above = [(t, r) for t, r in points if r > goal_ratio]
+        if below and above:
+            (t0, r0), (t1, r1) = max(below, key=lambda q: q[1]), min(above, key=lambda q: q[1])
+            if r1 > r0 and t1 != t0:
+                return min(ceiling_ms, t0 + (goal_ratio - r0) * (t1 - t0) / (r1 - r0))
+            return None
+        # all below: a line through the three candidates nearest the goal (the local slope;
+        # a fit through all of them under-estimates it on convex curves and overshoots)
+        near = sorted(points, key=lambda q: q[1])[-3:]
+        if len(near) < 2:
+            return None
+        n = len(near)
+        mt, mr = sum(t for t, _ in near) / n, sum(r for _, r in near) / n
+        var = sum((t - mt) ** 2 for t, _ in near)
+        if var <= 0:
+            return None
+        slope = sum((t - mt) * (r - mr) for t, r in near) / var
+        if slope <= 0:
+            return None
+        return min(ceiling_ms, mt + (goal_ratio - mr) / slope)
 
     def _goal_ratio(self) -> float:
         """The target as read in the latest session (with a reference), else the given one."""
