@@ -1,4 +1,4 @@
-"""Fuzzing (issue 6): random mutations of a valid latency table, and random option values for
+"""Fuzzing: random mutations of a valid latency table, and random option values for
 every command. No outcome may be a traceback: each is success, a HalpError, or a click usage
 error (exit code 2). CLI cases must fail before any heavy work (training, evaluating,
 measuring, building a table), which is replaced here by an exception that counts as
