@@ -79,3 +79,16 @@ def test_masked_vs_pruned_check_names_the_problem():
         check_masked_equals_pruned(a, a + 1.0)
     with pytest.raises(HalpError):
         check_masked_equals_pruned(a, a * float("nan"))
+
+
+def test_random_weight_runs_check_huge_outputs_relative_to_their_own_scale():
+    """--allow-untrained (benchmarks on random weights): huge but finite outputs are checked
+    against their own scale instead of refused."""
+    backend = get_backend("onnxruntime")
+    x = [torch.randn(1, 3, 8, 8)]
+    huge = Scaled(1e8).eval()
+    check = check_outputs(backend, export_onnx(huge, x[0]), huge, x, sane_outputs=False)
+    assert check.ok and check.tolerance == pytest.approx(1e-3 * check.reference_max_abs)
+    nan_net = Scaled(float("nan")).eval()
+    with pytest.raises(HalpError, match="non-finite"):
+        check_outputs(backend, export_onnx(nan_net, x[0]), nan_net, x, sane_outputs=False)
