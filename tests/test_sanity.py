@@ -71,7 +71,7 @@ def test_numeric_check_fails_on_huge_outputs_instead_of_scaling_its_tolerance():
 
 
 def test_masked_vs_pruned_check_names_the_problem():
-    from halp_trt.pipeline.run import check_masked_equals_pruned
+    from halp_trt.pruning.surgery import check_masked_equals_pruned
 
     a = torch.randn(2, 10)
     assert check_masked_equals_pruned(a, a + 1e-7) < 1e-4

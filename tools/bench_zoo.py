@@ -170,10 +170,11 @@ def main() -> None:
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
     todo = [n for n in names if n not in rows]
     # smallest first: a run cut short covers the most models
-    todo.sort(key=lambda n: (param_count(n) or float("inf"), n))
+    params = {n: param_count(n) for n in todo}  # counted once: sort and size gate
+    todo.sort(key=lambda n: (params[n] or float("inf"), n))
     work = tempfile.mkdtemp(prefix="halp-zoo-")
     for name in tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True):
-        row = size_gate(name, args.skip_over_params)
+        row = size_gate(name, params[name], args.skip_over_params)
         if row is None:
             t0 = time.perf_counter()
             try:
@@ -216,9 +217,8 @@ def param_count(name: str) -> int | None:
         return None
 
 
-def size_gate(name: str, limit: float) -> dict | None:
+def size_gate(name: str, params: int | None, limit: float) -> dict | None:
     """A row for a model over the parameter limit (reported, not silently dropped)."""
-    params = param_count(name)
     if params is None or params <= limit:
         return None
     return {"model": name, "family": family_of(name), "input": None, "params": params,

@@ -29,6 +29,7 @@ from halp_trt.errors import ConfigError, HalpError
 from halp_trt.fileio import check_writable, write_bytes_atomic
 from halp_trt.pipeline.config import DeployConfig
 from halp_trt.pipeline.state import RunState
+from halp_trt.pruning.surgery import check_masked_equals_pruned
 from halp_trt.sanity import check_model_is_sane
 
 CHECKPOINT = "checkpoint.pt"
@@ -40,19 +41,6 @@ NEAR_FLOOR = 1.3
 def prune_and_deploy(cfg: DeployConfig) -> dict:
     """Run the whole job; returns the report (also written to ``cfg.out``)."""
     return DeployRun(cfg).run()
-
-
-def check_masked_equals_pruned(masked: torch.Tensor, pruned: torch.Tensor,
-                               rel_tolerance: float = 1e-4) -> float:
-    """The physically pruned model must compute what the masked one did (same input, eval
-    mode); otherwise channel surgery broke the architecture and nothing downstream is valid."""
-    scale = float(masked.abs().max()) or 1.0
-    rel = float((pruned - masked).abs().max()) / scale
-    if not rel <= rel_tolerance:
-        raise HalpError(f"the physically pruned model differs from the masked one by {rel:.2e} "
-                        "(relative): channel removal does not handle this architecture; "
-                        "--exclude the affected layers or report the model")
-    return rel
 
 
 def _progress(iterable, enabled: bool, **kw):
@@ -116,15 +104,17 @@ class DeployRun:
         from halp_trt.graph.groups import find_channel_groups, run_example
         from halp_trt.graph.layers import list_layers
         from halp_trt.latency.resolve import resolve_table
-        from halp_trt.models import create_model
+        from halp_trt.models import create_model, strip_aux_heads
         from halp_trt.runtime import backend_for
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         check_writable(cfg.out, is_dir=True)
         self.data = load_data(cfg.data, (cfg.input_size, cfg.input_size), cfg.seed)
-        self.new_model = lambda: create_model(cfg.model, self.data.num_classes, cfg.input_size)
-        self.model = self.new_model()
+        # every model after the original's training is built without auxiliary heads
+        self.new_model = lambda: strip_aux_heads(create_model(cfg.model, self.data.num_classes,
+                                                              cfg.input_size))
+        self.model = create_model(cfg.model, self.data.num_classes, cfg.input_size)
         check_sample(self.data, cfg.input_shape)
         self.example = torch.randn(*cfg.input_shape)
         try:
@@ -229,7 +219,7 @@ class DeployRun:
 
     # ---- 2. original -------------------------------------------------------------------------
     def original(self) -> None:
-        from halp_trt.models import create_model, strip_aux_heads
+        from halp_trt.models import strip_aux_heads
         from halp_trt.train import evaluate, load_weights
 
         cfg, model = self.cfg, self.model
@@ -248,8 +238,6 @@ class DeployRun:
         else:
             strip_aux_heads(model)
             model.load_state_dict(self.state.original)
-        self.new_model = lambda: strip_aux_heads(create_model(cfg.model, self.data.num_classes,
-                                                              cfg.input_size))
         self.original_model = self.new_model()
         self.original_model.load_state_dict(self.state.original)
         self.original_model.eval()
@@ -280,7 +268,7 @@ class DeployRun:
         from halp_trt.pruning.config import HALPConfig
         from halp_trt.pruning.pruner import HALPPruner
         from halp_trt.runtime.export import export_onnx
-        from halp_trt.runtime.protocol import measure_interleaved, model_protocol
+        from halp_trt.runtime.protocol import measure_interleaved
 
         cfg, st = self.cfg, self.state
         # One throw-away pruner on a copy gives both the table's floor (the lowest target the
@@ -301,7 +289,7 @@ class DeployRun:
             stats = measure_interleaved(
                 self.backend, {"original": export_onnx(self.original_model, self.example),
                                "slim": export_onnx(slim, self.example)},
-                model_protocol(cfg.rounds))
+                self._model_protocol())
             cal = broadcast_object({  # every rank must prune to the same targets
                 "layers_full_ms": self.layers_full_ms,
                 "model_full_ms": stats["original"].estimate("min"),

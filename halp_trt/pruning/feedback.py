@@ -77,7 +77,6 @@ class LatencyFeedback:
         # re-aim the last step's bracket (at most this often) when its best pick under the
         # target is more than ``rebracket_gap`` below it
         self.rebrackets, self.rebracket_gap = int(rebrackets), float(rebracket_gap)
-        self._best_pick: tuple[float, float, bool] | None = None
         self.reference_onnx = reference_onnx
         self.reference_ratios: list[float] = []  # reference / original, one per session
         self.session_reference_ratio: float | None = None  # the latest session's
@@ -139,6 +138,7 @@ class LatencyFeedback:
         factors = self.bracket
         # (knapsack target ms, measured ratio) of every candidate timed so far, for re-aiming
         points: list[tuple[float, float]] = []
+        best: tuple[float, float, bool] | None = None  # (knapsack target ms, ratio, met)
         for attempt in range(1 + self.rebrackets):
             candidates: dict[str, tuple[float, object]] = {}
             seen = set()
@@ -173,12 +173,12 @@ class LatencyFeedback:
                      + ", ".join(f"{ratios[k]:.3f}" for k in candidates)
                      + f" of the original; target {goal_ratio:.3f}, took {ratios[pick]:.3f}")
             points += [(t, ratios[k]) for k, (t, _) in candidates.items()]
-            self._keep_best_pick(candidates[pick], ratios[pick], bool(meeting))
+            best = _better_pick(best, (candidates[pick][0], ratios[pick], bool(meeting)))
             # Undershooting cannot be undone after the commit: when even the best candidate
             # under the target is well below it (the calibration put the whole bracket too
             # low — seen: densenet121, all twelve at 0.12-0.25 for 0.5), aim again from what
             # was measured, with a denser bracket, and keep the best of all sessions' picks.
-            best_ms, best_ratio, best_met = self._best_pick
+            best_ms, best_ratio, best_met = best
             if not best_met or best_ratio >= goal_ratio * (1 - self.rebracket_gap) or \
                     attempt == self.rebrackets or best_ms >= ceiling_ms:
                 break
@@ -186,18 +186,9 @@ class LatencyFeedback:
             if new_estimate is None or new_estimate <= best_ms * 1.005:
                 break
             estimate_ms, factors = new_estimate, REBRACKET
-        target_ms, ratio, met = self._best_pick
-        self._best_pick = None
+        target_ms, ratio, met = best
         self._bracket_outcome = (ratio, met)
         p.retarget([target_ms])
-
-    def _keep_best_pick(self, candidate, ratio: float, met: bool) -> None:
-        """Across re-brackets: the candidate that met its session's target keeping the most
-        (else the first session's fastest)."""
-        target_ms = candidate[0]
-        cur = self._best_pick
-        if cur is None or (met and (not cur[2] or target_ms > cur[0])):
-            self._best_pick = (target_ms, ratio, met)
 
     @staticmethod
     def _aim(points: list[tuple[float, float]], goal_ratio: float, ceiling_ms: float
@@ -313,3 +304,11 @@ class LatencyFeedback:
             raise HalpError(f"the feedback checkpoint is not usable ({exc}); delete it to start "
                             "pruning over") from None
         self._bracket_outcome = None
+
+
+def _better_pick(best, pick):
+    """Across re-brackets, (knapsack target ms, measured ratio, met): the pick that met its
+    session's target keeping the most latency, else the first session's."""
+    if best is None or (pick[2] and (not best[2] or pick[0] > best[0])):
+        return pick
+    return best

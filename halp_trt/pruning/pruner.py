@@ -42,7 +42,8 @@ from halp_trt.pruning.knapsack import KnapsackGroup, solve_knapsack
 from halp_trt.pruning.masker import ChannelMasker
 from halp_trt.pruning.result import PruningResult
 from halp_trt.pruning.schedule import schedule_targets_ms
-from halp_trt.pruning.surgery import conv_group_slices, remove_channels, unprunable_reason
+from halp_trt.pruning.surgery import (conv_group_slices, masked_pruned_difference,
+                                      remove_channels, unprunable_reason)
 # Attempts at tightening the budget when the true prediction exceeds the knapsack's estimate
 # (two-sided linearisation, or a non-monotone table).
 _REPAIR_ATTEMPTS = 12
@@ -161,12 +162,10 @@ class HALPPruner:
                 by_root = {g.root: g for g in trial_groups}
                 keep, drop = {}, {}
                 for i, g in enumerate(groups):
-                    k = min(g.size - self.group_sizes[g.id],
-                            g.size - self.group_sizes[g.id] * (1 + i % 2))
+                    k = g.size - self.group_sizes[g.id] * (1 + i % 2)
                     if k < 1:
                         continue
-                    mask = self.uniform_mask(g, k) if g.id in self.slices else \
-                        torch.arange(g.size) < k
+                    mask = self.uniform_mask(g, k)
                     tg = by_root[g.root]
                     keep[tg.id] = mask
                     drop[tg.id] = torch.nonzero(~mask).flatten().tolist()
@@ -178,8 +177,7 @@ class HALPPruner:
                 remove_channels(copy_model, graph, trial_groups, drop)
                 with torch.no_grad():
                     pruned = copy_model(example_input)
-                scale = float(masked.abs().max()) or 1.0
-                diff = float((pruned - masked).abs().max()) / scale
+                diff = masked_pruned_difference(masked, pruned)
                 return None if diff <= 1e-4 else f"pruned differs from masked by {diff:.1e}"
             except Exception as exc:  # noqa: BLE001 - any failure means: not safe to prune
                 return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

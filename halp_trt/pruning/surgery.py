@@ -79,6 +79,25 @@ def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> 
     return None
 
 
+def masked_pruned_difference(masked: torch.Tensor, pruned: torch.Tensor) -> float:
+    """Largest difference of the pruned model's output from the masked one's, relative to the
+    masked output's scale (NaN if either is not finite)."""
+    scale = float(masked.abs().max()) or 1.0
+    return float((pruned - masked).abs().max()) / scale
+
+
+def check_masked_equals_pruned(masked: torch.Tensor, pruned: torch.Tensor,
+                               rel_tolerance: float = 1e-4) -> float:
+    """The physically pruned model must compute what the masked one did (same input, eval
+    mode); otherwise channel surgery broke the architecture and nothing downstream is valid."""
+    rel = masked_pruned_difference(masked, pruned)
+    if not rel <= rel_tolerance:
+        raise HalpError(f"the physically pruned model differs from the masked one by {rel:.2e} "
+                        "(relative): channel removal does not handle this architecture; "
+                        "--exclude the affected layers or report the model")
+    return rel
+
+
 def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
                     drop: Mapping[int, Sequence[int]]) -> nn.Module:
     """Physically remove ``drop[group id]`` (root channel indices) with torch-pruning.
