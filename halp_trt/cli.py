@@ -128,7 +128,8 @@ def inspect_cmd(table_path, pattern, out_dir):
               help="State dict to start from (weights-only load); without it the model is "
                    "trained briefly on --data.")
 @click.option("--data", default="digits", show_default=True,
-              help="digits (embedded) | imagefolder:DIR (DIR/train, DIR/val) | cifar10:DIR")
+              help="digits (embedded) | imagefolder:DIR (DIR/train, DIR/val) | cifar10:DIR | "
+                   "fashion-mnist[:DIR] (idx files, default /usr/share/datasets/fashion-mnist)")
 @click.option("--input-size", type=int, default=64, show_default=True)
 @click.option("--batch-size", type=int, default=1, show_default=True,
               help="Batch the latency is measured and optimized at.")

@@ -3,10 +3,15 @@
 ``digits`` is the embedded default: scikit-learn's 8x8 handwritten digits (1,797 images, shipped
 inside the package, nothing downloaded), upscaled to the model's input size and repeated to 3
 channels. ``imagefolder:DIR`` and ``cifar10:DIR`` load the user's own files.
+``fashion-mnist[:DIR]`` reads the four standard idx files (plain or .gz) from DIR, by default
+from Debian's ``dataset-fashion-mnist`` package; the official t10k split is the validation split.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import tempfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,8 +103,100 @@ def _cifar10(root: str, input_hw) -> DataSplits:
     return DataSplits(train, val, 10, f"cifar10:{root}")
 
 
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_FASHION_FILES = {  # name -> idx magic (0x08 = uint8, then the number of dimensions)
+    "train-images-idx3-ubyte": 0x00000803, "train-labels-idx1-ubyte": 0x00000801,
+    "t10k-images-idx3-ubyte": 0x00000803, "t10k-labels-idx1-ubyte": 0x00000801,
+}
+_FASHION_HINT = ("fashion-mnist:DIR needs " + ", ".join(_FASHION_FILES) + " (each plain or .gz) in "
+                 f"DIR; without DIR they are read from {FASHION_MNIST_DIR} "
+                 "(Debian package dataset-fashion-mnist: apt-get install -y dataset-fashion-mnist)")
+
+
+class GrayImageDataset(Dataset):
+    """uint8 N,H,W images kept as they are and converted per item: 60k Fashion-MNIST images
+    resized ahead of time to 64x64x3 float32 would take ~3 GB."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, input_hw):
+        self.images, self.labels, self.input_hw = images, labels, tuple(input_hw)
+        self.mean = torch.tensor(_MEAN)[:, None, None]
+        self.std = torch.tensor(_STD)[:, None, None]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i].float().div(255.0)[None, None]  # 1,1,H,W in [0,1]
+        # the same resize as _digits, so both datasets reach the model alike
+        x = torch.nn.functional.interpolate(x, size=self.input_hw, mode="bilinear",
+                                            align_corners=False)[0]
+        return (x.expand(3, -1, -1) - self.mean) / self.std, self.labels[i]
+
+
+def _read_idx(path: str, magic: int) -> torch.Tensor:
+    """One idx file through torchvision's reader, which opens plain files only: a .gz is
+    decompressed to a temporary file first. Anything unreadable becomes a HalpError."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    what = "image" if magic == 0x00000803 else "label"
+    gz = path.endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            data = f.read() if gz else f.read(4)  # a plain file is read by torchvision itself
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise HalpError(f"cannot read {path} ({exc})") from None
+    # checked here because torchvision's own checks are bare asserts (no message, gone under -O)
+    found = int.from_bytes(data[:4], "big")
+    if len(data) < 4 or found != magic:
+        got = f"magic number 0x{found:08x}" if len(data) >= 4 else f"only {len(data)} bytes"
+        raise HalpError(f"{path} is not an idx {what} file ({got}, expected magic number "
+                        f"0x{magic:08x}); replace it with the Fashion-MNIST original")
+    reader = read_image_file if magic == 0x00000803 else read_label_file
+    try:
+        if gz:
+            with tempfile.TemporaryDirectory() as tmp:
+                plain = os.path.join(tmp, "idx")
+                with open(plain, "wb") as f:
+                    f.write(data)
+                return reader(plain)
+        return reader(path)
+    except (AssertionError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # truncated or padded data fails torchvision's reshape to the header's dimensions
+        raise HalpError(f"{path} is not an idx {what} file: it is corrupt or truncated "
+                        f"({str(exc) or type(exc).__name__})") from None
+
+
+def _fashion_mnist(root: str, input_hw) -> DataSplits:
+    if not os.path.isdir(root):
+        raise HalpError(f"Fashion-MNIST folder {root} does not exist; {_FASHION_HINT}")
+    paths, missing = {}, []
+    for name in _FASHION_FILES:
+        found = [p for p in (os.path.join(root, name), os.path.join(root, name + ".gz"))
+                 if os.path.isfile(p)]
+        if found:
+            paths[name] = found[0]  # the plain file, if someone has gunzipped it next to the .gz
+        else:
+            missing.append(name)
+    if missing:
+        raise HalpError(f"{root} has no {', '.join(missing)} (plain or .gz); {_FASHION_HINT}")
+    t = {name: _read_idx(paths[name], magic) for name, magic in _FASHION_FILES.items()}
+    splits = []
+    for part in ("train", "t10k"):
+        images, labels = t[f"{part}-images-idx3-ubyte"], t[f"{part}-labels-idx1-ubyte"]
+        if len(images) != len(labels):
+            raise HalpError(f"{root}: {part}-images holds {len(images)} images but {part}-labels "
+                            f"{len(labels)} labels")
+        if not len(labels):
+            raise HalpError(f"{paths[f'{part}-images-idx3-ubyte']} holds no images")
+        if int(labels.max()) > 9:
+            raise HalpError(f"{paths[f'{part}-labels-idx1-ubyte']} has labels outside 0..9; it is "
+                            "not a Fashion-MNIST label file")
+        splits.append(GrayImageDataset(images, labels, input_hw))
+    return DataSplits(splits[0], splits[1], 10, f"fashion-mnist:{root}")
+
+
 def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0) -> DataSplits:
-    """``digits`` | ``imagefolder:DIR`` | ``cifar10:DIR``."""
+    """``digits`` | ``imagefolder:DIR`` | ``cifar10:DIR`` | ``fashion-mnist[:DIR]``."""
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         return _digits(tuple(input_hw), seed)
@@ -107,8 +204,10 @@ def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0) -> DataSplits
         return _imagefolder(arg, tuple(input_hw))
     if kind == "cifar10" and arg:
         return _cifar10(arg, tuple(input_hw))
-    raise ConfigError("data", f"unknown {{field}} {spec!r}: use digits, imagefolder:DIR or "
-                      "cifar10:DIR")
+    if kind == "fashion-mnist":
+        return _fashion_mnist(arg or FASHION_MNIST_DIR, tuple(input_hw))
+    raise ConfigError("data", f"unknown {{field}} {spec!r}: use digits, imagefolder:DIR, "
+                      "cifar10:DIR or fashion-mnist[:DIR]")
 
 
 def check_sample(splits: DataSplits, input_shape) -> None:
