@@ -119,6 +119,56 @@ def inspect_cmd(table_path, pattern, out_dir):
         click.echo(f"\nwrote {len(pngs)} step-curve PNGs to {out_dir}")
 
 
+@main.command("check-table")
+@click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
+@click.option("--model", default=None, help="Also check that the table covers this model's "
+              "layers (torchvision name or module:factory).")
+@click.option("--input-shape", default=None, help="N,C,H,W of --model (default: the table's).")
+@click.option("--num-classes", type=click.IntRange(1), default=None)
+@click.option("--no-probe", is_flag=True, help="Compare identities only; measure nothing.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the verdict and its figures as JSON.")
+@_friendly
+def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_path):
+    """Does TABLE describe this machine? Identity, a short probe, coverage of --model.
+
+    Exit status 0 when it fits, 2 when it does not."""
+    from dataclasses import asdict
+
+    from halp_trt.latency.resolve import check_table
+    from halp_trt.latency.table import LatencyTable
+    from halp_trt.runtime import backend_for
+
+    table = LatencyTable.load(table_path)
+    ident = table.identity
+    specs, shape = None, None
+    if model:
+        import torch
+
+        from halp_trt.graph.groups import find_channel_groups
+        from halp_trt.graph.layers import list_layers
+        from halp_trt.models import create_model, parse_input_shape
+
+        shape = parse_input_shape(input_shape) if input_shape else tuple(ident["input_shape"])
+        net = create_model(model, num_classes, shape[-1]).eval()
+        example = torch.randn(*shape)
+        specs = list_layers(net, example, find_channel_groups(net, example)[0])
+    gpu = ident.get("backend") == "tensorrt"
+    opts = {} if gpu else {"threads": int(ident.get("threads", 1)),
+                           "optimization": ident.get("optimization_level", "all")}
+    backend = backend_for(gpu, ident.get("precision", "fp32"), **opts)
+    try:
+        result = check_table(table_path, backend, specs, shape, probe=not no_probe)
+    finally:
+        backend.close()
+    click.echo("\n".join(result.lines()))
+    if json_path:
+        from halp_trt.fileio import write_json_atomic
+
+        write_json_atomic(json_path, {**asdict(result), "fits": result.fits})
+    sys.exit(0 if result.fits else 2)
+
+
 @main.command("prune-and-deploy")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for the report, model.onnx, pruning.json, weights and PNGs.")

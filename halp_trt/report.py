@@ -7,8 +7,9 @@ from halp_trt.version import __version__
 from halp_trt.fileio import write_atomic_with, write_bytes_atomic, write_json_atomic
 
 
-def build_report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_layers_ms,
-                 cmp, check, acc_original, acc_pruned, result, wall_s, feedback_state) -> dict:
+def build_report(cfg, table, table_path, table_reason, table_probe, backend, calib,
+                 layers_full_ms, pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
+                 wall_s, feedback_state) -> dict:
     """Every figure of a run. ``cmp``: the interleaved original/pruned measurement;
     ``check``: the numeric check; ``feedback_state``: ``LatencyFeedback.state_dict()``."""
     from dataclasses import asdict
@@ -37,7 +38,9 @@ def build_report(cfg, table, table_path, backend, calib, layers_full_ms, pruned_
                      "drop": acc_original - acc_pruned},
         "backend": {**backend.identity(), "verified": backend.verification_note,
                     "verified_here": backend.verified},
-        "table": {"path": table_path, "identity": table.identity,
+        "table": {"path": table_path, "why": table_reason,
+                  "probe": table_probe.to_json() if table_probe else None,
+                  "identity": table.identity,
                   "calibration": calib.to_json()},
         "noisy_measurement": cmp.original.noisy or cmp.pruned.noisy,
         "widths": {k: {"original": result.original_widths[k], "kept": len(v)}
@@ -88,7 +91,8 @@ def write_markdown(path: str, r: dict) -> None:
         "predicted.",
         f"- Pruned ONNX vs PyTorch on {r['numeric_check']['n_inputs']} real inputs: max abs diff "
         f"{r['max_abs_diff']:.2e} (tolerance {r['numeric_check']['tolerance']:.1e}).",
-        f"- Table: `{r['table']['path']}`. Predictions = {r['table']['calibration']['slope']:.3f}"
+        f"- Table: `{r['table']['path']}` ({r['table'].get('why', '')}). Predictions = "
+        f"{r['table']['calibration']['slope']:.3f}"
         f" × table's layer sum + {r['table']['calibration']['intercept_ms']:.3f} ms "
         f"({r['table']['calibration']['kind']} calibration on measured whole models).",
     ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -125,15 +124,9 @@ def save_rows(path: str, rows: list[dict], meta: dict) -> None:
 
 
 def machine() -> dict:
-    from halp_trt.runtime.onnxruntime import cpu_description
+    from halp_trt.runtime.machine import cpu_identity
 
-    d = cpu_description()
-    with open("/proc/cpuinfo") as f:
-        text = f.read()
-    fam = re.search(r"cpu family\s*:\s*(\d+)", text)
-    mod = re.search(r"model\s*:\s*(\d+)", text)
-    return {**d, "cpu_family": fam and int(fam.group(1)), "cpu_model_number": mod and
-            int(mod.group(1))}
+    return cpu_identity()
 
 
 def main() -> None:

@@ -47,10 +47,9 @@ def machine() -> str:
                     f"torch-pruning {torch_pruning.__version__}")
     except ImportError:
         versions = "(versions unavailable)"
-    from halp_trt.runtime.onnxruntime import cpu_description
+    from halp_trt.runtime.machine import cpu_identity, machine_class
 
-    cpu = cpu_description()
-    return (f"{cpu['cpu_model']} ({', '.join(cpu['isa'])}), {os.cpu_count()} vCPUs shared with "
+    return (f"{machine_class(cpu_identity())}, {os.cpu_count()} vCPUs shared with "
             f"other work, Python {platform.python_version()}, {versions}; ONNX Runtime CPU "
             "execution provider, one intra-op thread, graph optimization ALL")
 

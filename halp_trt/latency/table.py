@@ -25,7 +25,7 @@ from halp_trt.fileio import write_json_atomic
 from halp_trt.errors import HalpError
 from halp_trt.graph.layers import LayerSpec, Signature
 from halp_trt.latency.steps import round_up_to_step
-from halp_trt.latency.identity import COMPATIBLE_KEYS, differences
+from halp_trt.latency.identity import COMPATIBLE_KEYS, compare_identity
 from halp_trt.runtime.protocol import Stats
 
 FORMAT = "halp-trt-latency-table"
@@ -246,16 +246,17 @@ class LatencyTable:
         return self.identity.get("protocol", {}).get("estimator", "min")
 
     # ---- identity --------------------------------------------------------------------------
-    def check_compatible(self, expected: dict, allow_mismatch: bool = False) -> list[str]:
-        """Differences between this table's identity and ``expected`` on the keys that make
-        latencies comparable. Raises HalpError unless ``allow_mismatch``."""
-        diffs = differences(self.identity, expected, COMPATIBLE_KEYS, only_shared=True)
-        if diffs and not allow_mismatch:
+    def check_compatible(self, expected: dict, allow_mismatch: bool = False):
+        """Compare this table's identity with ``expected`` on the keys that make latencies
+        comparable. Raises HalpError on a recorded difference unless ``allow_mismatch``; keys
+        the table does not record come back as ``unknown`` for a probe to settle."""
+        cmp = compare_identity(self.identity, expected, COMPATIBLE_KEYS)
+        if cmp.differs and not allow_mismatch:
             raise HalpError("the latency table was measured on a different setup (" +
-                            "; ".join(diffs) + "). Build a table for this setup with "
+                            "; ".join(cmp.differs) + "). Build a table for this setup with "
                             "halp-trt build-table, or pass --allow-table-mismatch to use it "
                             "anyway.")
-        return diffs
+        return cmp
 
     # ---- persistence -----------------------------------------------------------------------
     def to_json(self) -> dict:

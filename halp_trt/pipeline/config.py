@@ -52,6 +52,9 @@ class DeployConfig:
     rounds: int = 30  # interleaved rounds when measuring whole models
     seed: int = 0
     allow_table_mismatch: bool = False
+    # re-measure a few of a table's configurations here before pruning with it (a few seconds;
+    # refuses a table from another machine class). Off only where the table was just measured.
+    probe_table: bool = True
     allow_untrained: bool = False  # prune a model at chance accuracy (benchmarks)
     exclude: tuple = ()  # modules whose output channels must not change
     max_batches: int | None = None  # cap batches per epoch (tests, smoke runs)

@@ -138,10 +138,6 @@ class DeployRun:
         if unknown:
             raise ConfigError("exclude", f"cannot {{field}} {unknown}: no such module in the "
                               f"model (module names look like {list(modules)[1:4]})")
-        self.explicit_table = (resolve_table(cfg.table, self.model, cfg.model, cfg.input_shape,
-                                             self.specs, self.backend, cfg.allow_table_mismatch,
-                                             self.show_progress, self.log)
-                               if cfg.table != "auto" else None)
         run = {"model": cfg.model, "data": cfg.data, "input_size": cfg.input_size,
                "batch_size": cfg.batch_size}
         self.state = (RunState.load(self.ckpt_path) if os.path.exists(self.ckpt_path)
@@ -152,6 +148,11 @@ class DeployRun:
                             "checkpoint) to start this one")
         if self.state.phase != "start":
             self.log(f"resuming from {self.ckpt_path} (phase {self.state.phase})")
+        # an explicit table must fit this model and machine before any training (probed here)
+        self.explicit_table = (resolve_table(cfg.table, self.model, cfg.model, cfg.input_shape,
+                                             self.specs, self.backend, cfg.allow_table_mismatch,
+                                             self.show_progress, self.log, cfg.probe_table)
+                               if cfg.table != "auto" else None)
 
     def _model_protocol(self):
         """Whole-model timing. Each ORT session of a graph keeps its own offset of a few
@@ -257,9 +258,10 @@ class DeployRun:
         from halp_trt.latency.resolve import resolve_table
 
         cfg = self.cfg
-        self.latency_table, self.table_path = self.explicit_table or resolve_table(
+        self.resolved_table = self.explicit_table or resolve_table(
             cfg.table, self.original_model, cfg.model, cfg.input_shape, self.specs, self.backend,
-            cfg.allow_table_mismatch, self.show_progress, self.log)
+            cfg.allow_table_mismatch, self.show_progress, self.log, cfg.probe_table)
+        self.latency_table, self.table_path = self.resolved_table.table, self.resolved_table.path
         self.layers_full_ms = self.latency_table.layers_sum_ms(self.specs)
 
     # ---- 4. calibrate ------------------------------------------------------------------------
@@ -445,7 +447,8 @@ class DeployRun:
 
         cfg = self.cfg
         report = build_report(
-            cfg, self.latency_table, self.table_path, self.backend, self.calib,
+            cfg, self.latency_table, self.table_path, self.resolved_table.reason,
+            self.resolved_table.probe, self.backend, self.calib,
             self.layers_full_ms, self.pruned_layers_ms, self.comparison, self.check,
             self.acc_original, self.acc_pruned, self.result,
             time.perf_counter() - self.t_start, self.state.feedback or {})

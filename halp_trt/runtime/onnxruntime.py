@@ -7,58 +7,18 @@ steps of MLAS's NCHWc kernels disappear, so the level is part of the table's ide
 """
 from __future__ import annotations
 
-import os
-import platform
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from halp_trt.runtime.base import Backend
+from halp_trt.runtime.machine import cpu_identity, last_level_cache_bytes
 from halp_trt.errors import HalpError, MissingBackendError
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
               "tensorrt": "TensorrtExecutionProvider"}
-
-
-def cpu_description() -> dict:
-    """CPU model and the SIMD extensions that decide MLAS's block size (8 on AVX2, 16 on
-    AVX-512)."""
-    model, flags = platform.processor() or "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model.strip():
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    isa = [x for x in ("avx512f", "avx512_vnni", "avx2", "fma", "avx", "sse4_2", "neon")
-           if x in flags]
-    if not isa and platform.machine() in ("aarch64", "arm64"):
-        isa = ["neon"]
-    return {"cpu_model": model or platform.machine(), "isa": isa, "machine": platform.machine()}
-
-
-def last_level_cache_bytes(default: int = 32 << 20) -> int:
-    """Size of the largest CPU cache (sysfs), for sizing the eviction buffer."""
-    sizes = []
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for entry in os.listdir(base):
-            with open(os.path.join(base, entry, "size")) as f:
-                text = f.read().strip().upper()
-            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-            sizes.append(int(text.rstrip("KMG")) * mult)
-    except (OSError, ValueError):
-        pass
-    return max(sizes) if sizes else default
 
 
 class OnnxRuntimeBackend(Backend):
@@ -95,7 +55,7 @@ class OnnxRuntimeBackend(Backend):
                  "threads": self.threads, "optimization_level": self.optimization}
         if self.provider == "cpu":
             ident["device"] = "cpu"
-            ident.update(cpu_description())
+            ident.update(cpu_identity())
         else:
             ident["device"] = self.provider
         return ident

@@ -131,5 +131,5 @@ def test_identity_mismatch_is_refused_unless_overridden():
     table, _ = make_table(make_sig([8], [8]))
     with pytest.raises(HalpError, match="precision"):
         table.check_compatible({"precision": "fp16", "batch": 1})
-    assert table.check_compatible({"precision": "fp16"}, allow_mismatch=True)
-    assert table.check_compatible({"precision": "fp32", "batch": 1}) == []
+    assert table.check_compatible({"precision": "fp16"}, allow_mismatch=True).differs
+    assert table.check_compatible({"precision": "fp32", "batch": 1}).matches

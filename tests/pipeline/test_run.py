@@ -34,6 +34,10 @@ def toy_config(out, table, **kw):
 
 def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     report = prune_and_deploy(toy_config(tmp_path, tiny_table))
+    # the table was measured on this machine: the probe re-measures some of it and agrees
+    probe = report["table"]["probe"]
+    assert probe["fits"] and 0.77 < probe["scale_ratio"] < 1.3, probe
+    assert "given with --table" in report["table"]["why"]
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["speedup_measured"] == pytest.approx(report["speedup_measured"])
     for key in ("target_ratio", "speedup_measured", "max_abs_diff", "backend", "table"):
@@ -182,7 +186,9 @@ def test_resumed_run_makes_the_same_decisions_as_an_uninterrupted_one(tmp_path, 
 
     monkeypatch.setattr(halp_trt.runtime, "backend_for",
                         lambda gpu, precision="fp32", **kw: SizeTimedBackend())
-    kw = dict(steps=3, interval=2, max_batches=3, pretrain_epochs=1, epochs=0, seed=3)
+    # the fake clock is not the machine the table was measured on: no probe
+    kw = dict(steps=3, interval=2, max_batches=3, pretrain_epochs=1, epochs=0, seed=3,
+              probe_table=False)
     straight = prune_and_deploy(toy_config(tmp_path / "straight", tiny_table, **kw))
 
     real_checkpoint = DeployRun.checkpoint

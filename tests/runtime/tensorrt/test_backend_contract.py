@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -380,7 +381,9 @@ def test_identity_names_the_backend_and_the_auto_table_cache_uses_it(install, tm
     monkeypatch.setattr("halp_trt.latency.build.build_table", fake_build)
     with pytest.raises(KeyboardInterrupt):
         resolve.resolve_table("auto", None, "resnet18", (1, 3, 64, 64), [], backend)
-    assert os.path.basename(made["path"]) == "resnet18_1x3x64x64_tensorrt_fp16.json"
+    name = os.path.basename(made["path"])
+    # model, input, backend, precision, then a tag of the machine (the GPU here)
+    assert re.fullmatch(r"resnet18_1x3x64x64_tensorrt_fp16_[0-9a-f]{8}\.json", name), name
 
 
 # ------------------------------------------------------------------------------ fp16 conversion

@@ -1,0 +1,172 @@
+"""Does a latency table describe *this* machine? A short measurement decides.
+
+The identity cannot tell everything: a hypervisor masks CPU names, two hosts behind one name
+can differ, a table can be edited by hand, and tables written before a field existed do not
+record it. The probe re-measures a few of the table's own configurations on this machine, in
+one interleaved session with the table's protocol, and compares:
+
+- **steps**: a dense sweep of output widths on one signature whose sweep showed a step when the
+  table was built; the step detector must find the same step and phase here (ONNX Runtime on
+  AVX2 shows 8, on AVX-512 16);
+- **scale**: the median ratio of latencies measured here to the table's at its own lattice
+  points (a machine 2.5x faster, or a table scaled by hand, shows here);
+- **shape**: each point's ratio against that median (a landscape that is not the table's
+  shows here even at the same overall speed).
+
+A few seconds on small layers; the figures are kept so a user sees why a table was refused.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from halp_trt.latency.graphs import layer_onnx
+from halp_trt.latency.steps import detect_step, suffix_min
+from halp_trt.runtime.protocol import Protocol, measure_interleaved
+
+# Same machine, another session: shape within ~10% on the small layers the probe uses, scale
+# within a few percent when quiet but up to ~1.6x on microsecond layers while other work runs
+# (seen in the test suite). Another machine class: 2.5x (Zen 3 vs Zen 5), or steps that moved.
+# Scale matters least (calibration on the measured whole model absorbs it), so its bound is wide.
+MAX_SCALE_RATIO = 2.0
+MAX_SHAPE_DEVIATION = 0.2
+SWEEP_WIDTH = 40  # consecutive counts: enough for the detector to tell 8 from 16 (>= 2g+3)
+LATTICE_SIGNATURES = 4
+MAX_LAYER_MS = 2.0  # keep the probe short: small layers only
+MIN_LAYER_MS = 0.02  # below this a layer is mostly call overhead: used only if nothing is bigger
+MIN_ROUNDS = 15  # at least the project's minimum for a trustworthy minimum
+
+
+@dataclass
+class ProbeResult:
+    fits: bool
+    reasons: list[str] = field(default_factory=list)
+    step_signature: str | None = None
+    step_expected: tuple[int, int] | None = None  # (step, phase) from the table
+    step_found: tuple[int, int] | None = None  # (step, phase) measured here; None: no sweep
+    step_conclusive: bool = False
+    scale_ratio: float | None = None  # median of measured here / table, lattice points
+    shape_deviation: float | None = None  # 80th percentile of |ratio / median - 1|
+    points: int = 0
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        steps = ("no step sweep (no signature of the table showed a step)"
+                 if self.step_found is None else
+                 f"steps expected {self.step_expected[0]} (phase {self.step_expected[1]}), found "
+                 f"{self.step_found[0]} (phase {self.step_found[1]})"
+                 + ("" if self.step_conclusive else ", inconclusive")
+                 + f" on {self.step_signature}")
+        scale = ("" if self.scale_ratio is None else
+                 f"; latencies here / table: median {self.scale_ratio:.2f}, shape deviation "
+                 f"{100 * self.shape_deviation:.0f}% over {self.points} points")
+        verdict = "fits this machine" if self.fits else "does NOT fit this machine"
+        return f"probe ({self.wall_s:.1f} s): {verdict}: {steps}{scale}"
+
+
+def _expected_step(sig) -> tuple[int, int]:
+    st = sig.step_out
+    return (st.step, st.phase % st.step) if st.accepted and st.step > 1 else (1, 0)
+
+
+def _step_signature(table):
+    """The signature whose own sweep showed the clearest output step, among small layers."""
+    best, best_score = None, -1.0
+    for sig in table.signatures.values():
+        st = sig.step_out
+        grouped = sig.signature.op == "conv" and sig.signature.groups > 1  # no dense sweep
+        if sig.signature.op not in ("conv", "dwconv") or grouped or not sig.out_prunable:
+            continue
+        if sig.c_out_max < SWEEP_WIDTH or not sig.entries:
+            continue
+        full = sig.ms(sig.c_out_max if sig.depthwise else sig.c_in_max, sig.c_out_max)
+        if full is None or full > MAX_LAYER_MS:
+            continue
+        score = (st.jump_to_noise or 0.0) if st.accepted and st.source == "own" else 0.0
+        if score > best_score:
+            best, best_score = sig, score
+    return best if best_score > 0 else None
+
+
+def _lattice_points(table) -> list[tuple[str, int, int]]:
+    """Up to three measured entries (smallest, middle, full) of a few signatures, largest
+    first among those cheap enough."""
+    sigs = []
+    for sig in table.signatures.values():
+        pts = sorted(p for p in sig.entries if sig.ms(*p) is not None)
+        if not pts:
+            continue
+        full_ms = max(sig.ms(*p) for p in pts)
+        if full_ms <= MAX_LAYER_MS:
+            sigs.append((full_ms, sig, [p for p in pts if sig.ms(*p) >= MIN_LAYER_MS] or pts))
+    sigs.sort(key=lambda x: -x[0])
+    out = []
+    for _, sig, pts in sigs[:LATTICE_SIGNATURES]:
+        for p in {pts[0], pts[len(pts) // 2], pts[-1]}:
+            out.append((sig.key, *p))
+    return out
+
+
+def probe_table(table, backend, protocol: Protocol | None = None) -> ProbeResult:
+    """Measure a few of ``table``'s configurations with ``backend`` and say whether the table
+    describes this machine (see the module docstring)."""
+    t0 = time.perf_counter()
+    if protocol is None:
+        recorded = {k: v for k, v in table.identity.get("protocol", {}).items()
+                    if k in Protocol.__dataclass_fields__}
+        recorded["rounds"] = max(MIN_ROUNDS, int(recorded.get("rounds", MIN_ROUNDS)))
+        protocol = Protocol(**recorded)
+    batch = int(table.identity.get("batch", 1))
+    step_sig = _step_signature(table)
+    graphs, sweep = {}, []
+    if step_sig is not None:
+        c_in = step_sig.c_in_max
+        hi = step_sig.c_out_max
+        for c in range(hi - SWEEP_WIDTH + 1, hi + 1):
+            ci = c if step_sig.depthwise else c_in
+            key = (step_sig.key, ci, c)
+            sweep.append(key)
+            graphs[key] = (lambda s=step_sig.signature, a=ci, b=c: layer_onnx(s, a, b, batch))
+    lattice = _lattice_points(table)
+    for key in lattice:
+        sig = table.signatures[key[0]]
+        graphs.setdefault(key, (lambda s=sig.signature, a=key[1], b=key[2]:
+                                layer_onnx(s, a, b, batch)))
+    stats = measure_interleaved(backend, graphs, protocol) if graphs else {}
+    est = protocol.estimator
+    result = ProbeResult(fits=True, points=len(lattice))
+    if step_sig is not None:
+        counts = [k[2] for k in sweep]
+        lat = suffix_min([stats[k].estimate(est) for k in sweep])
+        fit = detect_step(counts, lat)
+        result.step_signature = step_sig.key
+        result.step_expected = _expected_step(step_sig)
+        result.step_found = (int(fit.step), int(fit.phase) % int(fit.step)) if fit.accepted \
+            else (1, 0)
+        result.step_conclusive = bool(fit.accepted)
+        if fit.accepted and result.step_found != result.step_expected:
+            result.reasons.append(
+                f"the latency steps differ: the table has steps of {result.step_expected[0]} "
+                f"channels (phase {result.step_expected[1]}), this machine shows "
+                f"{result.step_found[0]} (phase {result.step_found[1]}) on {step_sig.key}")
+    if lattice:
+        ratios = np.array([stats[k].estimate(est) / table.signatures[k[0]].ms(k[1], k[2])
+                           for k in lattice])
+        median = float(np.median(ratios))
+        result.scale_ratio = round(median, 4)
+        result.shape_deviation = round(float(np.percentile(np.abs(ratios / median - 1), 80)), 4)
+        if not 1 / MAX_SCALE_RATIO <= median <= MAX_SCALE_RATIO:
+            result.reasons.append(f"this machine measures {median:.2f}x the table's latencies "
+                                  f"(median over {len(lattice)} of its configurations)")
+        if result.shape_deviation > MAX_SHAPE_DEVIATION:
+            result.reasons.append(
+                f"relative latencies differ: after scaling, 20% of the probed configurations "
+                f"are off by more than {100 * result.shape_deviation:.0f}%")
+    result.fits = not result.reasons
+    result.wall_s = round(time.perf_counter() - t0, 2)
+    return result

@@ -1,0 +1,150 @@
+"""The fingerprint probe and what uses it: tables from another landscape are caught even when
+the identity cannot tell (masked names, hand edits, fields a table does not record)."""
+import json
+
+import pytest
+
+from fakes import StaircaseTimedBackend
+from halp_trt.errors import ConfigError
+from halp_trt.graph.groups import find_channel_groups
+from halp_trt.graph.layers import list_layers
+from halp_trt.latency.build import BuildConfig, build_table
+from halp_trt.latency.probe import probe_table
+from halp_trt.latency.resolve import check_table, resolve_table
+from halp_trt.latency.table import LatencyTable
+from halp_trt.runtime.protocol import Protocol
+from tiny_models import TinyResNet
+
+SHAPE = (1, 3, 8, 8)
+
+
+def _specs(model):
+    import torch
+
+    x = torch.randn(*SHAPE)
+    return list_layers(model, x, find_channel_groups(model, x)[0])
+
+
+@pytest.fixture(scope="module")
+def step8_table(tmp_path_factory):
+    """A table of a 48-channel model measured on a machine with 8-channel steps."""
+    path = tmp_path_factory.mktemp("probe") / "step8.json"
+    cfg = BuildConfig(protocol=Protocol(rounds=2), max_points_per_axis=4, progress=False)
+    build_table(TinyResNet(width=48), SHAPE, StaircaseTimedBackend(8), str(path), "tiny", cfg)
+    return str(path)
+
+
+def test_the_same_landscape_fits(step8_table):
+    r = probe_table(LatencyTable.load(step8_table), StaircaseTimedBackend(8))
+    assert r.fits and r.reasons == []
+    assert r.step_expected == r.step_found == (8, 0) and r.step_conclusive
+    assert r.scale_ratio == pytest.approx(1.0) and r.points >= 3
+
+
+def test_steps_that_moved_are_caught_at_the_same_speed(step8_table):
+    r = probe_table(LatencyTable.load(step8_table), StaircaseTimedBackend(16))
+    assert not r.fits and r.step_found == (16, 0)
+    assert "steps of 8 channels" in r.reasons[0] and "shows 16" in r.reasons[0]
+
+
+def test_a_faster_machine_with_the_same_steps_is_caught(step8_table):
+    r = probe_table(LatencyTable.load(step8_table), StaircaseTimedBackend(8, scale=0.4))
+    assert not r.fits and r.scale_ratio == pytest.approx(0.4, rel=1e-3)
+    assert "0.40x" in r.reasons[0]
+
+
+def test_a_table_edited_by_hand_is_caught(step8_table, tmp_path):
+    d = json.load(open(step8_table))
+    # triple half of the signatures' entries: the shape changes, not only the scale
+    for i, sig in enumerate(d["signatures"].values()):
+        if i % 2:
+            cols = [sig["entry_columns"].index(k) for k in ("min_ms", "p25_ms", "median_ms")]
+            for e in sig["entries"]:
+                for c in cols:
+                    e[c] *= 3
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(d))
+    r = probe_table(LatencyTable.load(str(path)), StaircaseTimedBackend(8))
+    assert not r.fits and any("relative latencies differ" in x for x in r.reasons)
+
+
+def test_an_explicit_table_from_another_landscape_is_refused_with_what_to_run(step8_table):
+    model = TinyResNet(width=48)
+    with pytest.raises(ConfigError, match="does not describe this machine.*build-table tiny"):
+        resolve_table(step8_table, model, "tiny", SHAPE, _specs(model), StaircaseTimedBackend(16),
+                      log=lambda m: None)
+    logs = []
+    got = resolve_table(step8_table, model, "tiny", SHAPE, _specs(model),
+                        StaircaseTimedBackend(16), allow_mismatch=True, log=logs.append)
+    assert got.probe is not None and not got.probe.fits
+    assert any(m.startswith("WARNING") and "--allow-table-mismatch" in m for m in logs)
+
+
+def test_a_table_without_machine_fields_is_settled_by_the_probe(step8_table, tmp_path):
+    d = json.load(open(step8_table))
+    for k in ("cpu_vendor", "cpu_family", "cpu_model_number", "cache_l2_bytes",
+              "cache_l3_bytes"):
+        d["identity"].pop(k, None)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(d))
+    model = TinyResNet(width=48)
+    logs = []
+    got = resolve_table(str(path), model, "tiny", SHAPE, _specs(model), StaircaseTimedBackend(8),
+                        log=logs.append)
+    assert got.probe.fits and "probe" in got.reason
+    assert any("not recorded in the table: unknown" in m for m in logs)
+
+
+def test_auto_skips_a_cached_table_the_probe_refuses_and_measures_one(step8_table, tmp_path,
+                                                                      monkeypatch):
+    import shutil
+
+    from halp_trt.latency import resolve
+
+    cache = tmp_path / "cache"
+    (cache / "tables").mkdir(parents=True)
+    stale = cache / "tables" / "stale.json"
+    shutil.copy(step8_table, stale)
+    d = json.load(open(stale))
+    d["identity"]["model"] = "tiny"  # an auto candidate for this model and input
+    stale.write_text(json.dumps(d))
+    monkeypatch.setattr(resolve, "profile_dirs", lambda: [str(tmp_path / "none"),
+                                                          str(cache / "tables")])
+    model = TinyResNet(width=48)
+    logs = []
+    got = resolve_table("auto", model, "tiny", SHAPE, _specs(model), StaircaseTimedBackend(16),
+                        progress=False, log=logs.append)
+    assert got.path != str(stale) and "measured here" in got.reason and "stale.json" in got.reason
+    assert got.table.signatures["conv_k3x3_s1x1_p1x1_d1x1_g1_hw8x8"].step_out.step == 16
+    # the next run on this machine finds the table it measured, and the probe agrees
+    again = resolve_table("auto", model, "tiny", SHAPE, _specs(model), StaircaseTimedBackend(16),
+                          progress=False, log=logs.append)
+    assert again.path == got.path and again.probe.fits
+
+
+def test_check_table_reports_identity_probe_and_coverage(step8_table):
+    model = TinyResNet(width=48)
+    ok = check_table(step8_table, StaircaseTimedBackend(8), _specs(model), SHAPE)
+    assert ok.fits and "verdict: fits this machine" in ok.lines()
+    bigger = TinyResNet(width=64)
+    bad = check_table(step8_table, StaircaseTimedBackend(16), _specs(bigger), SHAPE)
+    assert not bad.fits and bad.uncovered and "coverage: " in "\n".join(bad.lines())
+
+
+def test_check_table_command_exits_0_when_the_table_fits_and_2_when_not(step8_table, tmp_path,
+                                                                        monkeypatch):
+    from click.testing import CliRunner
+
+    import halp_trt.runtime
+    from halp_trt.cli import main
+
+    machine = {"step": 8}
+    monkeypatch.setattr(halp_trt.runtime, "backend_for",
+                        lambda gpu, precision="fp32", **kw: StaircaseTimedBackend(machine["step"]))
+    out = tmp_path / "check.json"
+    res = CliRunner().invoke(main, ["check-table", step8_table, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "verdict: fits this machine" in res.output and json.loads(out.read_text())["fits"]
+    machine["step"] = 16
+    res = CliRunner().invoke(main, ["check-table", step8_table])
+    assert res.exit_code == 2 and "found 16" in res.output and "does NOT fit" in res.output

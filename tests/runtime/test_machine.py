@@ -1,0 +1,43 @@
+"""The CPU identity: fields that tell machine classes apart even under a masked name."""
+from halp_trt.latency.identity import compare_identity
+from halp_trt.runtime.machine import cpu_identity, machine_class
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse4_2 avx fma avx2 bmi2 sha_ni
+
+processor\t: 1
+vendor_id\t: SomethingElse
+"""
+ZEN5 = ZEN3.replace("cpu family\t: 25", "cpu family\t: 26").replace(
+    "model\t\t: 1", "model\t\t: 2").replace("sha_ni", "avx512f avx512bw avx512_vnni avx512_bf16")
+
+
+def test_two_hosts_with_the_same_masked_name_differ_by_family_model_and_isa(tmp_path):
+    (tmp_path / "zen3").write_text(ZEN3)
+    (tmp_path / "zen5").write_text(ZEN5)
+    zen3, zen5 = cpu_identity(str(tmp_path / "zen3")), cpu_identity(str(tmp_path / "zen5"))
+    assert zen3["cpu_model"] == zen5["cpu_model"] == "AMD EPYC"
+    assert zen3["cpu_vendor"] == "AuthenticAMD"  # the first processor's block only
+    assert (zen3["cpu_family"], zen3["cpu_model_number"], zen3["cpu_stepping"]) == (25, 1, 1)
+    assert zen3["isa"] == ["avx2", "fma", "avx", "sse4_2"]  # kernel flags only, fixed order
+    assert zen5["isa"][:4] == ["avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]
+    lines = compare_identity(zen3, zen5).differs
+    assert [line.split(":")[0] for line in lines] == ["cpu_family", "cpu_model_number", "isa"]
+    assert "family 26 model 2" in machine_class(zen5) and "avx512f" in machine_class(zen5)
+
+
+def test_this_machine_reports_its_cores_and_caches():
+    ident = cpu_identity()
+    assert ident["cpus_available"] >= 1
+    assert ident["cache_l2_bytes"] is None or ident["cache_l2_bytes"] >= 64 << 10
+    assert isinstance(ident["isa"], list)
+
+
+def test_a_missing_cpuinfo_gives_unknown_fields_not_an_error(tmp_path):
+    ident = cpu_identity(str(tmp_path / "absent"))
+    assert ident["cpu_family"] is None and ident["isa"] == []
