@@ -187,7 +187,8 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @click.option("--table", default="auto", show_default=True,
               help="Latency table path, or auto (shipped profile, cache, or build one).")
 @click.option("--target", default="0.5", show_default=True,
-              help="Latency target: fraction of the measured original (0.5, 50%) or 12ms.")
+              help="Latency target: fraction of the measured original (0.5, 50%) or 12ms; "
+              "several (0.7,0.5,0.3) give one model each and a Pareto front.")
 @click.option("--steps", type=int, default=8, show_default=True, help="Pruning steps (m).")
 @click.option("--interval", type=int, default=5, show_default=True,
               help="Minibatches between pruning steps (r).")
@@ -226,7 +227,11 @@ def prune_and_deploy_cmd(out_dir, **options):
     """Prune a model to a latency target, deploy it, and measure the result."""
     from halp_trt.pipeline import DeployConfig, prune_and_deploy
 
-    prune_and_deploy(DeployConfig(out=out_dir, **options))
+    cfg = DeployConfig(out=out_dir, **options)
+    result = prune_and_deploy(cfg)
+    if len(cfg.targets) > 1 and result:
+        click.echo(f"Pareto front of {len(result['points'])} targets: "
+                   f"{os.path.join(out_dir, 'pareto.md')} and pareto.png")
 
 
 @main.command("validate")

@@ -255,3 +255,17 @@ def vit_tiny(num_classes=10):
                                                num_classes=num_classes)
     nn.init.normal_(net.heads.head.weight, std=0.02)  # zero-initialised: outputs would be 0
     return net
+
+
+MODEL = "tiny_models:tiny_resnet"
+
+
+def toy_config(out, table, **kw):
+    """A prune-and-deploy config for tiny_resnet at 16x16 on digits: a few batches per epoch."""
+    from halp_trt.pipeline import DeployConfig
+
+    base = dict(out=str(out), model=MODEL, input_size=16, table=table, target="0.85", steps=2,
+                interval=2, epochs=1, pretrain_epochs=1, rounds=5, max_batches=4,
+                progress=False, train_batch_size=32, allow_untrained=True)
+    base.update(kw)
+    return DeployConfig(**base)

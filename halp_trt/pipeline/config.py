@@ -34,7 +34,9 @@ class DeployConfig:
     batch_size: int = 1  # latency measurement batch
     train_batch_size: int = 64
     table: str = "auto"  # path | auto (profiles/, cache, or build one)
-    target: str = "0.5"  # fraction of the measured original, or "12ms"
+    # fraction of the measured original, or "12ms"; several comma-separated targets make a
+    # Pareto front from one run (``halp_trt.pipeline.front``)
+    target: str = "0.5"
     steps: int = 8
     interval: int = 5  # minibatches between pruning steps
     epochs: int = 2  # fine-tuning epochs after the last pruning step
@@ -89,7 +91,17 @@ class DeployConfig:
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude)
-        self.parsed_target = parse_target(self.target, of="measured", field_name="target")
+        parts = [p.strip() for p in str(self.target).split(",")]
+        self.parsed_targets = [parse_target(p, of="measured", field_name="target")
+                               for p in parts]
+        if len({str(t) for t in self.parsed_targets}) < len(parts):
+            raise ConfigError("target", f"{{field}} {self.target!r} repeats a target")
+        self.parsed_target = self.parsed_targets[0]
+
+    @property
+    def targets(self) -> list[str]:
+        """Each target as its own ``--target`` value."""
+        return [str(t) for t in self.parsed_targets]
 
     @property
     def target_fraction(self) -> float | None:
@@ -110,5 +122,6 @@ class DeployConfig:
 
         d = asdict(self)
         d.pop("parsed_target", None)
+        d.pop("parsed_targets", None)
         d["exclude"] = list(self.exclude)
         return d

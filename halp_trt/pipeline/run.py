@@ -39,7 +39,12 @@ NEAR_FLOOR = 1.3
 
 
 def prune_and_deploy(cfg: DeployConfig) -> dict:
-    """Run the whole job; returns the report (also written to ``cfg.out``)."""
+    """Run the whole job; returns the report (also written to ``cfg.out``). With several
+    targets, one pruned model per target and their Pareto front (``pipeline.front``)."""
+    if len(cfg.parsed_targets) > 1:
+        from halp_trt.pipeline.front import prune_and_deploy_front
+
+        return prune_and_deploy_front(cfg)
     return DeployRun(cfg).run()
 
 
@@ -65,6 +70,8 @@ class DeployRun:
     def __init__(self, cfg: DeployConfig):
         if not isinstance(cfg, DeployConfig):
             raise HalpError("prune_and_deploy needs a DeployConfig")
+        if len(cfg.parsed_targets) > 1:
+            raise HalpError("a DeployRun prunes to one target; prune_and_deploy runs several")
         self.cfg = cfg
         self.t_start = time.perf_counter()
         self.rank, self.world = dist_context()
@@ -235,7 +242,9 @@ class DeployRun:
             # auxiliary heads train the original; the deployed (eval) graph has none, so they
             # are dropped before pruning and every later model is built without them
             strip_aux_heads(model)
-            self.checkpoint(phase="original", original=model.state_dict())
+            # a copy: the live tensors are trained and pruned later, the state keeps the original
+            self.checkpoint(phase="original", original={k: v.detach().clone() for k, v in
+                                                        model.state_dict().items()})
         else:
             strip_aux_heads(model)
             model.load_state_dict(self.state.original)

@@ -12,6 +12,7 @@ from halp_trt.errors import HalpError
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "halp_trt.runtime.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "halp_trt.runtime.tensorrt:TensorRTBackend",
+    "openvino": "halp_trt.runtime.openvino:OpenVinoBackend",
 }
 
 

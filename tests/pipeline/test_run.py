@@ -14,29 +14,20 @@ from click.testing import CliRunner
 
 from halp_trt.cli import main
 from halp_trt.errors import HalpError
-from halp_trt.pipeline import DeployConfig, prune_and_deploy
+from halp_trt.pipeline import prune_and_deploy
 from halp_trt.pruning.result import PruningResult, apply_result
-from tiny_models import tiny_resnet
+from tiny_models import MODEL, tiny_resnet, toy_config
 from fakes import free_port
 
-MODEL = "tiny_models:tiny_resnet"
 
-
-
-
-def toy_config(out, table, **kw):
-    base = dict(out=str(out), model=MODEL, input_size=16, table=table, target="0.85", steps=2,
-                interval=2, epochs=1, pretrain_epochs=1, rounds=5, max_batches=4,
-                progress=False, train_batch_size=32, allow_untrained=True)
-    base.update(kw)
-    return DeployConfig(**base)
 
 
 def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     report = prune_and_deploy(toy_config(tmp_path, tiny_table))
-    # the table was measured on this machine: the probe re-measures some of it and agrees
+    # the table was measured on this machine: the probe agrees (its 16x16 layers are too small
+    # for a scale verdict, see halp_trt.latency.probe)
     probe = report["table"]["probe"]
-    assert probe["fits"] and 0.77 < probe["scale_ratio"] < 1.3, probe
+    assert probe["fits"] and probe["scale_ratio"] is None, probe
     assert "given with --table" in report["table"]["why"]
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["speedup_measured"] == pytest.approx(report["speedup_measured"])

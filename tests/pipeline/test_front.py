@@ -1,0 +1,54 @@
+"""Several targets in one run: shared training, table and calibration; one model per target;
+a Pareto front of measured latency vs accuracy."""
+import json
+
+import pytest
+
+from halp_trt.errors import ConfigError
+from halp_trt.pipeline import DeployConfig, prune_and_deploy
+from tiny_models import toy_config
+
+
+def test_several_targets_share_the_original_and_give_one_model_each(tmp_path, tiny_table,
+                                                                   monkeypatch):
+    from halp_trt.pipeline import run as run_module
+
+    pretrained = {"n": 0}
+    real_pretrain = run_module.DeployRun._pretrain
+
+    def counting_pretrain(self, model):
+        pretrained["n"] += 1
+        return real_pretrain(self, model)
+
+    monkeypatch.setattr(run_module.DeployRun, "_pretrain", counting_pretrain)
+    front = prune_and_deploy(toy_config(tmp_path, tiny_table, target="0.85,0.95", epochs=0))
+    assert pretrained["n"] == 1, "the original is trained once for every target"
+    assert [p["target"] for p in sorted(front["points"], key=lambda p: p["target"])] == \
+        ["0.85", "0.95"]
+    reports = {t: json.loads((tmp_path / f"target_0_{t}" / "report.json").read_text())
+               for t in ("85", "95")}
+    # both measured against the same original weights and the same calibration
+    assert reports["85"]["accuracy"]["original"] == reports["95"]["accuracy"]["original"]
+    assert reports["85"]["table"]["calibration"] == reports["95"]["table"]["calibration"]
+    for t, r in reports.items():
+        assert (tmp_path / f"target_0_{t}" / "model.onnx").exists()
+        point = next(p for p in front["points"] if p["target"] == f"0.{t}")
+        assert point["measured_ms"] == pytest.approx(r["pruned"]["measured_ms"])
+    widths = {t: sum(w["kept"] for w in r["widths"].values()) for t, r in reports.items()}
+    assert widths["85"] <= widths["95"], "the lower target keeps no more channels"
+    md = (tmp_path / "pareto.md").read_text()
+    assert "| original |" in md and "`target_0_85/`" in md
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "pareto.json").read_text())["points"] == front["points"]
+    assert not (tmp_path / "target_0_85" / "checkpoint.pt").exists()
+
+    # the same command again: nothing is retrained or re-pruned
+    again = prune_and_deploy(toy_config(tmp_path, tiny_table, target="0.85,0.95", epochs=0))
+    assert pretrained["n"] == 1 and again["points"] == front["points"]
+
+
+def test_repeated_or_bad_targets_are_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="repeats"):
+        DeployConfig(out=str(tmp_path), target="0.5,50%")
+    with pytest.raises(ConfigError):
+        DeployConfig(out=str(tmp_path), target="0.5,abc")
