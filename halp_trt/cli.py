@@ -49,6 +49,9 @@ def main():
 @click.option("--num-classes", type=click.IntRange(1), default=None,
               help="Classifier outputs for torchvision models (default: the model's own).")
 @click.option("--gpu", is_flag=True, help="Time TensorRT engines on the GPU (needs halp-trt[trt]).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+              default=None, help="Runtime to time on (default onnxruntime; --gpu = tensorrt; "
+              "openvino needs halp-trt[openvino]).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
               show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
@@ -65,7 +68,7 @@ def main():
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache file (default: beside the table).")
 @_friendly
-def build_table_cmd(model, input_shape, out_path, num_classes, gpu, precision, threads,
+def build_table_cmd(model, input_shape, out_path, num_classes, gpu, backend, precision, threads,
                     optimization, rounds, max_points, validate, exclude, timing_cache):
     """Measure the per-layer latency table of MODEL (torchvision name or module:factory)."""
     from halp_trt.runtime import backend_for
@@ -78,9 +81,12 @@ def build_table_cmd(model, input_shape, out_path, num_classes, gpu, precision, t
     shape = parse_input_shape(input_shape)
     check_writable(out_path)
     net = create_model(model, num_classes)
-    opts = ({"timing_cache_path": timing_cache or os.path.splitext(out_path)[0] + ".timing-cache"}
-            if gpu else {"threads": threads, "optimization": optimization})
-    backend = backend_for(gpu, precision, **opts)
+    name = backend or ("tensorrt" if gpu else "onnxruntime")
+    opts = {"tensorrt": {"timing_cache_path": timing_cache or
+                         os.path.splitext(out_path)[0] + ".timing-cache"},
+            "onnxruntime": {"threads": threads, "optimization": optimization},
+            "openvino": {"threads": max(1, threads)}}[name]
+    backend = backend_for(gpu, precision, backend=name, **opts)
     cfg = BuildConfig(protocol=Protocol(rounds=rounds), max_points_per_axis=max_points,
                       validate=validate)
     try:
@@ -153,10 +159,12 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
         net = create_model(model, num_classes, shape[-1]).eval()
         example = torch.randn(*shape)
         specs = list_layers(net, example, find_channel_groups(net, example)[0])
-    gpu = ident.get("backend") == "tensorrt"
-    opts = {} if gpu else {"threads": int(ident.get("threads", 1)),
-                           "optimization": ident.get("optimization_level", "all")}
-    backend = backend_for(gpu, ident.get("precision", "fp32"), **opts)
+    name = ident.get("backend", "onnxruntime")
+    opts = {"tensorrt": {}, "openvino": {"threads": int(ident.get("threads", 1))}}.get(
+        name, {"threads": int(ident.get("threads", 1)),
+               "optimization": ident.get("optimization_level", "all")})
+    backend = backend_for(name == "tensorrt", ident.get("precision", "fp32"), backend=name,
+                          **opts)
     try:
         result = check_table(table_path, backend, specs, shape, probe=not no_probe)
     finally:
@@ -209,6 +217,9 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
               default="affine",
               show_default=True, help="How the rest of the model (outside the table) scales.")
 @click.option("--gpu", is_flag=True, help="Deploy with TensorRT (needs halp-trt[trt]).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+              default="onnxruntime", help="Runtime to time on (--gpu = tensorrt; "
+              "openvino needs halp-trt[openvino]).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
               show_default=True)
 @click.option("--rounds", type=int, default=30, show_default=True,
@@ -240,13 +251,16 @@ def prune_and_deploy_cmd(out_dir, **options):
 @click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
               help="Latency table: also report predicted vs measured for each model.")
 @click.option("--gpu", is_flag=True, help="Measure TensorRT engines (needs halp-trt[trt]).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+              default=None, help="Runtime to time on (default onnxruntime; --gpu = tensorrt; "
+              "openvino needs halp-trt[openvino]).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
               show_default=True)
 @click.option("--rounds", type=click.IntRange(3), default=30, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures as JSON.")
 @_friendly
-def validate_cmd(original, pruned, table_path, gpu, precision, rounds, json_path):
+def validate_cmd(original, pruned, table_path, gpu, backend, precision, rounds, json_path):
     """Measure ORIGINAL.onnx and PRUNED.onnx interleaved and report the speedup."""
     from halp_trt.validate import format_validation, validate_onnx
 
@@ -258,7 +272,7 @@ def validate_cmd(original, pruned, table_path, gpu, precision, rounds, json_path
         from halp_trt.latency.table import LatencyTable
 
         LatencyTable.load(table_path)
-    res = validate_onnx(original, pruned, table_path, gpu, precision, rounds)
+    res = validate_onnx(original, pruned, table_path, gpu, precision, rounds, backend)
     click.echo(format_validation(res))
     if json_path:
         from halp_trt.fileio import write_json_atomic

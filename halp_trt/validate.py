@@ -81,13 +81,13 @@ def predict_onnx_ms(table, model) -> dict:
 
 
 def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu: bool = False,
-                  precision: str = "fp32", rounds: int = 30) -> dict:
+                  precision: str = "fp32", rounds: int = 30, backend: str | None = None) -> dict:
     from halp_trt.runtime import backend_for
     from halp_trt.runtime.deploy import compare_onnx
     from halp_trt.runtime.protocol import model_protocol
 
     models = {"original": _read_onnx(original), "pruned": _read_onnx(pruned)}
-    backend = backend_for(gpu, precision)
+    backend = backend_for(gpu, precision, backend=backend)
     cmp = compare_onnx(backend, models["original"].SerializeToString(),
                        models["pruned"].SerializeToString(), model_protocol(rounds))
     res = {"original": {"path": original, "measured_ms": cmp.original.estimate(cmp.estimator),

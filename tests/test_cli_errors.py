@@ -417,7 +417,7 @@ def test_ctrl_c_during_fine_tuning_resumes_and_reports_noisy_timing(tmp_path, ti
         return real(model, loader, optimizer, pruner, **kw)
 
     monkeypatch.setattr(train, "train_epoch", record)
-    monkeypatch.setattr("halp_trt.runtime.backend_for", lambda gpu, precision: NoisyBackend())
+    monkeypatch.setattr("halp_trt.runtime.backend_for", lambda gpu, precision, **kw: NoisyBackend())
     res = invoke(args)
     assert res.exit_code == 0, res.output
     assert resumed == [None], "only the remaining fine-tuning epoch ran; no pruning again"
@@ -458,7 +458,7 @@ def test_noisy_timing_is_flagged_in_the_table_inspect_and_validate(tmp_path, onn
     rows = [ln.split() for ln in res.output.splitlines() if ln.startswith(("conv", "dwconv",
                                                                            "linear"))]
     assert sum(int(r[-1]) for r in rows) == len(noisy)
-    monkeypatch.setattr("halp_trt.runtime.backend_for", lambda gpu, precision: NoisyBackend())
+    monkeypatch.setattr("halp_trt.runtime.backend_for", lambda gpu, precision, **kw: NoisyBackend())
     res = invoke(["validate", *onnx_pair, "--rounds", "5"])
     assert res.exit_code == 0, res.output
     assert "warning: noisy measurement" in res.output

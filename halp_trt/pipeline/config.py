@@ -21,6 +21,7 @@ CHOICES = {
     "importance": ("taylor", "magnitude"),
     "calibration": ("affine", "additive", "ratio"),
     "precision": ("fp32", "fp16"),
+    "backend": ("onnxruntime", "openvino", "tensorrt"),
 }
 
 
@@ -49,7 +50,8 @@ class DeployConfig:
     contribution: str = "two_sided"
     importance: str = "taylor"
     calibration: str = "affine"
-    gpu: bool = False
+    gpu: bool = False  # shorthand for backend="tensorrt"
+    backend: str = "onnxruntime"  # the runtime the model is deployed on and timed with
     precision: str = "fp32"
     rounds: int = 30  # interleaved rounds when measuring whole models
     seed: int = 0
@@ -67,6 +69,12 @@ class DeployConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{{field}} must be one of {', '.join(allowed)}, got "
                                   f"{getattr(self, name)!r}")
+        if self.gpu and self.backend == "onnxruntime":
+            self.backend = "tensorrt"
+        elif self.gpu and self.backend != "tensorrt":
+            raise ConfigError("backend", f"--gpu means TensorRT; it cannot be combined with "
+                              f"{{field}} {self.backend}")
+        self.gpu = self.backend == "tensorrt"
         if self.precision != "fp32" and not self.gpu:
             raise ConfigError("precision", f"{{field}} {self.precision} needs the TensorRT "
                               "backend (gpu); ONNX Runtime on the CPU measures fp32 only")

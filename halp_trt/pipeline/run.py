@@ -135,7 +135,7 @@ class DeployRun:
         self.train_loader = make_loader(self.data.train, cfg.train_batch_size, True, cfg.seed,
                                         self.world > 1)
         self.val_loader = make_loader(self.data.val, 256, False, cfg.seed, self.world > 1)
-        self.backend = backend_for(cfg.gpu, cfg.precision)
+        self.backend = backend_for(cfg.gpu, cfg.precision, backend=cfg.backend)
         # before any training: the architecture must be prunable and an explicit table must fit
         # (channel groups and layer signatures depend on the architecture only, not on weights)
         groups, _ = find_channel_groups(self.model, self.example)

@@ -34,11 +34,19 @@ def get_backend(name: str, **options):
     return cls(**options)
 
 
-def backend_for(gpu: bool, precision: str = "fp32", **options):
-    """The CLI's choice: TensorRT with --gpu, ONNX Runtime on the CPU otherwise."""
-    if gpu:
+def backend_for(gpu: bool = False, precision: str = "fp32", backend: str | None = None,
+                **options):
+    """The CLI's choice: ``backend`` by name (onnxruntime, openvino, tensorrt); ``gpu`` is the
+    TensorRT shorthand; ONNX Runtime on the CPU when neither is given."""
+    name = backend or ("tensorrt" if gpu else "onnxruntime")
+    if gpu and name != "tensorrt":
+        raise HalpError(f"--gpu means the TensorRT backend; it cannot be combined with --backend "
+                        f"{name}")
+    if name not in _REGISTRY:
+        raise HalpError(f"unknown backend {name!r}; choose one of {available_backends()}")
+    if name == "tensorrt":
         return get_backend("tensorrt", precision=precision, **options)
     if precision != "fp32":
-        raise HalpError(f"precision {precision} needs --gpu; the ONNX Runtime CPU backend "
-                        "measures fp32 only.")
-    return get_backend("onnxruntime", **options)
+        raise HalpError(f"precision {precision} needs the TensorRT backend (--gpu); {name} on "
+                        "the CPU measures fp32 here.")
+    return get_backend(name, **options)

@@ -102,3 +102,27 @@ def test_unsupported_options_are_refused_clearly():
         get_backend("openvino", device="GPU")
     with pytest.raises(HalpError, match="could not compile layer3.conv1"):
         get_backend("openvino").prepare(b"not an onnx graph", label="layer3.conv1")
+
+
+def test_backend_flag_builds_an_openvino_table_and_refuses_gpu_with_another_backend(tmp_path):
+    from click.testing import CliRunner
+
+    from halp_trt.cli import main
+    from halp_trt.errors import ConfigError
+    from halp_trt.latency.table import LatencyTable
+    from halp_trt.pipeline import DeployConfig
+
+    out = tmp_path / "ov.json"
+    res = CliRunner().invoke(main, ["build-table", "tiny_models:tiny_resnet", "--input-shape",
+                                    "1,3,16,16", "--backend", "openvino", "--rounds", "2",
+                                    "--max-points", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = LatencyTable.load(str(out))
+    assert table.identity["backend"] == "openvino" and table.identity["precision"] == "fp32"
+    assert all(s.entries for s in table.signatures.values())
+    res = CliRunner().invoke(main, ["build-table", "resnet18", "--gpu", "--backend", "openvino",
+                                    "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "--gpu means the TensorRT backend" in res.output
+    assert DeployConfig(out=str(tmp_path), gpu=True).backend == "tensorrt"
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        DeployConfig(out=str(tmp_path), gpu=True, backend="openvino")
