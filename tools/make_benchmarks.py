@@ -73,7 +73,10 @@ def zoo_section(z) -> list[str]:
         ratio = f"{r['measured_ratio']:.3f}" if r.get("measured_ratio") is not None else "-"
         wall = f"{r['wall_s']:.0f} s" if r.get("wall_s") is not None else "-"
         reason = (r.get("reason") or "").replace("|", "/")[:160]
-        lines.append(f"| {r['model']} | {r['family']} | {r.get('input') or '-'} | {params} | "
+        skipped = [str(i["input"]) for i in r.get("infeasible_at", [])]
+        size = f"{r.get('input') or '-'}" + (f" (0.5 infeasible at {', '.join(skipped)})"
+                                              if skipped else "")
+        lines.append(f"| {r['model']} | {r['family']} | {size} | {params} | "
                      f"{'pass' if r['passed'] else 'FAIL'} | {ratio} | {wall} | {reason} |")
     n, total = sum(r["passed"] for r in rows), len(rows)
     tb = sum("traceback" in (r.get("reason") or "") for r in rows)
