@@ -4,11 +4,12 @@ with the feedback loop, channel removal, checks, measured ratio.
 
 For each model of ``torchvision.models.list_models(module=torchvision.models)``: random
 weights, 10 classes, batch 1, at the smallest input among 64/96/128/224 it accepts
-(transformers built for that size) — or the next size up where the target is infeasible at it
-(per-op overhead dominating a tiny model; the row's ``infeasible_at`` says so); a coarse table (``--rounds``/``--max-points``) measured
-with ONNX Runtime on the CPU; then ``prune-and-deploy`` with one pruning step (bracketed by
-measured candidates), no training (``--allow-untrained``: random weights), which checks
-masked ≡ pruned and ONNX ≡ PyTorch itself and measures original and pruned interleaved.
+(transformers built for that size) — or the next size up where the target is infeasible at
+it (per-op overhead dominating a tiny model; the row's ``infeasible_at`` says so); a coarse
+table (``--rounds``/``--max-points``) measured with ONNX Runtime on the CPU; then
+``prune-and-deploy`` with one pruning step (bracketed by measured candidates), no training
+(``--allow-untrained``: random weights), which checks masked ≡ pruned and ONNX ≡ PyTorch
+itself and measures original and pruned interleaved.
 A model passes when all of that holds and the measured ratio is within ±5% of the target.
 
 Each model runs in its own process (a crash or out-of-memory is that model's failure, not
