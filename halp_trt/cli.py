@@ -102,24 +102,32 @@ def build_table_cmd(model, input_shape, out_path, num_classes, gpu, backend, pre
 
 @main.command("inspect")
 @click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
+@click.argument("other_path", metavar="[TABLE2]", type=click.Path(dir_okay=False), required=False)
 @click.option("--layer", "pattern", default=None,
               help="Only signatures whose key or layer names match (glob or regex).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for PNG step curves (one per signature).")
 @_friendly
-def inspect_cmd(table_path, pattern, out_dir):
-    """Print a latency table's signatures and steps; draw their step curves."""
+def inspect_cmd(table_path, other_path, pattern, out_dir):
+    """Print a latency table's signatures and steps; draw their step curves. Given a second
+    table of the same model (another runtime or precision), compare the two and draw both."""
     from halp_trt.latency.inspection import inspect_table, signature_rows
     from halp_trt.latency.table import LatencyTable
 
     table = LatencyTable.load(table_path, require_complete=False)
+    other = LatencyTable.load(other_path, require_complete=False) if other_path else None
     if out_dir:
         from halp_trt.fileio import check_writable
 
         check_writable(out_dir, is_dir=True)
     if pattern and not signature_rows(table, pattern):
         raise HalpError(f"no signature or layer of {table_path} matches {pattern!r}")
-    text, pngs = inspect_table(table, out_dir, pattern)
+    if other is not None and not set(table.signatures) & set(other.signatures):
+        raise HalpError(f"{table_path} and {other_path} share no layer signature: they are "
+                        "tables of different models or input shapes")
+    text, pngs = inspect_table(table, out_dir, pattern, other, ("A", "B"))
+    if other is not None:
+        click.echo(f"A = {table_path}\nB = {other_path}\n")
     click.echo(text)
     if pngs:
         click.echo(f"\nwrote {len(pngs)} step-curve PNGs to {out_dir}")

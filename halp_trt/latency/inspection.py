@@ -101,42 +101,61 @@ def format_report(table: LatencyTable, pattern: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot_signature(sig: SignatureTable, path: str) -> None:
+def _axis_curves(sig: SignatureTable, axis: str):
+    """(measured points, lookup curve, full width) along one axis at the other's full width."""
+    if axis == "out":
+        pts = sorted((co, sig.ms(ci, co)) for ci, co in sig.entries
+                     if ci == (co if sig.depthwise else sig.c_in_max))
+        full = sig.c_out_max
+        curve = [(c, sig.lookup(c if sig.depthwise else sig.c_in_max, c))
+                 for c in range(1, full + 1)]
+    else:
+        pts = sorted((ci, sig.ms(ci, co)) for ci, co in sig.entries if co == sig.c_out_max)
+        full = sig.c_in_max
+        curve = [(c, sig.lookup(c, sig.c_out_max)) for c in range(1, full + 1)
+                 if c % sig.signature.groups == 0]
+    return pts, curve, full
+
+
+def plot_signature(sig: SignatureTable, path: str, others: list[tuple[str, SignatureTable]] = (),
+                   label: str = "") -> None:
     """Two panels: latency vs c_out at full c_in, and vs c_in at full c_out — measured points,
-    the lookup curve (step rounding + suffix minimum + interpolation) and step marks."""
+    the lookup curve (step rounding + suffix minimum + interpolation) and step marks. With
+    ``others`` (label, signature of another table), their curves are drawn in the same panels
+    so runtimes or precisions can be compared."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = [("out", sig.c_in_max, sig.step_out), ("in", sig.c_out_max, sig.step_in)]
-    for ax, (axis, other_full, step) in zip(axes, panels):
+    tables = [(label or "table", sig)] + list(others)
+    colors = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
+    for ax, axis in zip(axes, ("out", "in")):
         prunable = sig.out_prunable if axis == "out" else sig.in_prunable and not sig.depthwise
+        steps = ", ".join(f"{lab}: {(s.step_out if axis == 'out' else s.step_in).step}"
+                          for lab, s in tables) if others else \
+            f"{(sig.step_out if axis == 'out' else sig.step_in).step}"
+        other_full = sig.c_in_max if axis == "out" else sig.c_out_max
         ax.set_title(f"vs c_{axis} at full c_{'in' if axis == 'out' else 'out'} "
-                     f"({other_full}); step {step.step}" + ("" if step.accepted else " (none)"))
+                     f"({other_full}); step {steps}", fontsize=9)
         ax.set_xlabel(f"c_{axis}")
         ax.set_ylabel("latency (ms)")
         if not prunable:
             ax.text(0.5, 0.5, "axis not prunable", ha="center", transform=ax.transAxes)
             continue
-        if axis == "out":
-            pts = sorted((co, sig.ms(ci, co)) for ci, co in sig.entries
-                         if ci == (co if sig.depthwise else sig.c_in_max))
-            full = sig.c_out_max
-            curve = [(c, sig.lookup(c if sig.depthwise else sig.c_in_max, c))
-                     for c in range(1, full + 1)]
-        else:
-            pts = sorted((ci, sig.ms(ci, co)) for ci, co in sig.entries if co == sig.c_out_max)
-            full = sig.c_in_max
-            curve = [(c, sig.lookup(c, sig.c_out_max)) for c in range(1, full + 1)
-                     if c % sig.signature.groups == 0]
-        if pts:
-            ax.plot(*zip(*pts), "o", ms=3, label="measured", color="tab:blue")
-        ax.plot(*zip(*curve), "-", lw=1.2, label="lookup", color="tab:orange")
-        if step.accepted and step.step > 1:
-            for c in range(step.phase + step.step, full + 1, step.step):
-                ax.axvline(c, color="0.85", lw=0.6, zorder=0)
+        for i, (lab, s) in enumerate(tables):
+            pts, curve, full = _axis_curves(s, axis)
+            color = colors[i % len(colors)]
+            prefix = f"{lab} " if others else ""
+            if pts:
+                ax.plot(*zip(*pts), "o", ms=3, label=f"{prefix}measured", color=color)
+            ax.plot(*zip(*curve), "-", lw=1.2, label=f"{prefix}lookup", color=color,
+                    alpha=0.6 if others else 1.0)
+            step = s.step_out if axis == "out" else s.step_in
+            if not others and step.accepted and step.step > 1:
+                for c in range(step.phase + step.step, full + 1, step.step):
+                    ax.axvline(c, color="0.85", lw=0.6, zorder=0)
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(f"{sig.key} ({len(sig.layers)} layer{'s' if len(sig.layers) > 1 else ''})",
                  fontsize=10)
@@ -145,16 +164,53 @@ def plot_signature(sig: SignatureTable, path: str) -> None:
     plt.close(fig)
 
 
-def inspect_table(table: LatencyTable, out_dir: str | None = None, pattern: str | None = None
+def _setup(table: LatencyTable) -> str:
+    i = table.identity
+    return (f"{i.get('backend') or i.get('runtime')} {i.get('runtime_version')} "
+            f"{i.get('precision')}")
+
+
+def compare_report(a: LatencyTable, b: LatencyTable, pattern: str | None = None,
+                   labels: tuple[str, str] = ("A", "B")) -> str:
+    """Side by side, per signature both tables hold: steps and full-width latency."""
+    la, lb = labels
+    lines = [f"{la}: {_setup(a)}; {lb}: {_setup(b)}", "",
+             f"{'signature':44s} {'step in/out ' + la:>14s} {'step in/out ' + lb:>14s} "
+             f"{'full ms ' + la:>11s} {'full ms ' + lb:>11s} {lb + '/' + la:>6s}"]
+    shared = [k for k in a.signatures if k in b.signatures and _matches(a.signatures[k], pattern)]
+    for k in shared:
+        sa, sb = a.signatures[k], b.signatures[k]
+        fa = sa.lookup(sa.c_in_max, sa.c_out_max)
+        fb = sb.lookup(sb.c_in_max, sb.c_out_max)
+        lines.append(f"{k:44s} {sa.step_in.step:>7d}/{sa.step_out.step:<6d} "
+                     f"{sb.step_in.step:>7d}/{sb.step_out.step:<6d} {fa:11.4f} {fb:11.4f} "
+                     f"{fb / fa:6.2f}")
+    only = sorted(set(a.signatures) ^ set(b.signatures))
+    if only:
+        lines += ["", f"{len(only)} signature(s) in only one table: {', '.join(only[:4])}"
+                  + (" ..." if len(only) > 4 else "")]
+    differ = sum(a.signatures[k].step_out.step != b.signatures[k].step_out.step for k in shared)
+    lines += ["", f"{differ} of {len(shared)} shared signatures have a different output step"]
+    return "\n".join(lines)
+
+
+def inspect_table(table: LatencyTable, out_dir: str | None = None, pattern: str | None = None,
+                  other: LatencyTable | None = None, labels: tuple[str, str] = ("A", "B")
                   ) -> tuple[str, list[str]]:
-    """Text report and, with ``out_dir``, one PNG per matching signature."""
+    """Text report and, with ``out_dir``, one PNG per matching signature. With ``other`` (a
+    table of the same model on another runtime or precision) the report compares the two and
+    each PNG draws both tables' curves."""
     pngs = []
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         for sig in table.signatures.values():
             if _matches(sig, pattern) and sig.entries:
                 path = os.path.join(out_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", sig.key) + ".png")
-                plot_signature(sig, path)
+                others = [(labels[1], other.signatures[sig.key])] if other is not None and \
+                    sig.key in other.signatures else []
+                plot_signature(sig, path, others, label=labels[0])
                 pngs.append(path)
-    return format_report(table, pattern), pngs
-
+    if other is None:
+        return format_report(table, pattern), pngs
+    return (format_report(table, pattern) + "\n\n" + format_report(other, pattern) + "\n\n"
+            + compare_report(table, other, pattern, labels)), pngs

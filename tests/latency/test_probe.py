@@ -148,3 +148,27 @@ def test_check_table_command_exits_0_when_the_table_fits_and_2_when_not(step8_ta
     machine["step"] = 16
     res = CliRunner().invoke(main, ["check-table", step8_table])
     assert res.exit_code == 2 and "found 16" in res.output and "does NOT fit" in res.output
+
+
+def test_inspect_draws_and_compares_two_landscapes_of_one_model(step8_table, tmp_path):
+    from click.testing import CliRunner
+
+    from halp_trt.cli import main
+
+    step16 = tmp_path / "step16.json"
+    cfg = BuildConfig(protocol=Protocol(rounds=2), max_points_per_axis=4, progress=False)
+    build_table(TinyResNet(width=48), SHAPE, StaircaseTimedBackend(16), str(step16), "tiny", cfg)
+    res = CliRunner().invoke(main, ["inspect", step8_table, str(step16), "--out",
+                                    str(tmp_path / "png")])
+    assert res.exit_code == 0, res.output
+    # the comparison comes after each table's own report
+    row = [ln for ln in res.output.splitlines()
+           if ln.startswith("conv_k3x3_s1x1_p1x1_d1x1_g1_hw8x8")][-1]
+    assert row.split()[1:3] == ["8/8", "16/16"]
+    assert "shared signatures have a different output step" in res.output
+    assert len(list((tmp_path / "png").glob("*.png"))) == 4
+    other = tmp_path / "other.json"
+    build_table(TinyResNet(width=48), (1, 3, 12, 12), StaircaseTimedBackend(8), str(other),
+                "tiny", cfg)
+    res = CliRunner().invoke(main, ["inspect", step8_table, str(other)])
+    assert res.exit_code == 2 and "share no layer signature" in res.output
