@@ -122,9 +122,12 @@ def inspect_cmd(table_path, other_path, pattern, out_dir):
         check_writable(out_dir, is_dir=True)
     if pattern and not signature_rows(table, pattern):
         raise HalpError(f"no signature or layer of {table_path} matches {pattern!r}")
-    if other is not None and not set(table.signatures) & set(other.signatures):
-        raise HalpError(f"{table_path} and {other_path} share no layer signature: they are "
-                        "tables of different models or input shapes")
+    if other is not None:
+        setups = [(t.identity.get("model"), t.identity.get("input_shape")) for t in (table, other)]
+        if setups[0] != setups[1]:
+            raise HalpError(f"{table_path} is a table of {setups[0][0]} at {setups[0][1]}, "
+                            f"{other_path} of {setups[1][0]} at {setups[1][1]}: inspect compares "
+                            "two tables of the same model and input")
     text, pngs = inspect_table(table, out_dir, pattern, other, ("A", "B"))
     if other is not None:
         click.echo(f"A = {table_path}\nB = {other_path}\n")
