@@ -46,7 +46,12 @@ def backend_for(gpu: bool = False, precision: str = "fp32", backend: str | None 
         raise HalpError(f"unknown backend {name!r}; choose one of {available_backends()}")
     if name == "tensorrt":
         return get_backend("tensorrt", precision=precision, **options)
-    if precision != "fp32":
-        raise HalpError(f"precision {precision} needs the TensorRT backend (--gpu); {name} on "
-                        "the CPU measures fp32 here.")
-    return get_backend(name, **options)
+    if precision == "fp32":
+        return get_backend(name, **options)
+    if precision == "int8":
+        if name == "onnxruntime":
+            return get_backend(name, precision="int8", **options)
+        raise HalpError(f"precision int8 is measured with ONNX Runtime's CPU kernels (--backend "
+                        f"onnxruntime); {name} measures fp32 here.")
+    raise HalpError(f"precision {precision} needs the TensorRT backend (--gpu); {name} on "
+                    "the CPU measures fp32 here" + (" or int8." if name == "onnxruntime" else "."))
