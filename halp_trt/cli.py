@@ -52,7 +52,7 @@ def main():
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
               default=None, help="Runtime to time on (default onnxruntime; --gpu = tensorrt; "
               "openvino needs halp-trt[openvino]).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
               show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
               help="ONNX Runtime intra-op threads (1 is stable on shared machines).")
@@ -231,7 +231,7 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
               default="onnxruntime", help="Runtime to time on (--gpu = tensorrt; "
               "openvino needs halp-trt[openvino]).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
               show_default=True)
 @click.option("--rounds", type=int, default=30, show_default=True,
               help="Interleaved rounds when measuring original and pruned.")
@@ -265,7 +265,7 @@ def prune_and_deploy_cmd(out_dir, **options):
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
               default=None, help="Runtime to time on (default onnxruntime; --gpu = tensorrt; "
               "openvino needs halp-trt[openvino]).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
               show_default=True)
 @click.option("--rounds", type=click.IntRange(3), default=30, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,

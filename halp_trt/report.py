@@ -96,6 +96,14 @@ def write_markdown(path: str, r: dict) -> None:
         f" × table's layer sum + {r['table']['calibration']['intercept_ms']:.3f} ms "
         f"({r['table']['calibration']['kind']} calibration on measured whole models).",
     ]
+    if r.get("int8"):
+        q = r["int8"]
+        lines.append(f"- INT8 (QDQ, {q['calibration_batches']} calibration batches): accuracy "
+                     f"original {q['accuracy']['original']:.4f}, pruned "
+                     f"{q['accuracy']['pruned']:.4f} (FP32 above); pruned INT8 vs PyTorch: top-1 "
+                     f"agreement {q['check']['top1_agreement']:.3f}, logit error "
+                     f"{100 * q['check']['rel_logit_error']:.1f}% on "
+                     f"{q['check']['n_inputs']} inputs. Latencies above are INT8.")
     if r.get("noisy_measurement"):
         lines.append("- **Warning:** the latency measurements were noisy (median > 15% above "
                      "the minimum); re-run `halp-trt validate` on a quiet machine.")

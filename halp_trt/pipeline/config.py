@@ -20,7 +20,7 @@ CHOICES = {
     "contribution": ("two_sided", "one_sided"),
     "importance": ("taylor", "magnitude"),
     "calibration": ("affine", "additive", "ratio"),
-    "precision": ("fp32", "fp16"),
+    "precision": ("fp32", "fp16", "int8"),
     "backend": ("onnxruntime", "openvino", "tensorrt"),
 }
 
@@ -75,9 +75,12 @@ class DeployConfig:
             raise ConfigError("backend", f"--gpu means TensorRT; it cannot be combined with "
                               f"{{field}} {self.backend}")
         self.gpu = self.backend == "tensorrt"
-        if self.precision != "fp32" and not self.gpu:
-            raise ConfigError("precision", f"{{field}} {self.precision} needs the TensorRT "
-                              "backend (gpu); ONNX Runtime on the CPU measures fp32 only")
+        if self.precision == "fp16" and not self.gpu:
+            raise ConfigError("precision", f"{{field}} fp16 needs the TensorRT backend (gpu); "
+                              f"{self.backend} on the CPU measures fp32 or int8")
+        if self.precision == "int8" and self.backend != "onnxruntime":
+            raise ConfigError("precision", f"{{field}} int8 is measured with ONNX Runtime (QDQ) "
+                              f"here, not {self.backend}")
         if not 8 <= self.input_size <= MAX_INPUT_SIZE:
             raise ConfigError("input_size", f"{{field}} must be between 8 and {MAX_INPUT_SIZE}, "
                               f"got {self.input_size}")

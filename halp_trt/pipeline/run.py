@@ -17,6 +17,7 @@ resumed run needs; it is saved after every stage and epoch, and Ctrl-C leaves it
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -36,6 +37,10 @@ CHECKPOINT = "checkpoint.pt"
 # A target whose predicted floor is within this factor of it is tried (and measured), not
 # refused.
 NEAR_FLOOR = 1.3
+# INT8: calibration batches from the training split (MinMax ranges), and the validation inputs
+# the INT8 model is compared with PyTorch on (top-1 agreement needs ~100 to mean something)
+INT8_CALIBRATION_BATCHES = 32
+INT8_CHECK_INPUTS = 128
 
 
 def prune_and_deploy(cfg: DeployConfig) -> dict:
@@ -426,6 +431,7 @@ class DeployRun:
     # ---- 7. deploy ---------------------------------------------------------------------------
     def deploy(self) -> None:
         from halp_trt.data import make_loader
+        from halp_trt.runtime import backend_for
         from halp_trt.runtime.deploy import check_outputs
         from halp_trt.runtime.export import export_onnx
 
@@ -435,10 +441,66 @@ class DeployRun:
         self.original_onnx = export_onnx(self.original_model, self.example)
         self.pruned_onnx = export_onnx(self.pruned_model, self.example)
         sane = not cfg.allow_untrained  # random weights may give huge (finite) outputs
-        self.check = check_outputs(self.backend, self.pruned_onnx, self.pruned_model, val_x,
+        # the float graphs are checked in float (an INT8 backend would quantize them first)
+        float_backend = self.backend if cfg.precision != "int8" else \
+            backend_for(False, "fp32", backend=cfg.backend)
+        self.check = check_outputs(float_backend, self.pruned_onnx, self.pruned_model, val_x,
                                    label="pruned model", sane_outputs=sane)
-        check_outputs(self.backend, self.original_onnx, self.original_model, val_x[:2],
+        check_outputs(float_backend, self.original_onnx, self.original_model, val_x[:2],
                       label="original model", sane_outputs=sane)
+        self.int8 = self._deploy_int8() if cfg.precision == "int8" else None
+
+    def _deploy_int8(self) -> dict:
+        """Quantize original and pruned with calibration images from the task, check the INT8
+        pruned model against PyTorch (top-1 agreement, logit error) and measure both INT8
+        models' accuracy; from here on the INT8 graphs are what is deployed and timed."""
+        import numpy as np
+
+        from halp_trt.data import make_loader
+        from halp_trt.runtime.deploy import check_int8_outputs
+        from halp_trt.runtime.onnx_utils import input_names
+        from halp_trt.runtime.quantize import quantize_qdq
+
+        cfg = self.cfg
+        name = input_names(self.pruned_onnx)[0]
+        calib = [{name: x[: cfg.batch_size].numpy()} for x, _ in
+                 _capped(make_loader(self.data.train, cfg.batch_size, True, cfg.seed),
+                         INT8_CALIBRATION_BATCHES)
+                 if x.shape[0] == cfg.batch_size]
+        self.log(f"quantizing to INT8 (QDQ) with {len(calib)} calibration batches of "
+                 f"{self.data.name}")
+        self.float_onnx = {"original": self.original_onnx, "pruned": self.pruned_onnx}
+        self.original_onnx = quantize_qdq(self.original_onnx, calib)
+        self.pruned_onnx = quantize_qdq(self.pruned_onnx, calib)
+        loader = make_loader(self.data.val, cfg.batch_size, False)
+        acc, ref, got = {}, [], []
+        for key, onnx_bytes in (("original", self.original_onnx), ("pruned", self.pruned_onnx)):
+            handle = self.backend.prepare(onnx_bytes, label=f"INT8 {key} model")
+            correct = total = 0
+            try:
+                for x, y in loader:
+                    if x.shape[0] != cfg.batch_size:
+                        continue
+                    out = self.backend.infer(handle, [x.numpy()])[0]
+                    correct += int((out.argmax(-1) == y.numpy()).sum())
+                    total += len(y)
+                    if key == "pruned" and len(got) < INT8_CHECK_INPUTS:
+                        with torch.no_grad():
+                            ref.append(self.pruned_model(x).numpy())
+                        got.append(out)
+            finally:
+                self.backend.release(handle)
+            acc[key] = correct / max(total, 1)
+        check = check_int8_outputs(np.concatenate(ref), np.concatenate(got),
+                                   **({"min_top1_agreement": 0.0} if cfg.allow_untrained else {}))
+        if not check.passed:
+            raise HalpError(f"the INT8 pruned model does not match the float one: {check.reason}."
+                            " Check the calibration data, or deploy in fp32")
+        self.log(f"INT8 pruned model: top-1 agreement {check.top1_agreement:.3f} with PyTorch, "
+                 f"logit error {100 * check.rel_logit_error:.1f}%; INT8 accuracy original "
+                 f"{acc['original']:.4f}, pruned {acc['pruned']:.4f}")
+        return {"check": dataclasses.asdict(check), "accuracy": acc,
+                "calibration_batches": len(calib)}
 
     # ---- 8. verify ---------------------------------------------------------------------------
     def verify(self) -> None:
@@ -461,6 +523,8 @@ class DeployRun:
             self.layers_full_ms, self.pruned_layers_ms, self.comparison, self.check,
             self.acc_original, self.acc_pruned, self.result,
             time.perf_counter() - self.t_start, self.state.feedback or {})
+        if self.int8 is not None:
+            report["int8"] = self.int8
         write_bytes_atomic(os.path.join(cfg.out, "original.onnx"), self.original_onnx)
         write_outputs(cfg.out, report, self.pruned_onnx, self.pruned_model, self.latency_table,
                       self.specs, self.pruned_layers_ms)

@@ -95,3 +95,10 @@ def convert_onnx_to_fp16(onnx_bytes: bytes, label: str = "") -> bytes:
             elif attr.type == onnx.AttributeProto.TENSOR:
                 to_fp16(attr.t)
     return model.SerializeToString()
+
+
+def input_names(onnx_bytes: bytes) -> list[str]:
+    """The graph's real inputs (initializers listed as inputs by older exporters excluded)."""
+    graph = load_onnx_bytes(onnx_bytes, "the graph").graph
+    inits = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in inits]

@@ -213,3 +213,32 @@ def test_resumed_run_makes_the_same_decisions_as_an_uninterrupted_one(tmp_path, 
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_int8_run_deploys_a_quantized_model_checked_against_pytorch(tmp_path):
+    """Table, timing and deployment in INT8 (QDQ): the deployed ONNX is quantized with task
+    data, checked against PyTorch by top-1 agreement and logit error, and its accuracy is
+    reported next to the float one."""
+    import onnx
+
+    from halp_trt.latency.build import BuildConfig, build_table
+    from halp_trt.runtime import get_backend
+    from halp_trt.runtime.protocol import Protocol
+
+    table = tmp_path / "int8.json"
+    build_table(tiny_resnet(), (1, 3, 16, 16), get_backend("onnxruntime", precision="int8"),
+                str(table), MODEL, BuildConfig(protocol=Protocol(rounds=3), sweep_window=16,
+                                               max_points_per_axis=4, progress=False))
+    assert json.loads(table.read_text())["identity"]["quantization"]["format"] == "QDQ"
+    # a trained start (not allow_untrained): the INT8 check then applies its full thresholds
+    report = prune_and_deploy(toy_config(tmp_path / "run", str(table), precision="int8",
+                                         pretrain_epochs=2, max_batches=12,
+                                         allow_untrained=False))
+    assert report["backend"]["precision"] == "int8"
+    q = report["int8"]
+    assert q["check"]["passed"] and q["check"]["n_inputs"] >= 100
+    assert q["check"]["top1_agreement"] >= 0.9
+    assert 0 <= q["accuracy"]["pruned"] <= 1 and q["calibration_batches"] > 0
+    deployed = onnx.load(str(tmp_path / "run" / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in deployed.graph.node)
+    assert "INT8 (QDQ" in (tmp_path / "run" / "report.md").read_text()
