@@ -45,6 +45,16 @@ def test_step16_with_slope_inside_steps(seed):
     assert g8.jump_to_noise < 3.0 and not g8.accepted
 
 
+def test_a_flat_suffix_minimum_is_not_refined_to_a_finer_step_on_tiny_wiggles():
+    # A 16-channel staircase read as its suffix minimum: plateaus exactly flat except for
+    # sub-0.3% wiggles at the multiples of 8 (as ORT on AVX-512 measured), so the off-step
+    # noise is ~0 and only a floor relative to the level keeps 8 from looking like a step.
+    c = np.arange(33, 81)
+    t = 0.088 + 0.037 * np.ceil((c - 0) / 16)
+    t[(c % 16) == 8] -= 0.0002
+    assert found(detect_step(c, suffix_min(t))) == (16, 0, True)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_step4_phase2(seed):
     c = np.arange(40, 101)
