@@ -24,7 +24,7 @@ _LAZY = {
     "BuildConfig": "halp_trt.latency.build",
     "build_table": "halp_trt.latency.build",
     "DeployConfig": "halp_trt.pipeline.config",
-    "prune_and_deploy": "halp_trt.pipeline.run",
+    "prune_and_deploy": "halp_trt.pipeline",
     "get_backend": "halp_trt.runtime",
     "available_backends": "halp_trt.runtime",
 }

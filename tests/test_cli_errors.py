@@ -220,9 +220,16 @@ def test_bad_model_factories(tmp_path, monkeypatch, model, fragment):
     assert not (tmp_path / "t.json").exists()
 
 
-def test_architecture_the_dependency_graph_cannot_handle(tmp_path):
-    res = invoke(["build-table", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32", "--out",
-                  tmp_path / "t.json"])
+def test_architecture_the_dependency_graph_cannot_handle(tmp_path, monkeypatch):
+    from halp_trt.graph import groups
+
+    class Untraceable:
+        def build_dependency(self, *args, **kwargs):
+            raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(groups, "_torch2_dependency_graph", Untraceable)
+    res = invoke(["build-table", "tiny_models:tiny_resnet", "--input-shape", "1,3,16,16",
+                  "--out", tmp_path / "t.json"])
     assert_clear_error(res, "could not trace", "use another model")
 
 

@@ -111,7 +111,7 @@ def test_fuzz_table_loader(tmp_path, tiny_table):
 def files(tmp_path, tiny_table, monkeypatch, no_heavy_work):
     """Paths of every kind for the option generators, and heavy work replaced."""
     monkeypatch.setattr("halp_trt.latency.inspection.plot_signature",
-                        lambda sig, path: open(path, "wb").close())
+                        lambda sig, path, *a, **kw: open(path, "wb").close())
     monkeypatch.setenv("HALP_TRT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "garbage.bin").write_bytes(b"\x00\xffgarbage")
     (tmp_path / "a_file").write_text("")

@@ -74,7 +74,7 @@ def test_cli_gpu_without_tensorrt_exits_cleanly(tmp_path):
 
 def test_unknown_backend_and_cpu_fp16():
     with pytest.raises(HalpError, match="unknown backend"):
-        get_backend("openvino")
+        get_backend("coreml")
     with pytest.raises(HalpError, match="--gpu"):
         backend_for(gpu=False, precision="fp16")
 

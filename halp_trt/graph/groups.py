@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from halp_trt.errors import HalpError
 
@@ -43,6 +44,7 @@ class ChannelGroup:
     root: str  # module whose output channels define the group's indexing
     size: int
     members: list[GroupMember] = field(default_factory=list)
+    held: str | None = None  # why the dependency graph cannot be trusted to prune it, if so
 
     def modules(self, side: str | None = None) -> list[str]:
         return [m.module_name for m in self.members if side is None or m.side == side]
@@ -98,21 +100,186 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> set[str]:
             if isinstance(o, torch.Tensor) and o.data_ptr() in produced}
 
 
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
-    import torch_pruning as tp
+class _ChannelShuffleCut(TorchFunctionMode):
+    """Cuts the traced graph at every channel shuffle while torch-pruning traces the model.
 
+    A channel shuffle (ShuffleNet's ``view(n, g, c/g, h, w)`` → ``transpose(1, 2)`` → ``view(n,
+    c, h, w)``, or ``torch.channel_shuffle`` / ``nn.ChannelShuffle``) permutes channels, and
+    after pruning it interleaves whatever is left: only a pruning that keeps the same channels of
+    every shuffle group, split evenly again by the next ``chunk``, survives it. torch-pruning
+    1.6.1 cannot express that: it maps the shuffle's views as the identity (with PyTorch 2's
+    saved shapes read, see ``_SavedSizes``; without them it divided by zero), so its groups
+    through a shuffle would prune odd counts and the wrong channels. So the shuffled tensor is
+    given to the rest of the model as a fresh leaf (its consumers have no producer: they keep
+    their input width) and the tensor being shuffled becomes an extra traced output (groups
+    that reach it are held by ``find_channel_groups``). The model computes the same values;
+    only the traced graph ends there.
+    """
+
+    _VIEWS = {"view", "reshape", "unflatten"}
+    _BACK = {"view", "reshape", "flatten"}
+    _SWAP = {"transpose", "swapaxes", "swapdims"}
+    _SAME = {"contiguous", "clone"}
+    _NATIVE = {"channel_shuffle", "native_channel_shuffle"}
+
+    def __init__(self):
+        super().__init__()
+        self.cuts: list[torch.Tensor] = []  # the tensors being shuffled
+        self.leaves: list[torch.Tensor] = []  # their shuffled values, as the model goes on
+        # id(tensor) -> (tensor, stage, source): the tensor is kept so its id is not reused
+        self._pending: dict[int, tuple[torch.Tensor, str, torch.Tensor]] = {}
+
+    def _cut(self, source: torch.Tensor, shuffled: torch.Tensor) -> torch.Tensor:
+        self.cuts.append(source)
+        leaf = shuffled.detach().requires_grad_(shuffled.requires_grad)
+        self.leaves.append(leaf)
+        return leaf
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+            return out
+        if name in self._NATIVE:
+            groups = args[1] if len(args) > 1 else kwargs.get("groups", 1)
+            return self._cut(x, out) if int(groups) > 1 else out
+        seen = self._pending.get(id(x))
+        if seen is not None and seen[0] is not x:
+            seen = None
+        if seen is None:
+            # 1. (n, c, h, w) viewed as (n, g, c/g, h, w) with g, c/g > 1
+            if (name in self._VIEWS and x.dim() == 4 and out.dim() == 5
+                    and out.shape[0] == x.shape[0] and out.shape[3:] == x.shape[2:]
+                    and out.shape[1] > 1 and out.shape[2] > 1):
+                self._pending[id(out)] = (out, "split", x)
+            return out
+        _, stage, source = seen
+        if stage == "split" and name in self._SWAP | {"permute"} and _swaps_axes_1_2(
+                name, args[1:], kwargs):
+            self._pending[id(out)] = (out, "swapped", source)  # 2. the channel axes swapped
+        elif stage == "swapped" and name in self._SAME:
+            self._pending[id(out)] = (out, "swapped", source)
+        elif stage == "swapped" and name in self._BACK and out.shape == source.shape:
+            return self._cut(source, out)  # 3. back to (n, c, h, w): a channel shuffle
+        return out
+
+
+def _swaps_axes_1_2(name: str, rest: tuple, kwargs: dict) -> bool:
+    """Whether a transpose/permute of a 5D tensor swaps exactly axes 1 and 2."""
+    if name == "permute":
+        dims = kwargs.get("dims", rest[0] if len(rest) == 1 else rest)
+        return [int(d) % 5 for d in dims] == [0, 2, 1, 3, 4]
+    dims = list(rest) + [kwargs[k] for k in ("dim0", "dim1", "axis0", "axis1") if k in kwargs]
+    return len(dims) == 2 and sorted(int(d) % 5 for d in dims) == [1, 2]
+
+
+class _SavedSizes:
+    """A reshape's or split's autograd node as torch-pruning 1.6.1 reads it.
+
+    torch-pruning looks for the input's shape in ``grad_fn._saved_self_sizes``; PyTorch 2 saves
+    it as ``_saved_self_sym_sizes``. Without it, ``update_reshape_index_mapping`` skips its shape
+    checks (a channel flatten is (n, c, h, w) → (n, c·h·w)) and maps *every* reshape between two
+    differently inferred channel counts as a flatten: ShuffleNet's 4D↔5D shuffle views divide
+    by zero, and Swin's/MaxViT's attention reshapes (heads → channels, stride 32) expand the
+    index lists 32-fold on every lap of a residual cycle, without end (the out-of-memory kill).
+    And ``init_shape_information`` guesses a ``chunk``'s split sizes instead of reading
+    ``_saved_split_size``. This view adds the old name; everything else is the node itself."""
+
+    def __init__(self, grad_fn):
+        self.grad_fn = grad_fn
+
+    def __getattr__(self, name):
+        if name == "_saved_self_sizes":
+            return tuple(int(d) for d in self.grad_fn._saved_self_sym_sizes)
+        return getattr(self.grad_fn, name)
+
+
+def _torch2_dependency_graph():
+    """torch-pruning's DependencyGraph, reading PyTorch 2's saved shapes (see ``_SavedSizes``)."""
+    import torch_pruning as tp
+    from torch_pruning import ops
+
+    class DependencyGraph(tp.DependencyGraph):
+        def _trace(self, *args, **kwargs):
+            module2node = super()._trace(*args, **kwargs)
+            for node in module2node.values():
+                fn = node.grad_fn
+                if not hasattr(fn, "_saved_self_sym_sizes") or hasattr(fn, "_saved_self_sizes"):
+                    continue
+                split = node.type == ops.OPTYPE.SPLIT and hasattr(fn, "_saved_dim") and (
+                    hasattr(fn, "_saved_split_size") or hasattr(fn, "_saved_split_sizes"))
+                if node.type == ops.OPTYPE.RESHAPE or split:
+                    node.grad_fn = _SavedSizes(fn)
+            return module2node
+
+    return DependencyGraph()
+
+
+def _unmapped_channel_reshapes(graph) -> set:
+    """Reshape nodes across which torch-pruning infers different channel counts but maps
+    channels one to one (it maps only channel flattens, (n, c, h, w) → (n, c·h·w)): attention
+    splitting a qkv projection into heads, for instance. A group through one would be cut at the
+    wrong channels (MaxViT's ``to_qkv`` → ``merge``)."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+
+    def first_known(counts):
+        return next((c for c in counts if c is not None), None)
+
+    found = set()
+    for node in graph.module2node.values():
+        if node.type != ops.OPTYPE.RESHAPE or any(
+                m is not None for dep in node.dependencies for m in dep.index_mapping):
+            continue
+        c_in = first_known(shape_infer.infer_out_channels_recursively(graph, n, [0])
+                           for n in node.inputs)
+        c_out = first_known(shape_infer.infer_in_channels_recursively(graph, n, [0])
+                            for n in node.outputs)
+        if c_in is not None and c_out is not None and c_in != c_out:
+            found.add(node)
+    return found
+
+
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
+    """torch-pruning's dependency graph of ``model``. Channel shuffles end the traced graph
+    (see ``_ChannelShuffleCut``); the nodes where it ends are ``graph.halp_cut_nodes``."""
+    cut_grad_fns, leaves = set(), []
+
+    def forward(module, example):
+        mode = _ChannelShuffleCut()
+        with mode:
+            out = module(example)
+        # a fresh op on each cut tensor: a node of its own, even if the tensor is used elsewhere
+        extra = [c.view_as(c) for c in mode.cuts if c.grad_fn is not None]
+        cut_grad_fns.update(e.grad_fn for e in extra)
+        leaves.extend(mode.leaves)
+        return [out, *extra] if extra else out
+
+    was_training = model.training
     try:
-        was_training = model.training
         model.eval()
         with quiet_torch_pruning():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                          verbose=False)
-        model.train(was_training)
+            graph = _torch2_dependency_graph().build_dependency(
+                model, example_inputs=example_input, forward_fn=forward, verbose=False)
     except Exception as exc:  # tracing failures come from the user's architecture
         raise HalpError(f"torch-pruning could not trace this model's channel couplings "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); its "
                         "dependency graph cannot handle this architecture — halp-trt can only "
                         "prune models it can trace, so use another model") from exc
+    finally:
+        model.train(was_training)
+    with quiet_torch_pruning():  # its channel inference warns when it gives up
+        graph.halp_channel_reshapes = _unmapped_channel_reshapes(graph)
+    leaf_ids = {id(t) for t in leaves}
+    graph.halp_cut_nodes = {node for node in graph.module2node.values()
+                            if node.grad_fn in cut_grad_fns}
+    # nodes that take a shuffled tensor: its channels cannot change
+    graph.halp_leaf_consumers = {
+        node for node in graph.module2node.values()
+        if any(id(getattr(f, "variable", None)) in leaf_ids
+               for f, _ in getattr(node.grad_fn, "next_functions", ()) if f is not None)}
     return graph
 
 
@@ -142,10 +309,16 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
         tp_groups = list(graph.get_all_groups(ignored_layers=ignored,
                                               root_module_types=(nn.Conv2d, nn.Linear)))
     for tp_group in tp_groups:
+        if _held_by_graph_boundary(graph, tp_group):
+            continue
         root_dep = tp_group[0].dep
         root_name = name_of.get(root_dep.target.module)
         size = len(tp_group[0].idxs)
         group = ChannelGroup(id=len(groups), root=root_name, size=size)
+        reshapes = getattr(graph, "halp_channel_reshapes", set())
+        if any(item.dep.target in reshapes for item in tp_group.items):
+            group.held = ("a reshape changes its channel count (e.g. into attention heads) and "
+                          "the dependency graph does not map its channels across it")
         for item in tp_group.items:
             dep, idxs = item.dep, item.idxs
             module = dep.target.module
@@ -163,6 +336,21 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
         groups.append(group)
     del tp
     return groups, graph
+
+
+def _held_by_graph_boundary(graph, tp_group) -> bool:
+    """Whether a torch-pruning group must keep its width because its channels cross a channel
+    shuffle, where the traced graph is cut (see ``_ChannelShuffleCut``): they reach the tensor
+    being shuffled, or they are the shuffled tensor's own channels, which a depthwise conv, a
+    norm or an element-wise op taking it would have to narrow."""
+    cut_nodes = getattr(graph, "halp_cut_nodes", set())
+    consumers = getattr(graph, "halp_leaf_consumers", set())
+    for item in tp_group.items:
+        node = item.dep.target
+        if node in cut_nodes or (node in consumers
+                                 and graph.is_in_channel_pruning_fn(item.dep.handler)):
+            return True
+    return False
 
 
 def check_unique_coverage(groups: Sequence[ChannelGroup]) -> None:

@@ -80,7 +80,9 @@ def slimmed_copy(pruner, width_factor: float):
     masks = {}
     for g in pruner.prunable:
         step = pruner.group_sizes[g.id]
-        k = min(g.size, max(step, int(round(g.size * width_factor / step)) * step))
+        k = min(g.size, max(step, int(g.size * width_factor / step) * step))
+        if k >= g.size > step:  # coarse steps: at least one step narrower, or no second point
+            k = g.size - step
         masks[g.root] = pruner.uniform_mask(g, k)
     pruner.set_masks(masks)
     layers_ms = pruner.predict_ms()

@@ -1,11 +1,23 @@
 """prune-and-deploy: the whole job as named stages over one validated config.
 
     report = prune_and_deploy(DeployConfig(out="run1"))
+    front = prune_and_deploy(DeployConfig(out="run2", target="0.7,0.5,0.3"))
 
 ``config.py`` holds ``DeployConfig``; ``state.py`` the typed, resumable checkpoint; ``run.py``
-the stages (load, original, table, calibrate, prune, fine-tune, deploy, verify, report).
+the stages (load, original, table, calibrate, prune, fine-tune, deploy, verify, report);
+``front.py`` several targets from one run and their Pareto front.
 """
 from halp_trt.pipeline.config import DeployConfig
-from halp_trt.pipeline.run import DeployRun, prune_and_deploy
+from halp_trt.pipeline.front import prune_and_deploy_front
+from halp_trt.pipeline.run import DeployRun
 
-__all__ = ["DeployConfig", "DeployRun", "prune_and_deploy"]
+
+def prune_and_deploy(cfg: DeployConfig) -> dict:
+    """Run the whole job; returns the report (also written to ``cfg.out``). With several
+    targets, one pruned model per target and their Pareto front."""
+    if len(cfg.parsed_targets) > 1:
+        return prune_and_deploy_front(cfg)
+    return DeployRun(cfg).run()
+
+
+__all__ = ["DeployConfig", "DeployRun", "prune_and_deploy", "prune_and_deploy_front"]

@@ -19,6 +19,7 @@ import os
 from halp_trt.errors import HalpError
 from halp_trt.fileio import write_atomic_with, write_json_atomic
 from halp_trt.pipeline.config import DeployConfig
+from halp_trt.pipeline.run import CHECKPOINT, DeployRun
 from halp_trt.pipeline.state import RunState
 
 SHARED = "shared.pt"
@@ -36,8 +37,6 @@ def _order(cfg: DeployConfig) -> list[str]:
 
 def prune_and_deploy_front(cfg: DeployConfig) -> dict:
     """One pruned model per target of ``cfg.target`` (comma-separated); returns the front."""
-    from halp_trt.pipeline.run import CHECKPOINT, DeployRun
-
     if len(cfg.parsed_targets) < 2:
         raise HalpError("prune_and_deploy_front needs several targets, e.g. target='0.7,0.5'")
     os.makedirs(cfg.out, exist_ok=True)

@@ -43,16 +43,6 @@ INT8_CALIBRATION_BATCHES = 32
 INT8_CHECK_INPUTS = 128
 
 
-def prune_and_deploy(cfg: DeployConfig) -> dict:
-    """Run the whole job; returns the report (also written to ``cfg.out``). With several
-    targets, one pruned model per target and their Pareto front (``pipeline.front``)."""
-    if len(cfg.parsed_targets) > 1:
-        from halp_trt.pipeline.front import prune_and_deploy_front
-
-        return prune_and_deploy_front(cfg)
-    return DeployRun(cfg).run()
-
-
 def _progress(iterable, enabled: bool, **kw):
     if not enabled:
         return iterable
@@ -76,7 +66,8 @@ class DeployRun:
         if not isinstance(cfg, DeployConfig):
             raise HalpError("prune_and_deploy needs a DeployConfig")
         if len(cfg.parsed_targets) > 1:
-            raise HalpError("a DeployRun prunes to one target; prune_and_deploy runs several")
+            raise HalpError("a DeployRun prunes to one target; halp_trt.pipeline.prune_and_deploy "
+                            "runs several")
         self.cfg = cfg
         self.t_start = time.perf_counter()
         self.rank, self.world = dist_context()
@@ -312,7 +303,13 @@ class DeployRun:
                 "layers_slim_ms": slim_layers_ms, "model_slim_ms": stats["slim"].estimate("min")})
             self.checkpoint(original_ms=cal["model_full_ms"], calibration=cal)
         c = st.calibration
-        self.calib = Calibration(cfg.calibration, c["layers_full_ms"], c["model_full_ms"],
+        kind = cfg.calibration
+        if kind == "affine" and c["layers_slim_ms"] >= c["layers_full_ms"]:
+            # every group is a single latency step wide: no narrower second point exists
+            self.log("no group can be slimmed by a whole step: calibrating proportionally "
+                     "(ratio) instead of affine")
+            kind = "ratio"
+        self.calib = Calibration(kind, c["layers_full_ms"], c["model_full_ms"],
                                  c["layers_slim_ms"], c["model_slim_ms"])
         original_ms = st.original_ms
         self.target_ms = cfg.parsed_target.to_ms(original_ms)

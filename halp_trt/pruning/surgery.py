@@ -58,7 +58,8 @@ def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> 
 
     Grouped (not depthwise) convs are pruned by narrowing every conv group by the same number
     of channels, so the group count (the runtime's parallelism) stays; a group whose channels
-    two grouped convs slice differently keeps its width."""
+    two grouped convs slice differently keeps its width. So does a group that
+    ``find_channel_groups`` marks ``held`` (a reshape it cannot map channels across)."""
     for m in group.members:
         width = _side_width(modules[m.module_name], m.side)
         if width is not None and m.idxs and max(m.idxs) >= width:
@@ -76,7 +77,7 @@ def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> 
         mod = modules[m.module_name]
         if isinstance(mod, _CROSS_CHANNEL):
             return f"{m.module_name} ({type(mod).__name__}) normalises across channels"
-    return None
+    return group.held
 
 
 def masked_pruned_difference(masked: torch.Tensor, pruned: torch.Tensor) -> float:

@@ -24,10 +24,10 @@ from fakes import free_port
 
 def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     report = prune_and_deploy(toy_config(tmp_path, tiny_table))
-    # the table was measured on this machine: the probe agrees (its 16x16 layers are too small
-    # for a scale verdict, see halp_trt.latency.probe)
+    # the table was measured on this machine: the probe agrees
     probe = report["table"]["probe"]
-    assert probe["fits"] and probe["scale_ratio"] is None, probe
+    assert probe["fits"], probe
+    assert probe["scale_ratio"] is None or 0.5 < probe["scale_ratio"] < 2, probe
     assert "given with --table" in report["table"]["why"]
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["speedup_measured"] == pytest.approx(report["speedup_measured"])
@@ -232,7 +232,7 @@ def test_int8_run_deploys_a_quantized_model_checked_against_pytorch(tmp_path):
     assert json.loads(table.read_text())["identity"]["quantization"]["format"] == "QDQ"
     # a trained start (not allow_untrained): the INT8 check then applies its full thresholds
     report = prune_and_deploy(toy_config(tmp_path / "run", str(table), precision="int8",
-                                         pretrain_epochs=2, max_batches=12,
+                                         pretrain_epochs=3, max_batches=25,
                                          allow_untrained=False))
     assert report["backend"]["precision"] == "int8"
     q = report["int8"]

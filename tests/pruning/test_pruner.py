@@ -8,6 +8,7 @@ import torch.nn as nn
 import torchvision
 
 from fakes import StaircaseLatencyModel
+from tiny_models import tiny_resnet
 from halp_trt.pruning.contributions import predict_model_ms
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import find_channel_groups
@@ -142,10 +143,18 @@ def test_masked_equals_pruned(name):
         assert width == int(masks[g.root].sum()), g.root
 
 
-def test_shufflenet_is_refused_with_a_clear_error():
-    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
-    with pytest.raises(HalpError, match="could not trace"):
-        HALPPruner(model, torch.randn(1, 3, 32, 32), StaircaseLatencyModel(),
+def test_a_model_torch_pruning_cannot_trace_is_refused_with_a_clear_error(monkeypatch):
+    """Tracing failures inside torch-pruning (ShuffleNetV2 raised ZeroDivisionError before
+    halp-trt read its saved shapes itself) become one HalpError naming the cause."""
+    from halp_trt.graph import groups
+
+    class Untraceable:
+        def build_dependency(self, *args, **kwargs):
+            raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(groups, "_torch2_dependency_graph", Untraceable)
+    with pytest.raises(HalpError, match="could not trace.*ZeroDivisionError"):
+        HALPPruner(tiny_resnet(), torch.randn(1, 3, 16, 16), StaircaseLatencyModel(),
                    HALPConfig(target=0.5))
 
 
