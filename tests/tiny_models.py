@@ -257,6 +257,21 @@ def vit_tiny(num_classes=10):
     return net
 
 
+class VersionedTinyResNet(TinyResNet):
+    """Refuses state dicts without their version metadata, as torchvision's MNASNet does."""
+
+    _version = 2
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        if prefix == "" and local_metadata.get("version") is None:
+            raise ValueError("version should be set to 1 or 2 instead of None")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+
+def versioned_tiny_resnet(num_classes=10):
+    return VersionedTinyResNet(num_classes)
+
+
 MODEL = "tiny_models:tiny_resnet"
 
 

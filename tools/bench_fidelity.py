@@ -10,7 +10,7 @@ measured); the closed-loop feedback of prune-and-deploy is *not* used here, so t
 show the open-loop quality of table + calibration + contribution rule.
 
     python tools/bench_fidelity.py --model resnet18 --num-classes 10 --input-shape 1,3,64,64 \
-        --table profiles/resnet18_1x3x64x64_ort-cpu.json --json tools/results/fidelity_resnet18.json
+        --table profiles/resnet18_1x3x64x64_ort-cpu_zen3-avx2.json --json tools/results/fidelity_resnet18.json
 """
 import argparse
 import copy

@@ -6,7 +6,7 @@ median / max relative error of the table's lookup at random unmeasured points.
 Targets (resnet50 at 1x3x224x224): <= 30 min, <= 5% of the grid, median error <= 3%.
 
     python tools/bench_table.py --model resnet50 --input-shape 1,3,224,224 \
-        --out profiles/resnet50_1x3x224x224_ort-cpu.json --validate 60 --json bench_table.json
+        --out profiles/resnet50_1x3x224x224_ort-cpu_zen3-avx2.json --validate 60 --json bench_table.json
 Run it on a quiet machine: other work on the cores shows up as noise.
 """
 import argparse

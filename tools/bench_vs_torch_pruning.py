@@ -134,7 +134,7 @@ def score(model, train_loader, val_loader, seed):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", default="profiles/resnet18_1x3x64x64_ort-cpu.json")
+    ap.add_argument("--table", default="profiles/resnet18_1x3x64x64_ort-cpu_zen3-avx2.json")
     ap.add_argument("--ratios", default="0.3,0.6", help="Torch-Pruning channel pruning ratios")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--batches", type=int, default=6, help="importance batches")

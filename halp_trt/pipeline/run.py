@@ -132,6 +132,8 @@ class DeployRun:
                                         self.world > 1)
         self.val_loader = make_loader(self.data.val, 256, False, cfg.seed, self.world > 1)
         self.backend = backend_for(cfg.gpu, cfg.precision, backend=cfg.backend)
+        if cfg.precision == "int8":  # every whole model is quantized with the task's data
+            self.backend.int8_calibration = self._int8_calibration_inputs()
         # before any training: the architecture must be prunable and an explicit table must fit
         # (channel groups and layer signatures depend on the architecture only, not on weights)
         groups, _ = find_channel_groups(self.model, self.example)
@@ -239,8 +241,8 @@ class DeployRun:
             # are dropped before pruning and every later model is built without them
             strip_aux_heads(model)
             # a copy: the live tensors are trained and pruned later, the state keeps the original
-            self.checkpoint(phase="original", original={k: v.detach().clone() for k, v in
-                                                        model.state_dict().items()})
+            # (deepcopy keeps the state dict's _metadata: MNASNet refuses to load without it)
+            self.checkpoint(phase="original", original=copy.deepcopy(model.state_dict()))
         else:
             strip_aux_heads(model)
             model.load_state_dict(self.state.original)
@@ -359,8 +361,16 @@ class DeployRun:
             return
         pruner = HALPPruner(model, example, self.latency_table, self.halp_config)
         final_ratio = self.target_ms / st.original_ms
+        def build_arch(result):
+            # with the current weights: INT8 latency depends on them through the activation
+            # ranges (seen on resnet18: randomly initialised copies read a 0.93-width model at
+            # 1.40x the trained original and the last step at 0.48; the deployed model, 0.37)
+            net = self.new_model()
+            net.load_state_dict(model.state_dict())
+            return apply_result(net, example, result).eval()
+
         feedback = LatencyFeedback(
-            pruner, lambda result: apply_result(self.new_model(), example, result).eval(),
+            pruner, build_arch,
             lambda net: export_onnx(net, example), self.backend,
             export_onnx(self.original_model, example), final_ratio, self._model_protocol(),
             log=self.log, broadcast=broadcast_object if self.world > 1 else None)
@@ -447,6 +457,15 @@ class DeployRun:
                       label="original model", sane_outputs=sane)
         self.int8 = self._deploy_int8() if cfg.precision == "int8" else None
 
+    def _int8_calibration_inputs(self) -> list:
+        """``INT8_CALIBRATION_BATCHES`` model inputs from the training split (seeded)."""
+        from halp_trt.data import make_loader
+
+        cfg = self.cfg
+        return [x.numpy() for x, _ in
+                _capped(make_loader(self.data.train, cfg.batch_size, True, cfg.seed),
+                        INT8_CALIBRATION_BATCHES) if x.shape[0] == cfg.batch_size]
+
     def _deploy_int8(self) -> dict:
         """Quantize original and pruned with calibration images from the task, check the INT8
         pruned model against PyTorch (top-1 agreement, logit error) and measure both INT8
@@ -460,10 +479,7 @@ class DeployRun:
 
         cfg = self.cfg
         name = input_names(self.pruned_onnx)[0]
-        calib = [{name: x[: cfg.batch_size].numpy()} for x, _ in
-                 _capped(make_loader(self.data.train, cfg.batch_size, True, cfg.seed),
-                         INT8_CALIBRATION_BATCHES)
-                 if x.shape[0] == cfg.batch_size]
+        calib = [{name: x} for x in self.backend.int8_calibration]
         self.log(f"quantizing to INT8 (QDQ) with {len(calib)} calibration batches of "
                  f"{self.data.name}")
         self.float_onnx = {"original": self.original_onnx, "pruned": self.pruned_onnx}

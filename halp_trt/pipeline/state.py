@@ -7,7 +7,7 @@ Phases, in order: ``start`` → ``original`` (weights fixed, original measured) 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -35,7 +35,10 @@ class RunState:
     finetune_epochs_done: int = 0
 
     def save(self, path: str) -> None:
-        state = {k: v for k, v in asdict(self).items() if v is not None}
+        # shallow: asdict would rebuild the state dicts without their _metadata (versions that
+        # modules such as MNASNet check when loading)
+        state = {f.name: getattr(self, f.name) for f in fields(self)
+                 if getattr(self, f.name) is not None}
         write_atomic_with(path, lambda f: torch.save(state, f))
 
     @classmethod

@@ -52,3 +52,12 @@ def test_repeated_or_bad_targets_are_one_clear_error(tmp_path):
         DeployConfig(out=str(tmp_path), target="0.5,50%")
     with pytest.raises(ConfigError):
         DeployConfig(out=str(tmp_path), target="0.5,abc")
+
+
+def test_state_dict_metadata_survives_the_run(tmp_path, tiny_table):
+    """The original's weights are kept as a copy with their metadata: models that check their
+    state dict's version on load (MNASNet) are rebuilt from it for each stage and target."""
+    front = prune_and_deploy(toy_config(tmp_path, tiny_table,
+                                        model="tiny_models:versioned_tiny_resnet",
+                                        target="0.95,0.9", epochs=0, steps=1))
+    assert len(front["points"]) == 2
