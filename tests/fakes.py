@@ -101,3 +101,21 @@ class StaircaseTimedBackend:
                 return [handle["ms"]] * n_runs
 
         return _StaircaseTimed()
+
+
+def randomise_bn(model, seed: int = 0, mean_scale: float | None = None) -> None:
+    """Non-trivial BN statistics and affine parameters, so a wrong mask shows in the output.
+    Running means uniform in [-0.5, 0.5), or N(0, mean_scale) when given."""
+    import torch
+    import torch.nn as nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5 if mean_scale is None
+                                     else torch.randn(n, generator=g) * mean_scale)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)

@@ -43,7 +43,7 @@ from halp_trt.pruning.masker import ChannelMasker
 from halp_trt.pruning.result import PruningResult
 from halp_trt.pruning.schedule import schedule_targets_ms
 from halp_trt.pruning.surgery import (conv_group_slices, masked_pruned_difference,
-                                      remove_channels, unprunable_reason)
+                                      masked_then_pruned, remove_channels, unprunable_reason)
 # Attempts at tightening the budget when the true prediction exceeds the knapsack's estimate
 # (two-sided linearisation, or a non-monotone table).
 _REPAIR_ATTEMPTS = 12
@@ -169,14 +169,8 @@ class HALPPruner:
                     tg = by_root[g.root]
                     keep[tg.id] = mask
                     drop[tg.id] = torch.nonzero(~mask).flatten().tolist()
-                masker = ChannelMasker(copy_model, trial_groups)
-                masker.set_masks(keep)
-                with torch.no_grad():
-                    masked = copy_model(example_input)
-                masker.remove_hooks()
-                remove_channels(copy_model, graph, trial_groups, drop)
-                with torch.no_grad():
-                    pruned = copy_model(example_input)
+                masked, pruned = masked_then_pruned(copy_model, graph, trial_groups, keep, drop,
+                                                    example_input)
                 diff = masked_pruned_difference(masked, pruned)
                 return None if diff <= 1e-4 else f"pruned differs from masked by {diff:.1e}"
             except Exception as exc:  # noqa: BLE001 - any failure means: not safe to prune

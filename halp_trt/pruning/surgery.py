@@ -10,6 +10,7 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import ChannelGroup, quiet_torch_pruning
 from halp_trt.graph.layers import is_depthwise
+from halp_trt.pruning.masker import ChannelMasker
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Normalisations whose statistics span channels: zeroed channels still count in the statistics,
@@ -155,3 +156,20 @@ def _rebuild_grouped_conv(conv, name: str, weight, bias, keep_in: list[int],
     if bias is not None:
         conv.bias = nn.Parameter(bias[keep_out].clone(), requires_grad=conv.bias.requires_grad)
     conv.in_channels, conv.out_channels = len(keep_in), len(keep_out)
+
+
+def masked_then_pruned(model: nn.Module, graph, groups: Sequence[ChannelGroup],
+                       keep: Mapping[int, torch.Tensor], drop: Mapping[int, Sequence[int]],
+                       example_input: torch.Tensor) -> tuple:
+    """``model``'s outputs on ``example_input`` with the ``keep`` masks (per group id), then —
+    after removing the ``drop`` channels in place — again: the pair that must agree
+    (``check_masked_equals_pruned``)."""
+    masker = ChannelMasker(model, groups)
+    masker.set_masks(keep)
+    with torch.no_grad():
+        masked = model(example_input)
+    masker.remove_hooks()
+    remove_channels(model, graph, groups, drop)
+    with torch.no_grad():
+        pruned = model(example_input)
+    return masked, pruned

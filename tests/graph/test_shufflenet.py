@@ -6,25 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from fakes import randomise_bn
 from halp_trt.graph.groups import check_unique_coverage, find_channel_groups
 from halp_trt.graph.layers import list_layers
 from halp_trt.models import create_model
-from halp_trt.pruning.masker import ChannelMasker
-from halp_trt.pruning.surgery import (check_masked_equals_pruned, remove_channels,
+from halp_trt.pruning.surgery import (check_masked_equals_pruned, masked_then_pruned,
                                       unprunable_reason)
-
-
-def _randomise_bn(model, seed=0):
-    """Non-trivial BN statistics and affine parameters, so a wrong mask shows in the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 def _prune_quarter_of_every_group(model, x):
@@ -40,21 +27,14 @@ def _prune_quarter_of_every_group(model, x):
             k = torch.ones(g.size, dtype=torch.bool)
             k[d] = False
             keep[g.id], drop[g.id] = k, d
-    masker = ChannelMasker(model, groups)
-    masker.set_masks(keep)
-    with torch.no_grad():
-        masked = model(x)
-    masker.remove_hooks()
-    remove_channels(model, graph, groups, drop)
-    with torch.no_grad():
-        pruned = model(x)
+    masked, pruned = masked_then_pruned(model, graph, groups, keep, drop, x)
     return groups, keep, masked, pruned
 
 
 def test_torchvision_shufflenet_is_pruned_inside_its_branches():
     torch.manual_seed(0)
     model = create_model("shufflenet_v2_x0_5", 10, 64).eval()
-    _randomise_bn(model)
+    randomise_bn(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         full = model(x)
@@ -130,7 +110,7 @@ class _Shuffled(nn.Module):
 def test_every_spelling_of_a_channel_shuffle_holds_the_widths_around_it(how):
     torch.manual_seed(0)
     model = _Shuffled(how).eval()
-    _randomise_bn(model)
+    randomise_bn(model)
     x = torch.randn(2, 3, 8, 8)
     groups, _, masked, pruned = _prune_quarter_of_every_group(model, x)
     # the stem's channels are shuffled and the depthwise conv takes the shuffled tensor: both

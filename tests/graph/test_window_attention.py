@@ -12,8 +12,7 @@ from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerB
 
 from halp_trt.graph.groups import check_unique_coverage, find_channel_groups
 from halp_trt.models import create_model
-from halp_trt.pruning.masker import ChannelMasker
-from halp_trt.pruning.surgery import (check_masked_equals_pruned, remove_channels,
+from halp_trt.pruning.surgery import (check_masked_equals_pruned, masked_then_pruned,
                                       unprunable_reason)
 
 
@@ -42,14 +41,7 @@ def _remove_and_compare(model, x, groups, graph, prune):
         k = torch.ones(g.size, dtype=torch.bool)
         k[d] = False
         keep[g.id], drop[g.id] = k, d
-    masker = ChannelMasker(model, groups)
-    masker.set_masks(keep)
-    with torch.no_grad():
-        masked = model(x)
-    masker.remove_hooks()
-    remove_channels(model, graph, groups, drop)
-    with torch.no_grad():
-        pruned = model(x)
+    masked, pruned = masked_then_pruned(model, graph, groups, keep, drop, x)
     check_masked_equals_pruned(masked, pruned, rel_tolerance=1e-5)
     return drop
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from fakes import StaircaseLatencyModel
+from fakes import StaircaseLatencyModel, randomise_bn
 from tiny_models import tiny_resnet
 from halp_trt.pruning.contributions import predict_model_ms
 from halp_trt.errors import HalpError
@@ -42,19 +42,6 @@ class Tiny(nn.Module):
         x = torch.relu(self.bn3(self.dw(x)))
         x = torch.relu(self.bn4(self.pw(x)))
         return self.fc(x.mean((2, 3)))
-
-
-def _randomise_bn(model, seed=0):
-    """Non-trivial BN statistics and affine parameters, so a wrong mask shows in the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 def _batch(seed, hw=16, n=4):
@@ -106,7 +93,7 @@ ARCHS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "r
 def test_masked_equals_pruned(name):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10)
-    _randomise_bn(model)
+    randomise_bn(model)
     x = torch.randn(2, 3, 32, 32)
     pruner = HALPPruner(model, x, StaircaseLatencyModel(), HALPConfig(target=0.5))
     assert pruner.prunable
@@ -163,7 +150,7 @@ def test_grouped_convs_are_pruned_evenly_keeping_their_group_count():
     wrongly); now every conv group narrows by the same count and the surgery is ours."""
     torch.manual_seed(0)
     model = torchvision.models.regnet_x_400mf(num_classes=10)
-    _randomise_bn(model)
+    randomise_bn(model)
     x = torch.randn(2, 3, 32, 32)
     before = {n: (m.groups, m.in_channels) for n, m in model.named_modules()
               if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels}
@@ -193,7 +180,7 @@ def test_grouped_convs_are_pruned_evenly_keeping_their_group_count():
 def test_grouped_surgery_with_nothing_removed_is_the_unpruned_model():
     torch.manual_seed(0)
     model = torchvision.models.resnext50_32x4d(num_classes=10)
-    _randomise_bn(model)
+    randomise_bn(model)
     x = torch.randn(1, 3, 32, 32)
     model.eval()
     with torch.no_grad():
@@ -269,7 +256,7 @@ def test_masks_survive_optimizer_steps(make_opt, attach):
 def _run(config, table=None, iters=None, seed=0):
     torch.manual_seed(seed)
     model = Tiny()
-    _randomise_bn(model, seed)
+    randomise_bn(model, seed)
     x0, _ = _batch(0)
     table = table or StaircaseLatencyModel(step=4)
     pruner = HALPPruner(model, x0, table, config)
