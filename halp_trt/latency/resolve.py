@@ -125,6 +125,16 @@ def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, b
             except HalpError:
                 continue
             if not table_fits(table, specs, expected):
+                # a table of this very model and input that another setup measured: say why
+                # it is not used (tables of other models are not candidates at all)
+                ident = table.identity
+                if ident.get("model") == model_name and \
+                        list(ident.get("input_shape") or []) == list(input_shape):
+                    diffs = compare_identity(ident, expected, AUTO_MATCH_KEYS).differs
+                    if diffs:
+                        skipped.append(f"{os.path.basename(path)}: {'; '.join(diffs)}")
+                        log(f"not using {path}: measured on another setup "
+                            f"({'; '.join(diffs)})")
                 continue
             cmp = compare_identity(table.identity, expected, AUTO_MATCH_KEYS)
             result = probe_table(table, backend) if probe else None

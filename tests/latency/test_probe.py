@@ -109,6 +109,9 @@ def test_auto_skips_a_cached_table_the_probe_refuses_and_measures_one(step8_tabl
     d = json.load(open(stale))
     d["identity"]["model"] = "tiny"  # an auto candidate for this model and input
     stale.write_text(json.dumps(d))
+    other_isa = cache / "tables" / "other_isa.json"
+    d["identity"]["isa"] = ["avx2", "fma"]  # the same job measured on another machine class
+    other_isa.write_text(json.dumps(d))
     monkeypatch.setattr(resolve, "profile_dirs", lambda: [str(tmp_path / "none"),
                                                           str(cache / "tables")])
     model = TinyResNet(width=48)
@@ -116,6 +119,8 @@ def test_auto_skips_a_cached_table_the_probe_refuses_and_measures_one(step8_tabl
     got = resolve_table("auto", model, "tiny", SHAPE, _specs(model), StaircaseTimedBackend(16),
                         progress=False, log=logs.append)
     assert got.path != str(stale) and "measured here" in got.reason and "stale.json" in got.reason
+    assert "other_isa.json: isa: table has ['avx2', 'fma']" in got.reason
+    assert any(m.startswith(f"not using {other_isa}: measured on another setup") for m in logs)
     assert got.table.signatures["conv_k3x3_s1x1_p1x1_d1x1_g1_hw8x8"].step_out.step == 16
     # the next run on this machine finds the table it measured, and the probe agrees
     again = resolve_table("auto", model, "tiny", SHAPE, _specs(model), StaircaseTimedBackend(16),
