@@ -34,6 +34,18 @@ def _friendly(fn):
     return wrapper
 
 
+def _backend(gpu: bool, name: str | None, precision: str, threads: int = 1,
+             optimization: str = "all", timing_cache: str | None = None):
+    """The backend ``--gpu`` / ``--backend`` choose, with the options that apply to it."""
+    from halp_trt.runtime import backend_for
+
+    name = name or ("tensorrt" if gpu else "onnxruntime")
+    opts = {"tensorrt": {"timing_cache_path": timing_cache} if timing_cache else {},
+            "onnxruntime": {"threads": threads, "optimization": optimization},
+            "openvino": {"threads": max(1, threads)}}.get(name, {})
+    return backend_for(gpu, precision, backend=name, **opts)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="halp-trt")
 def main():
@@ -71,7 +83,6 @@ def main():
 def build_table_cmd(model, input_shape, out_path, num_classes, gpu, backend, precision, threads,
                     optimization, rounds, max_points, validate, exclude, timing_cache):
     """Measure the per-layer latency table of MODEL (torchvision name or module:factory)."""
-    from halp_trt.runtime import backend_for
     from halp_trt.latency.build import BuildConfig, build_table, grid_size
     from halp_trt.latency.inspection import format_report
     from halp_trt.runtime.protocol import Protocol
@@ -81,12 +92,8 @@ def build_table_cmd(model, input_shape, out_path, num_classes, gpu, backend, pre
     shape = parse_input_shape(input_shape)
     check_writable(out_path)
     net = create_model(model, num_classes)
-    name = backend or ("tensorrt" if gpu else "onnxruntime")
-    opts = {"tensorrt": {"timing_cache_path": timing_cache or
-                         os.path.splitext(out_path)[0] + ".timing-cache"},
-            "onnxruntime": {"threads": threads, "optimization": optimization},
-            "openvino": {"threads": max(1, threads)}}[name]
-    backend = backend_for(gpu, precision, backend=name, **opts)
+    backend = _backend(gpu, backend, precision, threads, optimization,
+                       timing_cache or os.path.splitext(out_path)[0] + ".timing-cache")
     cfg = BuildConfig(protocol=Protocol(rounds=rounds), max_points_per_axis=max_points,
                       validate=validate)
     try:
@@ -154,7 +161,6 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 
     from halp_trt.latency.resolve import check_table
     from halp_trt.latency.table import LatencyTable
-    from halp_trt.runtime import backend_for
 
     table = LatencyTable.load(table_path)
     ident = table.identity
@@ -171,11 +177,8 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
         example = torch.randn(*shape)
         specs = list_layers(net, example, find_channel_groups(net, example)[0])
     name = ident.get("backend", "onnxruntime")
-    opts = {"tensorrt": {}, "openvino": {"threads": int(ident.get("threads", 1))}}.get(
-        name, {"threads": int(ident.get("threads", 1)),
-               "optimization": ident.get("optimization_level", "all")})
-    backend = backend_for(name == "tensorrt", ident.get("precision", "fp32"), backend=name,
-                          **opts)
+    backend = _backend(name == "tensorrt", name, ident.get("precision", "fp32"),
+                       int(ident.get("threads", 1)), ident.get("optimization_level", "all"))
     try:
         result = check_table(table_path, backend, specs, shape, probe=not no_probe)
     finally:

@@ -308,6 +308,7 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
     with quiet_torch_pruning():
         tp_groups = list(graph.get_all_groups(ignored_layers=ignored,
                                               root_module_types=(nn.Conv2d, nn.Linear)))
+    reshapes = getattr(graph, "halp_channel_reshapes", set())
     for tp_group in tp_groups:
         if _held_by_graph_boundary(graph, tp_group):
             continue
@@ -315,7 +316,6 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
         root_name = name_of.get(root_dep.target.module)
         size = len(tp_group[0].idxs)
         group = ChannelGroup(id=len(groups), root=root_name, size=size)
-        reshapes = getattr(graph, "halp_channel_reshapes", set())
         if any(item.dep.target in reshapes for item in tp_group.items):
             group.held = ("a reshape changes its channel count (e.g. into attention heads) and "
                           "the dependency graph does not map its channels across it")

@@ -133,9 +133,10 @@ def plot_signature(sig: SignatureTable, path: str, others: list[tuple[str, Signa
     colors = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
     for ax, axis in zip(axes, ("out", "in")):
         prunable = sig.out_prunable if axis == "out" else sig.in_prunable and not sig.depthwise
+        own = sig.step_out if axis == "out" else sig.step_in
         steps = ", ".join(f"{lab}: {(s.step_out if axis == 'out' else s.step_in).step}"
                           for lab, s in tables) if others else \
-            f"{(sig.step_out if axis == 'out' else sig.step_in).step}"
+            f"{own.step}" + ("" if own.accepted else " (none)")
         other_full = sig.c_in_max if axis == "out" else sig.c_out_max
         ax.set_title(f"vs c_{axis} at full c_{'in' if axis == 'out' else 'out'} "
                      f"({other_full}); step {steps}", fontsize=9)

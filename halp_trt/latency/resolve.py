@@ -48,17 +48,25 @@ class ResolvedTable:
     probe: ProbeResult | None = None
 
 
-def check_table_covers(table, specs: Sequence[LayerSpec], table_path: str, model_name: str,
-                       input_shape) -> None:
-    """Every layer's signature must be in the table, at widths within its range."""
-    bad = []
+def uncovered_layers(table, specs: Sequence[LayerSpec]) -> list[tuple[str, str]]:
+    """(layer name, why) for each layer whose signature the table lacks or whose widths exceed
+    the table's range."""
+    out = []
     for s in specs:
         sig = table.signatures.get(s.signature.key)
         if sig is None:
-            bad.append(f"{s.name} ({s.signature.key}) is not in it")
+            out.append((s.name, f"{s.name} ({s.signature.key}) is not in it"))
         elif s.in_channels > sig.c_in_max or s.out_channels > sig.c_out_max:
-            bad.append(f"{s.name} ({s.signature.key}) is {s.in_channels}->{s.out_channels} "
-                       f"channels, the table covers up to {sig.c_in_max}->{sig.c_out_max}")
+            out.append((s.name, f"{s.name} ({s.signature.key}) is {s.in_channels}->"
+                        f"{s.out_channels} channels, the table covers up to "
+                        f"{sig.c_in_max}->{sig.c_out_max}"))
+    return out
+
+
+def check_table_covers(table, specs: Sequence[LayerSpec], table_path: str, model_name: str,
+                       input_shape) -> None:
+    """Every layer's signature must be in the table, at widths within its range."""
+    bad = [why for _, why in uncovered_layers(table, specs)]
     if bad:
         more = f" (and {len(bad) - 1} more layer(s))" if len(bad) > 1 else ""
         raise ConfigError("table", f"the latency table {table_path} does not fit this model: "
@@ -198,11 +206,7 @@ def check_table(path: str, backend, specs: Sequence[LayerSpec] | None = None,
     if input_shape is not None:
         expected["batch"] = int(input_shape[0])
     cmp = table.check_compatible(expected, allow_mismatch=True)
-    uncovered = []
-    for s in specs or ():
-        sig = table.signatures.get(s.signature.key)
-        if sig is None or s.in_channels > sig.c_in_max or s.out_channels > sig.c_out_max:
-            uncovered.append(s.name)
+    uncovered = [name for name, _ in uncovered_layers(table, specs or ())]
     return TableCheck(path, cmp.lines(), bool(cmp.differs),
                       probe_table(table, backend) if probe else None, uncovered,
                       len(specs or ()))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import platform
 
+import numpy as np
+
 # Flags that change which kernels a runtime picks (MLAS, oneDNN, XNNPACK), in a fixed order so
 # identities compare as lists. Kept short: flags that never select a kernel would only make
 # tables from equivalent hosts look different.
@@ -74,6 +76,22 @@ def last_level_cache_bytes(default: int = 32 << 20) -> int:
     """Size of the largest CPU cache, for sizing a cache-eviction buffer."""
     sizes = cache_sizes_bytes()
     return max(sizes.values()) if sizes else default
+
+
+class CpuCacheEvictor:
+    """Evicts a layer's weights from the CPU caches by reading a buffer twice the size of the
+    last-level cache, so the next run reads them cold, as it would inside a whole model."""
+
+    def __init__(self):
+        self._buffer: np.ndarray | None = None
+
+    def evict(self) -> None:
+        if self._buffer is None:
+            self._buffer = np.ones(2 * last_level_cache_bytes() // 8, dtype=np.float64)
+        float(self._buffer.sum())
+
+    def release(self) -> None:
+        self._buffer = None
 
 
 def cpus_available() -> int:

@@ -97,8 +97,9 @@ def convert_onnx_to_fp16(onnx_bytes: bytes, label: str = "") -> bytes:
     return model.SerializeToString()
 
 
-def input_names(onnx_bytes: bytes) -> list[str]:
-    """The graph's real inputs (initializers listed as inputs by older exporters excluded)."""
+def graph_inputs(onnx_bytes: bytes) -> list:
+    """The graph's real inputs as ValueInfoProtos (initializers that older exporters list as
+    inputs excluded)."""
     graph = load_onnx_bytes(onnx_bytes, "the graph").graph
     inits = {i.name for i in graph.initializer}
-    return [i.name for i in graph.input if i.name not in inits]
+    return [i for i in graph.input if i.name not in inits]

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from halp_trt.runtime.base import Backend
+from halp_trt.runtime.machine import CpuCacheEvictor, cpu_identity
+from halp_trt.runtime.onnx_utils import graph_inputs
 from halp_trt.runtime.quantize import QUANT_SCHEME, is_quantized, quantize_qdq
-from halp_trt.runtime.machine import cpu_identity, last_level_cache_bytes
 from halp_trt.errors import HalpError, MissingBackendError
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -56,7 +57,7 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort
         self.provider, self.threads, self.optimization = provider, int(threads), optimization
         self.precision = precision
-        self._flush_buffer: np.ndarray | None = None
+        self._evictor = CpuCacheEvictor()
         # (fp32 bytes, int8 bytes) of the last graph quantized: sessions_per_graph > 1 prepares
         # one graph several times in a row, and quantization costs as much as a session build
         self._last_quantized: tuple[bytes, bytes] | None = None
@@ -94,7 +95,12 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 3
         return so
 
-    def _int8_graph(self, onnx_bytes: bytes, label: str) -> bytes:
+    def int8_graph(self, onnx_bytes: bytes, label: str = "") -> bytes:
+        """The INT8 (QDQ) graph this backend times for ``onnx_bytes``: as given when it already
+        quantizes, else quantized with ``int8_calibration`` (whole models) or synthetic
+        calibration (layer graphs). Deploy the bytes this returns to run what was timed."""
+        if self.precision != "int8":
+            raise HalpError(f"int8_graph needs an int8 backend; this one measures {self.precision}")
         try:
             if is_quantized(onnx_bytes):
                 return onnx_bytes
@@ -114,11 +120,7 @@ class OnnxRuntimeBackend(Backend):
         shape (a whole model), else None (synthetic: per-layer graphs)."""
         if not self.int8_calibration:
             return None
-        import onnx
-
-        graph = onnx.load_from_string(onnx_bytes).graph
-        inits = {i.name for i in graph.initializer}
-        inputs = [i for i in graph.input if i.name not in inits]
+        inputs = graph_inputs(onnx_bytes)
         if len(inputs) != 1:
             return None
         dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
@@ -128,7 +130,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _prepare_impl(self, onnx_bytes: bytes, label: str = "") -> Any:
         if self.precision == "int8":
-            onnx_bytes = self._int8_graph(onnx_bytes, label)
+            onnx_bytes = self.int8_graph(onnx_bytes, label)
         try:
             sess = self._ort.InferenceSession(onnx_bytes, sess_options=self._session_options(),
                                               providers=[_PROVIDERS[self.provider]])
@@ -160,15 +162,11 @@ class OnnxRuntimeBackend(Backend):
         return sess.run(None, feeds)
 
     def flush_cache(self) -> None:
-        # Reading twice the last-level cache evicts a layer's weights. Measured here: a 3x3
-        # 512->512 conv at 2x2 took 0.29 ms at 448 output channels (8.3 MB of weights, still
-        # cached between back-to-back runs) and 0.6-0.75 ms at 465-512 — a cliff that a whole
-        # resnet18, whose weights never stay cached, does not have.
-        if self.provider != "cpu":
-            return
-        if self._flush_buffer is None:
-            self._flush_buffer = np.ones(2 * last_level_cache_bytes() // 8, dtype=np.float64)
-        float(self._flush_buffer.sum())
+        # Measured here: a 3x3 512->512 conv at 2x2 took 0.29 ms at 448 output channels (8.3 MB
+        # of weights, still cached between back-to-back runs) and 0.6-0.75 ms at 465-512 — a
+        # cliff that a whole resnet18, whose weights never stay cached, does not have.
+        if self.provider == "cpu":
+            self._evictor.evict()
 
     def release(self, handle: Any) -> None:
         handle.clear()

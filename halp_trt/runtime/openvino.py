@@ -20,7 +20,7 @@ import numpy as np
 
 from halp_trt.errors import HalpError, MissingBackendError
 from halp_trt.runtime.base import Backend
-from halp_trt.runtime.machine import cpu_identity, last_level_cache_bytes
+from halp_trt.runtime.machine import CpuCacheEvictor, cpu_identity
 
 
 class OpenVinoBackend(Backend):
@@ -63,7 +63,7 @@ class OpenVinoBackend(Backend):
         self._device_name = self._core.get_property(self.device, device_props.full_name)
         self._capabilities = (list(self._core.get_property(self.device, device_props.capabilities))
                               if device_props.capabilities() in supported else None)
-        self._flush_buffer: np.ndarray | None = None
+        self._evictor = CpuCacheEvictor()
 
     def _identity_impl(self) -> dict:
         ident = {"runtime": "openvino", "runtime_version": self._ov.get_version(),
@@ -119,14 +119,11 @@ class OpenVinoBackend(Backend):
                 for i in range(len(handle["compiled"].outputs))]
 
     def flush_cache(self) -> None:
-        # Reading twice the last-level cache evicts a layer's weights (see the ONNX Runtime
-        # backend for the cliff that warm weights put into a table).
-        if self._flush_buffer is None:
-            self._flush_buffer = np.ones(2 * last_level_cache_bytes() // 8, dtype=np.float64)
-        float(self._flush_buffer.sum())
+        # see the ONNX Runtime backend for the cliff that warm weights put into a table
+        self._evictor.evict()
 
     def release(self, handle: Any) -> None:
         handle.clear()
 
     def close(self) -> None:
-        self._flush_buffer = None
+        self._evictor.release()

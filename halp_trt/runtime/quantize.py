@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from halp_trt.errors import HalpError
+from halp_trt.runtime.onnx_utils import graph_inputs
 
 # Activations signed (S8S8). ONNX Runtime's documentation names S8S8 with QDQ its default and
 # first choice on CPU; U8S8 only matters on AVX2/AVX512 hosts without VNNI, whose u8*s8
@@ -47,15 +48,10 @@ def is_quantized(onnx_bytes: bytes) -> bool:
 def synthetic_calibration(onnx_bytes: bytes, samples: int = SYNTHETIC_SAMPLES,
                           seed: int = SYNTHETIC_SEED) -> list[dict[str, np.ndarray]]:
     """``samples`` feeds of N(0, 1) values for every float graph input (dynamic dims as 1)."""
-    import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    model = onnx.load_from_string(onnx_bytes)
-    initializers = {t.name for t in model.graph.initializer}
     specs = []
-    for inp in model.graph.input:
-        if inp.name in initializers:
-            continue
+    for inp in graph_inputs(onnx_bytes):
         tensor = inp.type.tensor_type
         dtype = np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type))
         if dtype.kind != "f":
