@@ -11,8 +11,14 @@ from tiny_models import toy_config
 
 def test_several_targets_share_the_original_and_give_one_model_each(tmp_path, tiny_table,
                                                                    monkeypatch):
+    import halp_trt.runtime
+    from fakes import SizeTimedBackend
     from halp_trt.pipeline import run as run_module
 
+    # a deterministic clock: on 16x16 layers real timings vary by more than targets 0.85 and
+    # 0.95 differ, and the width comparison below would hinge on that noise (seen: 48 vs 46)
+    monkeypatch.setattr(halp_trt.runtime, "backend_for",
+                        lambda gpu, precision="fp32", **kw: SizeTimedBackend())
     pretrained = {"n": 0}
     real_pretrain = run_module.DeployRun._pretrain
 
@@ -21,7 +27,9 @@ def test_several_targets_share_the_original_and_give_one_model_each(tmp_path, ti
         return real_pretrain(self, model)
 
     monkeypatch.setattr(run_module.DeployRun, "_pretrain", counting_pretrain)
-    front = prune_and_deploy(toy_config(tmp_path, tiny_table, target="0.85,0.95", epochs=0))
+    # the fake clock is not the machine the table was measured on: no probe
+    front = prune_and_deploy(toy_config(tmp_path, tiny_table, target="0.85,0.95", epochs=0,
+                                        probe_table=False))
     assert pretrained["n"] == 1, "the original is trained once for every target"
     assert [p["target"] for p in sorted(front["points"], key=lambda p: p["target"])] == \
         ["0.85", "0.95"]
@@ -34,8 +42,9 @@ def test_several_targets_share_the_original_and_give_one_model_each(tmp_path, ti
         assert (tmp_path / f"target_0_{t}" / "model.onnx").exists()
         point = next(p for p in front["points"] if p["target"] == f"0.{t}")
         assert point["measured_ms"] == pytest.approx(r["pruned"]["measured_ms"])
-    widths = {t: sum(w["kept"] for w in r["widths"].values()) for t, r in reports.items()}
-    assert widths["85"] <= widths["95"], "the lower target keeps no more channels"
+    # the lower target is the faster model (not necessarily fewer channels: the knapsack may
+    # keep more cheap channels and drop fewer expensive ones — seen: 58 vs 57 at 0.85 vs 0.95)
+    assert reports["85"]["pruned"]["measured_ms"] < reports["95"]["pruned"]["measured_ms"]
     md = (tmp_path / "pareto.md").read_text()
     assert "| original |" in md and "`target_0_85/`" in md
     assert (tmp_path / "pareto.png").stat().st_size > 1000
@@ -43,7 +52,8 @@ def test_several_targets_share_the_original_and_give_one_model_each(tmp_path, ti
     assert not (tmp_path / "target_0_85" / "checkpoint.pt").exists()
 
     # the same command again: nothing is retrained or re-pruned
-    again = prune_and_deploy(toy_config(tmp_path, tiny_table, target="0.85,0.95", epochs=0))
+    again = prune_and_deploy(toy_config(tmp_path, tiny_table, target="0.85,0.95", epochs=0,
+                                        probe_table=False))
     assert pretrained["n"] == 1 and again["points"] == front["points"]
 
 
