@@ -72,18 +72,26 @@ def main():
               default="all", show_default=True, help="ONNX Runtime graph optimization level.")
 @click.option("--rounds", type=click.IntRange(1), default=15, show_default=True,
               help="Interleaved timing rounds per configuration.")
-@click.option("--max-points", type=click.IntRange(2), default=12, show_default=True,
-              help="Lattice points per channel axis; coarser lattices are interpolated.")
+@click.option("--max-points", type=click.IntRange(2), default=None,
+              help="Lattice points per channel axis; coarser lattices are interpolated "
+              "(default 12; with --transfer-from, the source table's).")
 @click.option("--validate", type=click.IntRange(0), default=0, show_default=True,
               help="Measure N random unmeasured points and report the table's error.")
 @click.option("--exclude", multiple=True, help="Module names whose output width is fixed.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache file (default: beside the table).")
+@click.option("--transfer-from", "transfer_from", type=click.Path(dir_okay=False), default=None,
+              help="Another machine's table of the same model, input and runtime: measure only "
+              "step sweeps and a few anchors per layer here and re-anchor it (a fraction of a "
+              "full build's measurements).")
 @_friendly
 def build_table_cmd(model, input_shape, out_path, num_classes, gpu, backend, precision, threads,
-                    optimization, rounds, max_points, validate, exclude, timing_cache):
+                    optimization, rounds, max_points, validate, exclude, timing_cache,
+                    transfer_from):
     """Measure the per-layer latency table of MODEL (torchvision name or module:factory)."""
     from halp_trt.latency.build import BuildConfig, build_table, grid_size
+    from halp_trt.latency.table import LatencyTable
+    from halp_trt.latency.transfer import TransferConfig, measured_configurations, transfer_table
     from halp_trt.latency.inspection import format_report
     from halp_trt.runtime.protocol import Protocol
     from halp_trt.models import create_model, parse_input_shape
@@ -94,17 +102,25 @@ def build_table_cmd(model, input_shape, out_path, num_classes, gpu, backend, pre
     net = create_model(model, num_classes)
     backend = _backend(gpu, backend, precision, threads, optimization,
                        timing_cache or os.path.splitext(out_path)[0] + ".timing-cache")
-    cfg = BuildConfig(protocol=Protocol(rounds=rounds), max_points_per_axis=max_points,
-                      validate=validate)
+    source = LatencyTable.load(transfer_from) if transfer_from else None
     try:
-        table = build_table(net, shape, backend, out_path, model, cfg, exclude=exclude)
+        if source is not None:
+            tcfg = TransferConfig(protocol=Protocol(rounds=rounds),
+                                  max_points_per_axis=max_points, validate=validate)
+            table = transfer_table(source, net, shape, backend, out_path, model, tcfg,
+                                   exclude=exclude)
+        else:
+            cfg = BuildConfig(protocol=Protocol(rounds=rounds),
+                              max_points_per_axis=max_points or 12, validate=validate)
+            table = build_table(net, shape, backend, out_path, model, cfg, exclude=exclude)
     finally:
         backend.close()
     if int(os.environ.get("RANK", "0")) == 0:
-        n = sum(len(s.entries) for s in table.signatures.values())
+        n = measured_configurations(table)
         click.echo(format_report(table))
+        how = f", transferred from {transfer_from}" if source is not None else ""
         click.echo(f"\nmeasured {n} configurations of a {grid_size(table)}-configuration grid "
-                   f"({100 * n / max(1, grid_size(table)):.2f}%); wrote {out_path}")
+                   f"({100 * n / max(1, grid_size(table)):.2f}%{how}); wrote {out_path}")
 
 
 @main.command("inspect")

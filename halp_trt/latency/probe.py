@@ -109,8 +109,9 @@ def _lattice_points(table) -> list[tuple[str, int, int]]:
     first among those cheap enough."""
     sigs = []
     for sig in table.signatures.values():
+        # measured entries only: a transferred table's predictions (n = 0) are no reference
         pts = sorted(p for p, st in sig.entries.items()
-                     if sig.ms(*p) is not None and not st.noisy)
+                     if sig.ms(*p) is not None and not st.noisy and st.n > 0)
         if not pts:
             continue
         full_ms = max(sig.ms(*p) for p in pts)

@@ -179,7 +179,8 @@ class SignatureTable:
         for row in d.get("entries", []):
             ci, co, n, mn, p25, med, cv = row
             vals = [float(mn), float(p25), float(med)]
-            if not all(math.isfinite(v) and v > 0 for v in vals) or int(n) < 1:
+            # n = 0: predicted, not measured (a transferred table's lattice, see transfer.py)
+            if not all(math.isfinite(v) and v > 0 for v in vals) or int(n) < 0:
                 raise ValueError(f"entry ({ci}, {co}) of {t.key} has invalid statistics {row}")
             t.entries[(int(ci), int(co))] = Stats(int(n), *vals, float(cv))
         return t

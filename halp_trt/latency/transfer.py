@@ -1,0 +1,428 @@
+"""Table transfer: another machine's table of the same model, runtime and input as a prior.
+
+A full build spends most of its measurements on dense sweeps that find each signature's latency
+step, then measures every lattice point. Across machines of one runtime the *shape* of a
+signature's latency over (c_in, c_out) carries over much better than its level: the kernels are
+the same code, the vector width changes the step (MLAS blocks by 8 on AVX2, 16 on AVX-512) and
+the speed changes the scale. So a transfer measures only what re-anchors the prior:
+
+1. **steps** — dense sweeps on the few signatures whose sweeps showed the clearest steps on the
+   source machine, plus any signature whose source step was not the source's usual one (a stem
+   whose c_in is 3, say); the other signatures take the step most swept ones agree on here;
+2. **anchors** — a 3x3 grid of points per signature on the local lattice (full width, about
+   half, about a quarter of each axis), through which an affine map ``local_ms = a *
+   source_ms + b`` is fitted (``b`` is the per-call overhead that differs between machines;
+   sweep points on the lattice count too); what the map leaves at the anchors is spread over
+   the lattice as a ratio field (``RatioField``);
+3. **the whole model** — for the calibration, as in a full build.
+
+The lattice the result holds is a full build's (same planning, local steps); its unmeasured
+entries are the fitted prediction and carry ``n = 0``, so nobody mistakes them for
+measurements. ``extra["transfer"]`` records the source, the steps found, each signature's fit
+and how many configurations were measured.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from halp_trt.errors import HalpError
+from halp_trt.latency.build import BuildConfig, TableBuilder, grouped_step, plan_axis
+from halp_trt.latency.identity import compare_identity
+from halp_trt.latency.steps import detect_step, suffix_min
+from halp_trt.latency.table import LatencyTable, SignatureTable, StepInfo
+from halp_trt.runtime.protocol import Protocol, Stats
+
+# What must agree between the source table and this build for its shape to carry over: the
+# same runtime on the same model graph. Machine keys and runtime versions may differ.
+SAME_GRAPH_KEYS = ("backend", "precision", "batch", "input_shape", "model", "optimization_level")
+# Signatures swept per try on each axis, and tries until one shows a step here.
+SWEEP_SIGNATURES = 2
+MAX_SWEEP_TRIES = 2
+# Layers slower than this at full width come last: their sweeps are slow and often timed cold,
+# where steps drown in the cache eviction's noise.
+SWEEP_MAX_MS = 2.0
+MIN_SWEEP_WIDTH = 8  # the step detector needs at least this many counts
+
+
+@dataclass
+class TransferConfig:
+    protocol: Protocol = field(default_factory=Protocol)
+    sweep_window: int = 48  # counts per dense sweep, as in a full build
+    sweep_signatures: int = SWEEP_SIGNATURES
+    max_points_per_axis: int | None = None  # None: the source table's lattice density
+    measure_model: bool = True
+    validate: int = 0  # held-out points, as BuildConfig.validate
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class SignatureFit:
+    """``local_ms = a * source_ms + b`` for one signature, and how well it fits its anchors."""
+
+    a: float
+    b: float
+    points: int
+    max_rel_residual: float
+
+    def predict(self, source_ms: float) -> float:
+        return self.a * source_ms + self.b
+
+    def to_json(self) -> dict:
+        return {"a": round(self.a, 6), "b_ms": round(self.b, 6), "points": self.points,
+                "max_rel_residual": round(self.max_rel_residual, 4)}
+
+
+def fit_signature(source_ms: Sequence[float], local_ms: Sequence[float]) -> SignatureFit:
+    """Affine fit minimising relative error; a pure scale when there are too few distinct
+    points, or when the affine fit would be implausible (non-positive slope, an offset that
+    would make the smallest anchor negative or mostly overhead that the source lacks)."""
+    x, y = np.asarray(source_ms, float), np.asarray(local_ms, float)
+    if len(x) == 0:
+        raise ValueError("no anchor points to fit")
+    scale = float(np.median(y / x))
+    a, b = scale, 0.0
+    if len(np.unique(np.round(x, 9))) >= 3:
+        w = 1.0 / y  # relative least squares
+        A = np.stack([x * w, w], axis=1)
+        (fa, fb), *_ = np.linalg.lstsq(A, y * w, rcond=None)
+        if fa > 0 and -0.5 * y.min() < fb < 0.5 * y.min():
+            a, b = float(fa), float(fb)
+    resid = np.abs((a * x + b) / y - 1.0)
+    return SignatureFit(a, b, len(x), float(resid.max()))
+
+
+def _majority_step(steps: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    steps = [s for s in steps if s[0] > 1]
+    return Counter(steps).most_common(1)[0][0] if steps else None
+
+
+def _anchor_values(grid: Sequence[int]) -> list[int]:
+    """Full width, about half and about a quarter of it, on the lattice."""
+    hi = grid[-1]
+    picks = {hi}
+    for frac in (0.5, 0.25):
+        picks.add(min(grid, key=lambda c: abs(c - frac * hi)))
+    return sorted(picks)
+
+
+def anchor_points(s: SignatureTable) -> list[tuple[int, int]]:
+    """A 3x3 grid (full, about half, about a quarter of each prunable axis) on ``s``'s
+    lattice: the corners that matter, without measuring the lattice."""
+    outs = _anchor_values(s.grid_out) if s.out_prunable else [s.c_out_max]
+    if s.depthwise:
+        return [(c, c) for c in outs]
+    ins = _anchor_values(s.grid_in) if s.in_prunable else [s.c_in_max]
+    return [(ci, co) for ci in ins for co in outs]
+
+
+class RatioField:
+    """What the affine map leaves at the anchors, spread over the lattice: the measured /
+    fitted ratio at each anchor, bilinear in log channel counts between them (constant beyond
+    the outermost). The map carries the source's detail between anchors; this corrects the
+    broad shape where the two machines differ (a 1x1 conv that gained less from AVX-512 at
+    narrow inputs than at wide ones, say)."""
+
+    def __init__(self, ratios: dict[tuple[int, int], float], depthwise: bool = False):
+        if depthwise:  # one axis: c_in = c_out; the input side is a single row
+            ratios = {(1, co): r for (_, co), r in ratios.items()}
+        self.depthwise = depthwise
+        self.ins = sorted({p[0] for p in ratios})
+        self.outs = sorted({p[1] for p in ratios})
+        self.grid = np.array([[ratios.get((ci, co), np.nan) for co in self.outs]
+                              for ci in self.ins])
+        if np.isnan(self.grid).any():  # anchors are a full grid; a hole would be a bug
+            raise ValueError("ratio field needs every anchor of its grid")
+
+    @staticmethod
+    def _weights(v: int, axis: list[int]) -> tuple[int, int, float]:
+        xs = np.log(np.asarray(axis, float))
+        x = float(np.clip(np.log(v), xs[0], xs[-1]))
+        i = max(0, min(int(np.searchsorted(xs, x, side="right")) - 1, len(xs) - 1))
+        j = min(i + 1, len(xs) - 1)
+        return i, j, (0.0 if i == j else (x - xs[i]) / (xs[j] - xs[i]))
+
+    def __call__(self, c_in: int, c_out: int) -> float:
+        i, i1, t = self._weights(1 if self.depthwise else c_in, self.ins)
+        j, j1, u = self._weights(c_out, self.outs)
+        g = self.grid
+        return float((g[i, j] * (1 - u) + g[i, j1] * u) * (1 - t) +
+                     (g[i1, j] * (1 - u) + g[i1, j1] * u) * t)
+
+
+class TransferBuilder(TableBuilder):
+    """A local table for ``model`` from ``source`` (another machine's table of it) and a few
+    measurements here. Use ``transfer_table`` for one call."""
+
+    def __init__(self, source: LatencyTable, model: torch.nn.Module, input_shape: Sequence[int],
+                 backend, out_path: str, model_name: str, config: TransferConfig | None = None,
+                 exclude: Sequence[str] = ()):
+        self.transfer_config = config or TransferConfig()
+        tc = self.transfer_config
+        lattice = source.identity.get("lattice", {})
+        max_points = tc.max_points_per_axis or int(lattice.get("max_points_per_axis", 12))
+        build_cfg = BuildConfig(protocol=tc.protocol, sweep_window=tc.sweep_window,
+                                max_points_per_axis=max_points, measure_model=tc.measure_model,
+                                validate=tc.validate, seed=tc.seed, progress=tc.progress)
+        super().__init__(model, input_shape, backend, out_path, model_name, build_cfg, exclude)
+        if self.world > 1:
+            raise HalpError("table transfer runs in one process; run it without torchrun")
+        self.source = source
+        self._check_source()
+        # entries predicted by an earlier transfer into the same file are predicted again
+        for s in self.table.signatures.values():
+            for p in [p for p, st in s.entries.items() if st.n == 0]:
+                del s.entries[p]
+            s._lut = None
+
+    def _check_source(self) -> None:
+        cmp = compare_identity(self.source.identity, self.table.identity, SAME_GRAPH_KEYS)
+        problems = cmp.differs + [f"{k}: not recorded by the source" for k in cmp.unknown]
+        if problems:
+            raise HalpError("the source table cannot be transferred to this build: it must be of "
+                            "the same model, input, batch, backend, precision and optimization "
+                            "level (" + "; ".join(problems) + "). Build a table from scratch "
+                            "with halp-trt build-table (without --transfer-from)")
+        missing = sorted(set(self.table.signatures) - set(self.source.signatures))
+        if missing:
+            raise HalpError(f"the source table lacks {len(missing)} of this model's layer "
+                            f"signatures ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+                            "); build the table from scratch with halp-trt build-table")
+        for key, s in self.table.signatures.items():
+            src = self.source.signatures[key]
+            if (src.c_in_max, src.c_out_max) != (s.c_in_max, s.c_out_max):
+                raise HalpError(f"signature {key} spans ({src.c_in_max}, {src.c_out_max}) "
+                                f"channels in the source table and ({s.c_in_max}, {s.c_out_max})"
+                                " in this model; build the table from scratch")
+
+    # ---- which sweeps --------------------------------------------------------------------
+    def _sweep_candidates(self, axis: str) -> tuple[list[str], list[str]]:
+        """(typical, atypical) signature keys that can be swept on ``axis``. Typical ones had
+        the source's usual step, ranked so that the likeliest to show a step here come first:
+        a clear step on the source machine, else a layer slow enough to rise above noise and
+        fast enough to be timed warm. Atypical ones had a step of their own (a stem whose c_in
+        is 3, say): each is swept, since the usual step says nothing about it."""
+        cands = []
+        for key, s in self.table.signatures.items():
+            src = self.source.signatures[key]
+            st = src.step_out if axis == "out" else src.step_in
+            prunable = s.out_prunable if axis == "out" else (s.in_prunable and not s.depthwise)
+            width = s.c_out_max if axis == "out" else s.c_in_max
+            if prunable and grouped_step(s) is None and width >= MIN_SWEEP_WIDTH:
+                cands.append((key, st, src.lookup(src.c_in_max, src.c_out_max)))
+        usual = _majority_step([(st.step, st.phase % st.step) for _, st, _ in cands
+                                if st.accepted])
+        typical = [c for c in cands if not c[1].accepted or
+                   (c[1].step, c[1].phase % c[1].step) == usual]
+        atypical = [c[0] for c in cands if c not in typical and c[1].source == "own"]
+
+        def rank(c):
+            # the source sweep's staircase fit (residual / total variation; low = clean steps)
+            # is kept even where the step came from the consensus
+            _, st, full_ms = c
+            fit = st.residual_ratio if st.residual_ratio is not None else 9.0
+            return (0 if st.accepted and st.source == "own" else 1, full_ms > SWEEP_MAX_MS, fit)
+        return [c[0] for c in sorted(typical, key=rank)], atypical
+
+    def _sweep(self, key: str, axis: str) -> list[tuple[int, int]]:
+        s = self.table.signatures[key]
+        w = self.config.sweep_window
+        if axis == "out":
+            lo = max(1, s.c_out_max - w + 1)
+            return [((c if s.depthwise else s.c_in_max), c) for c in range(lo, s.c_out_max + 1)]
+        lo = max(1, s.c_in_max - w + 1)
+        return [(c, s.c_out_max) for c in range(lo, s.c_in_max + 1)]
+
+    def _detected(self, key: str, axis: str, pts: list[tuple[int, int]]) -> StepInfo:
+        s = self.table.signatures[key]
+        idx = 1 if axis == "out" else 0
+        data = sorted((p[idx], s.ms(*p)) for p in pts if s.ms(*p) is not None)
+        if len(data) < MIN_SWEEP_WIDTH:
+            return StepInfo()
+        counts, lat = zip(*data)
+        fit = detect_step(counts, suffix_min(lat))
+        if not fit.accepted:
+            return StepInfo(1, 0, False)
+        return StepInfo(int(fit.step), int(fit.phase) % int(fit.step), True,
+                        round(float(fit.residual_ratio), 4), round(float(fit.jump_to_noise), 4))
+
+    # ---- the transfer --------------------------------------------------------------------
+    def run(self) -> LatencyTable:
+        t, src_table = self.table, self.source
+        found: dict[tuple[str, str], StepInfo] = {}
+
+        def sweep(keys_axes):
+            pts = {ka: self._sweep(*ka) for ka in keys_axes}
+            todo = {(k, ci, co) for (k, _), ps in pts.items() for ci, co in ps
+                    if (ci, co) not in t.signatures[k].entries}
+            self._measure(sorted(todo), "step sweeps")
+            for ka, ps in pts.items():
+                found[ka] = self._detected(ka[0], ka[1], ps)
+
+        local_usual: dict[str, tuple[int, int] | None] = {}
+        for axis in ("out", "in"):
+            typical, atypical = self._sweep_candidates(axis)
+            sweep([(k, axis) for k in atypical])
+            # typical ones in small batches until one shows a step here; the input axis gets
+            # one try (an inconclusive one takes the output axis's step)
+            n_per_try = self.transfer_config.sweep_signatures if axis == "out" else 1
+            tries = MAX_SWEEP_TRIES if axis == "out" else 1
+            for i in range(0, min(len(typical), tries * n_per_try), n_per_try):
+                sweep([(k, axis) for k in typical[i:i + n_per_try]])
+                local_usual[axis] = _majority_step(
+                    [(st.step, st.phase) for (k, a), st in found.items()
+                     if a == axis and k in typical and st.accepted])
+                if local_usual[axis]:
+                    break
+        # an axis whose sweeps were all inconclusive takes the other axis's usual step (the
+        # kernels block both by the same vector width), as a full build's consensus does
+        for axis, other in (("out", "in"), ("in", "out")):
+            if not local_usual.get(axis):
+                local_usual[axis] = local_usual.get(other)
+        steps_report = {}
+        for key, s in t.signatures.items():
+            src = src_table.signatures[key]
+            for axis in ("out", "in"):
+                own = found.get((key, axis))
+                src_st = src.step_out if axis == "out" else src.step_in
+                if own is not None and own.accepted:
+                    st = own
+                elif local_usual[axis] and src_st.accepted and src_st.step > 1:
+                    st = StepInfo(*local_usual[axis], True, source="consensus")
+                else:  # nothing here says otherwise: the source's step
+                    st = StepInfo(src_st.step, src_st.phase, src_st.accepted, source="source")
+                setattr(s, f"step_{axis}", st)
+            if grouped_step(s) is not None:
+                s.step_in = s.step_out = grouped_step(s)
+            if s.depthwise:
+                s.step_in = s.step_out
+            g = s.signature.groups
+            s.grid_out = plan_axis(s.c_out_max, s.step_out, self.config.max_points_per_axis,
+                                   s._fixed_out, s.out_prunable, g)  # type: ignore[attr-defined]
+            s.grid_in = (s.grid_out if s.depthwise else
+                         plan_axis(s.c_in_max, s.step_in, self.config.max_points_per_axis,
+                                   s._fixed_in, s.in_prunable, g))  # type: ignore[attr-defined]
+            steps_report[key] = {"source": [src.step_out.step, src.step_in.step],
+                                 "here": [s.step_out.step, s.step_in.step],
+                                 "swept": [a for a in ("out", "in") if (key, a) in found]}
+        # anchors on the local lattice
+        todo = {(k, ci, co) for k, s in t.signatures.items() for ci, co in anchor_points(s)
+                if (ci, co) not in s.entries}
+        self._measure(sorted(todo), "anchors")
+        fits = {}
+        for key, s in t.signatures.items():
+            src = src_table.signatures[key]
+            lattice = set(s.lattice_points())
+            # anchors: measured points on this lattice (sweep points between lattice points
+            # would fit the dips below step ends, which lookup never answers)
+            pts = [p for p, st in s.entries.items() if st.n > 0 and p in lattice]
+            fit = fit_signature([src.lookup(*p) for p in pts], [s.ms(*p) for p in pts])
+            fits[key] = fit
+            field_ = RatioField({p: s.ms(*p) / fit.predict(src.lookup(*p))
+                                 for p in anchor_points(s)}, s.depthwise)
+            for p in s.lattice_points():
+                if p not in s.entries:
+                    ms = max(fit.predict(src.lookup(*p)) * field_(*p), 1e-6)
+                    s.add(p[0], p[1], Stats(0, ms, ms, ms, 0.0))
+        measured = sum(st.n > 0 for s in t.signatures.values() for st in s.entries.values())
+        t.extra["transfer"] = {
+            "source": {k: src_table.identity.get(k) for k in
+                       ("cpu_vendor", "cpu_family", "cpu_model", "cpu_model_number", "isa",
+                        "runtime_version", "created")},
+            "configurations_measured": measured,
+            "steps": steps_report,
+            "fits": {k: f.to_json() for k, f in fits.items()},
+        }
+        self._save()
+        if self.config.measure_model and t.model_stats is None:
+            t.model_stats = self.measure_whole_model()
+        t.complete = True
+        t.extra["noisy_entries"] = sum(st.noisy for s in t.signatures.values()
+                                       for st in s.entries.values() if st.n > 0)
+        self._save()
+        if self.config.validate:
+            pts = random_step_ends(t, self.config.validate, self.config.seed + 1)
+            t.extra["validation"] = compare_with_measurements(
+                {"table": t}, pts, self.backend, self.config.protocol, self.batch)["table"]
+            self._save()
+        return t
+
+
+def transfer_table(source: LatencyTable, model: torch.nn.Module, input_shape: Sequence[int],
+                   backend, out_path: str, model_name: str, config: TransferConfig | None = None,
+                   exclude: Sequence[str] = ()) -> LatencyTable:
+    """A local latency table for ``model`` re-anchored from ``source`` (see module docstring)."""
+    return TransferBuilder(source, model, input_shape, backend, out_path, model_name, config,
+                           exclude).run()
+
+
+def measured_configurations(table: LatencyTable) -> int:
+    """Entries measured on the table's machine (a transferred table's predictions excluded)."""
+    return sum(st.n > 0 for s in table.signatures.values() for st in s.entries.values())
+
+
+def random_step_ends(table: LatencyTable, n: int, seed: int = 0,
+                     exclude: Sequence[LatencyTable] = ()) -> list[tuple[str, int, int]]:
+    """``n`` random (signature, c_in, c_out) at ``table``'s step ends — the widths a pruner
+    picks — that neither it nor any table in ``exclude`` measured."""
+    import random
+
+    from halp_trt.latency.steps import round_up_to_step
+
+    rng = random.Random(seed)
+    sigs = [s for s in table.signatures.values() if s.in_prunable or s.out_prunable]
+    measured = {(t_, p) for tab in (table, *exclude) for t_, s in tab.signatures.items()
+                for p, st in s.entries.items() if st.n > 0}
+    pts: set[tuple[str, int, int]] = set()
+    for _ in range(n * 100):
+        if len(pts) >= n or not sigs:
+            break
+        s = rng.choice(sigs)
+        g = s.signature.groups
+
+        def pick(prunable, c_max, st):
+            if not prunable:
+                return c_max
+            c = round_up_to_step(rng.randint(1, c_max), st.step, st.phase, c_max)
+            return max(g, c // g * g) if g > 1 else c
+
+        co = pick(s.out_prunable, s.c_out_max, s.step_out)
+        ci = co if s.depthwise else pick(s.in_prunable and not s.depthwise, s.c_in_max,
+                                         s.step_in)
+        if (s.key, (ci, co)) not in measured:
+            pts.add((s.key, ci, co))
+    return sorted(pts)
+
+
+def compare_with_measurements(tables: dict[str, LatencyTable], points, backend,
+                              protocol: Protocol, batch: int = 1) -> dict[str, dict]:
+    """Measure ``points`` (signature, c_in, c_out) once, interleaved, and score each table's
+    prediction of them: median and max |predicted / measured - 1| per table."""
+    from halp_trt.latency.graphs import layer_onnx
+    from halp_trt.runtime.protocol import measure_interleaved
+
+    any_table = next(iter(tables.values()))
+    graphs = {p: (lambda p=p: layer_onnx(any_table.signatures[p[0]].signature, p[1], p[2],
+                                         batch=batch)) for p in points}
+    stats = measure_interleaved(backend, graphs, protocol) if graphs else {}
+    out = {}
+    for name, tab in tables.items():
+        rows, errs = [], []
+        for (key, ci, co), st in sorted(stats.items()):
+            measured = st.estimate(protocol.estimator)
+            predicted = tab.signatures[key].lookup(ci, co)
+            err = predicted / measured - 1.0
+            errs.append(abs(err))
+            rows.append({"signature": key, "c_in": ci, "c_out": co,
+                         "measured_ms": round(measured, 6), "predicted_ms": round(predicted, 6),
+                         "rel_error": round(err, 5)})
+        out[name] = {"n": len(rows),
+                     "median_abs_rel_error": float(np.median(errs)) if errs else None,
+                     "max_abs_rel_error": float(np.max(errs)) if errs else None,
+                     "points": rows}
+    return out
