@@ -28,9 +28,11 @@ FAMILIES = [  # (family, factory, input size, one-shot target of the predicted l
     ("channel shuffle", "shufflenet_tiny", 64, 0.92),
     # the LayerNorm group keeps its width; the MLP's hidden width (Linear over H×W tokens) goes
     ("LayerNorm", "layernorm_net", 32, 0.6),
-    # nn.MultiheadAttention exports unfused; the MLP hidden width (Linear over tokens) goes,
-    # the LayerNorm-tied residual stream stays
+    # nn.MultiheadAttention exports unfused; heads (a pruned one becomes HeadAttention) and
+    # the MLP hidden width (Linear over tokens) go, the LayerNorm-tied residual stream stays
     ("ViT", "vit_tiny", 32, 0.7),
+    # window attention through F.linear: heads (with their position-bias column) and MLPs go
+    ("Swin", "swin_tiny", 32, 0.7),
 ]
 
 

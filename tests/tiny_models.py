@@ -257,6 +257,41 @@ def vit_tiny(num_classes=10):
     return net
 
 
+def vit_heads(num_classes=10):
+    """torchvision's VisionTransformer with 4 heads per block: image 32, patch 8, 2 layers,
+    hidden 64."""
+    import torchvision
+
+    net = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                               num_heads=4, hidden_dim=64, mlp_dim=128,
+                                               num_classes=num_classes)
+    nn.init.normal_(net.heads.head.weight, std=0.1)  # zero-initialised: outputs would be 0
+    return net
+
+
+def swin_tiny(num_classes=10, v2=False):
+    """torchvision's SwinTransformer, small: 2 stages of 2 blocks (2 and 4 heads of 16
+    channels), 4×4 windows — at 32×32 the first stage has 2×2 windows and shifts them."""
+    import torchvision
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
+    extra = dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2) if v2 else {}
+    net = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2],
+                                             num_heads=[2, 4], window_size=[4, 4],
+                                             num_classes=num_classes, **extra)
+    with torch.no_grad():  # non-trivial LayerNorms and head, so a wrong slice shows
+        for m in net.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        net.head.weight.normal_(0, 0.1)
+    return net
+
+
+def swin_v2_tiny(num_classes=10):
+    return swin_tiny(num_classes, v2=True)
+
+
 class VersionedTinyResNet(TinyResNet):
     """Refuses state dicts without their version metadata, as torchvision's MNASNet does."""
 

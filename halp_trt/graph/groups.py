@@ -45,6 +45,8 @@ class ChannelGroup:
     size: int
     members: list[GroupMember] = field(default_factory=list)
     held: str | None = None  # why the dependency graph cannot be trusted to prune it, if so
+    # an attention module whose heads these are (indexed by head; see halp_trt.graph.attention)
+    heads_of: str | None = None
 
     def modules(self, side: str | None = None) -> list[str]:
         return [m.module_name for m in self.members if side is None or m.side == side]
@@ -335,7 +337,37 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
                                              [int(i) for i in item.root_idxs]))
         groups.append(group)
     del tp
+    groups.extend(head_groups(model, example_input, excluded, first_id=len(groups)))
     return groups, graph
+
+
+def head_groups(model: nn.Module, example_input: torch.Tensor, excluded: set[str],
+                first_id: int) -> list[ChannelGroup]:
+    """One group per self-attention module (``halp_trt.graph.attention``), indexed by head: the
+    head's q, k, v rows of the packed input projection and its columns of the output
+    projection. torch-pruning's graph has no node for either (they are not called as
+    modules), so these groups overlap none of its groups; it does not remove them either
+    (``halp_trt.pruning.surgery``)."""
+    from halp_trt.graph.attention import find_attention, head_columns, projection_names, qkv_rows
+
+    out = []
+    for site in find_attention(model, example_input):
+        qkv, proj = projection_names(site)
+        if excluded & {site.name, qkv, proj}:
+            continue
+        rows, row_roots, cols, col_roots = [], [], [], []
+        for h in range(site.num_heads):
+            r = qkv_rows(site.num_heads, site.head_dim, [h])
+            c = head_columns(site.head_dim, [h])
+            rows += r
+            row_roots += [h] * len(r)
+            cols += c
+            col_roots += [h] * len(c)
+        out.append(ChannelGroup(id=first_id + len(out), root=site.name, size=site.num_heads,
+                                members=[GroupMember(qkv, "out", rows, row_roots),
+                                         GroupMember(proj, "in", cols, col_roots)],
+                                heads_of=site.name))
+    return out
 
 
 def _held_by_graph_boundary(graph, tp_group) -> bool:

@@ -16,6 +16,12 @@ if TYPE_CHECKING:  # torch stays unimported for table-only work (loading, inspec
     from halp_trt.graph.groups import ChannelGroup
 
 
+# Self-attention blocks timed as one layer (projections + attention): c_in is the embedding
+# width, c_out the head count. "mha": ViT-style global attention; "wattn": Swin's window
+# attention with its relative position bias; "wattn2": Swin-V2's cosine window attention.
+ATTENTION_OPS = ("mha", "wattn", "wattn2")
+
+
 def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
     """A depthwise conv: one group per channel, so its input and output width are one."""
     return groups > 1 and groups == in_channels == out_channels
@@ -25,7 +31,7 @@ def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
 class Signature:
     """What a latency measurement depends on, apart from channel counts, batch and precision."""
 
-    op: str  # "conv" | "dwconv" | "linear"
+    op: str  # "conv" | "dwconv" | "linear" | an attention op (ATTENTION_OPS)
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
@@ -33,13 +39,23 @@ class Signature:
     groups: int = 1  # for grouped (not depthwise) convs; depthwise scales groups with channels
     input_hw: tuple[int, int] = (1, 1)
     in_scale: int = 1  # Linear only: input features per input channel (a flatten before it)
-    tokens: int = 1  # Linear only: rows per sample (a Linear over N×H×W×C or N×L×C inputs)
+    tokens: int = 1  # Linear: rows per sample (N×H×W×C or N×L×C inputs); attention: tokens
+    # per attention sequence (per window for Swin)
+    head_dim: int = 0  # attention only: channels per head (the table's c_out axis is heads)
+    windows: int = 1  # attention only: sequences per sample (Swin's windows)
+
+    @property
+    def is_attention(self) -> bool:
+        return self.op in ATTENTION_OPS
 
     @property
     def key(self) -> str:
         k, s, p, d, hw = self.kernel, self.stride, self.padding, self.dilation, self.input_hw
         if self.op == "linear":
             return f"linear_x{self.in_scale}" + (f"_t{self.tokens}" if self.tokens > 1 else "")
+        if self.is_attention:
+            return (f"{self.op}_d{self.head_dim}_t{self.tokens}"
+                    + (f"_w{self.windows}" if self.windows > 1 else ""))
         return (f"{self.op}_k{k[0]}x{k[1]}_s{s[0]}x{s[1]}_p{p[0]}x{p[1]}_d{d[0]}x{d[1]}"
                 f"_g{self.groups}_hw{hw[0]}x{hw[1]}")
 
@@ -51,7 +67,8 @@ class Signature:
         return cls(op=d["op"], kernel=tuple(d["kernel"]), stride=tuple(d["stride"]),
                    padding=tuple(d["padding"]), dilation=tuple(d["dilation"]),
                    groups=int(d["groups"]), input_hw=tuple(d["input_hw"]),
-                   in_scale=int(d.get("in_scale", 1)), tokens=int(d.get("tokens", 1)))
+                   in_scale=int(d.get("in_scale", 1)), tokens=int(d.get("tokens", 1)),
+                   head_dim=int(d.get("head_dim", 0)), windows=int(d.get("windows", 1)))
 
 
 @dataclass
@@ -61,7 +78,7 @@ class LayerSpec:
     name: str
     signature: Signature
     in_channels: int  # channels entering the layer (for linear: input features / in_scale)
-    out_channels: int
+    out_channels: int  # for attention: heads
     in_group: int | None  # channel group that sets the input width; None = fixed (e.g. image)
     out_group: int | None  # None = output width fixed (classifier, excluded layer)
 
@@ -82,9 +99,13 @@ def _pair(v) -> tuple[int, int]:
 def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
                 groups: Sequence["ChannelGroup"]) -> list[LayerSpec]:
     """Every Conv2d (plain, grouped, depthwise) and Linear in forward order, with its signature
-    and coupled groups. A module called more than once must see one input size."""
+    and coupled groups, and every self-attention whose heads can be pruned
+    (``halp_trt.graph.attention``; its projections are not called as modules) where its
+    forward ends. A module called more than once must see one input size."""
     import torch
     import torch.nn as nn
+
+    from halp_trt.graph.attention import KINDS, find_attention
 
     names = {m: n for n, m in model.named_modules()}
     seen_hw: dict[str, tuple[int, int]] = {}
@@ -101,8 +122,9 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
             if isinstance(module, nn.Linear) and x.dim() > 2:
                 seen_tokens[name] = x[0].numel() // x.shape[-1]
 
+    sites = {s.name: s for s in find_attention(model, example_input)}
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+               if isinstance(m, (nn.Conv2d, nn.Linear)) or names[m] in sites]
     try:
         was_training = model.training
         model.eval()
@@ -123,8 +145,22 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
                 in_group[m.module_name] = (g.id, len(m.idxs))
 
     modules = dict(model.named_modules())
+    heads_group = {g.heads_of: g.id for g in groups if getattr(g, "heads_of", None)}
+    for name, gid in heads_group.items():
+        # Swin-V2's position-bias MLP ends in one output per head: it narrows with the heads
+        cpb = getattr(modules[name], "cpb_mlp", None)
+        if isinstance(cpb, nn.Sequential) and isinstance(cpb[-1], nn.Linear):
+            out_group[f"{name}.cpb_mlp.{len(cpb) - 1}"] = gid
     specs = []
     for name in order:
+        if name in sites:
+            site = sites[name]
+            sig = Signature(op=KINDS[site.kind], tokens=site.tokens, head_dim=site.head_dim,
+                            windows=site.windows)
+            specs.append(LayerSpec(name=name, signature=sig, in_channels=site.embed_dim,
+                                   out_channels=site.num_heads, in_group=None,
+                                   out_group=heads_group.get(name)))
+            continue
         mod = modules[name]
         if isinstance(mod, nn.Conv2d):
             depthwise = is_depthwise(mod.groups, mod.in_channels, mod.out_channels)
@@ -147,3 +183,4 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
                                else mod.out_features,
                                in_group=ig, out_group=og))
     return specs
+

@@ -126,6 +126,8 @@ def consensus_step(tables: dict[str, SignatureTable]) -> StepInfo | None:
     larger step costs only granularity; a too-small step makes predictions optimistic."""
     votes: dict[tuple[int, int], int] = {}
     for t in tables.values():
+        if t.signature.is_attention:  # a step in heads, not channels
+            continue
         for st in (t.step_out, t.step_in):
             if st.accepted and st.step > 1 and st.source == "own":
                 votes[(st.step, st.phase)] = votes.get((st.step, st.phase), 0) + 1
@@ -276,8 +278,8 @@ class TableBuilder:
         for axis in ("out", "in"):
             for s in t.signatures.values():
                 own = s.step_out if axis == "out" else s.step_in
-                if fallback and not own.accepted and (s.out_prunable if axis == "out"
-                                                      else s.in_prunable):
+                if fallback and not own.accepted and not s.signature.is_attention and (
+                        s.out_prunable if axis == "out" else s.in_prunable):
                     setattr(s, f"step_{axis}", StepInfo(fallback.step, fallback.phase, True,
                                                         own.residual_ratio, own.jump_to_noise,
                                                         source="consensus"))
@@ -287,7 +289,11 @@ class TableBuilder:
             if s.depthwise:
                 s.step_in = s.step_out
             g = s.signature.groups
-            s.grid_out = plan_axis(s.c_out_max, s.step_out, cfg.max_points_per_axis,
+            # heads: every count the sweep measured stays a lattice point (lookup reads the
+            # landscape over heads as measured, not interpolated)
+            points = (max(cfg.max_points_per_axis, min(s.c_out_max, cfg.sweep_window) + 2)
+                      if s.signature.is_attention else cfg.max_points_per_axis)
+            s.grid_out = plan_axis(s.c_out_max, s.step_out, points,
                                    s._fixed_out, s.out_prunable, g)  # type: ignore[attr-defined]
             s.grid_in = (s.grid_out if s.depthwise else
                          plan_axis(s.c_in_max, s.step_in, cfg.max_points_per_axis,

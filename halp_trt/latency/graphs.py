@@ -7,6 +7,13 @@ would miss that epilogue, timing BN separately would count work deployment never
 activations (hardswish, SiLU) are approximated by ReLU: their fused cost differs by a few percent
 of a small epilogue. Linear layers are a Gemm with bias and no activation.
 
+A self-attention (signature ops ``mha``/``wattn``/``wattn2``) is timed as one layer at
+(embedding width, heads): the packed q/k/v projection, the heads' scaled dot-product attention
+over the signature's tokens (Swin: each window a sequence of the batch, plus the relative
+position bias; V2: cosine logits with a per-head scale) and the output projection — the ops the
+exported model runs for it (``halp_trt.runtime.export``), without the window shift/partition
+reshapes, which do not depend on the head count.
+
 Graphs are built with ``onnx.helper`` rather than through torch's exporter: one conv needs no
 tracing, and building thousands of them must be fast and deterministic.
 """
@@ -39,6 +46,8 @@ def layer_weights(sig: Signature, c_in: int, c_out: int, seed: int = 0):
 
 
 def layer_input_shape(sig: Signature, c_in: int, batch: int) -> tuple[int, ...]:
+    if sig.is_attention:
+        return (batch * sig.windows, sig.tokens, c_in)
     if sig.op == "linear":
         return (batch * sig.tokens, c_in * sig.in_scale)
     return (batch, c_in, *sig.input_hw)
@@ -57,10 +66,13 @@ def check_channels(sig: Signature, c_in: int, c_out: int) -> None:
 def layer_onnx(sig: Signature, c_in: int, c_out: int, batch: int = 1, seed: int = 0,
                weights: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
     """Serialized ONNX model of the layer (FP32). ``weights`` overrides the random ones."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     check_channels(sig, c_in, c_out)
+    if sig.is_attention:  # c_in: embedding width, c_out: heads
+        if weights is not None:
+            raise ValueError("an attention graph takes no weights override")
+        return _finish(attention_graph(sig, c_in, c_out, batch, seed))
     w, b = weights if weights is not None else layer_weights(sig, c_in, c_out, seed)
     in_shape = layer_input_shape(sig, c_in, batch)
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
@@ -77,12 +89,80 @@ def layer_onnx(sig: Signature, c_in: int, c_out: int, batch: int = 1, seed: int 
             helper.make_node("Relu", ["conv"], ["y"]),
         ]
         out_shape = [batch, c_out, *conv_output_hw(sig)]
-    graph = helper.make_graph(
+    return _finish(helper.make_graph(
         nodes, "layer",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits))
+
+
+def _finish(graph) -> bytes:
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="halp-trt")
     model.ir_version = 8  # readable by older runtimes (TensorRT 10's parser, ORT >= 1.14)
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def attention_graph(sig: Signature, embed_dim: int, heads: int, batch: int = 1, seed: int = 0):
+    """The ONNX graph (not yet a model) of one self-attention with ``heads`` heads of
+    ``sig.head_dim`` channels on (batch · windows, tokens, embed_dim) inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    d, t, n = sig.head_dim, sig.tokens, batch * sig.windows
+    inner = heads * d
+
+    def rand(*shape, scale=0.05):
+        return rng.standard_normal(shape, dtype=np.float32) * scale
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    inits: list = []
+    const("Wqkv", rand(embed_dim, 3 * inner))
+    const("Bqkv", rand(3 * inner))
+    const("Wo", rand(inner, embed_dim))
+    const("Bo", rand(embed_dim))
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["x", "Wqkv"], ["qkv0"]), node("Add", ["qkv0", "Bqkv"], ["qkv1"]),
+        node("Reshape", ["qkv1", const("s_split", np.array([n, t, 3, heads, d], np.int64))],
+             ["qkv2"]),
+        node("Transpose", ["qkv2"], ["qkv"], perm=[2, 0, 3, 1, 4]),  # (3, n, heads, t, d)
+        node("Split", ["qkv", const("s_three", np.array([1, 1, 1], np.int64))],
+             ["q0", "k0", "v0"], axis=0),
+    ]
+    for a in ("q", "k", "v"):
+        nodes.append(node("Squeeze", [f"{a}0", const(f"ax0_{a}", np.array([0], np.int64))],
+                          [f"{a}1"]))
+    if sig.op == "wattn2":  # cosine attention: unit q and k, a learned scale per head
+        nodes += [node("LpNormalization", ["q1"], ["q"], axis=-1, p=2),
+                  node("LpNormalization", ["k1"], ["k"], axis=-1, p=2)]
+    else:
+        nodes += [node("Mul", ["q1", const("scale", np.float32(d ** -0.5))], ["q"]),
+                  node("Identity", ["k1"], ["k"])]
+    nodes += [node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+              node("MatMul", ["q", "kt"], ["logits0"])]
+    last = "logits0"
+    if sig.op == "wattn2":
+        nodes.append(node("Mul", [last, const("logit_scale", rand(1, heads, 1, 1) + 10.0)],
+                          ["logits1"]))
+        last = "logits1"
+    if sig.op in ("wattn", "wattn2"):  # relative position bias, one (t, t) map per head
+        nodes.append(node("Add", [last, const("rel_bias", rand(1, heads, t, t))], ["logits2"]))
+        last = "logits2"
+    nodes += [
+        node("Softmax", [last], ["p"], axis=-1),
+        node("MatMul", ["p", "v1"], ["o0"]),
+        node("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+        node("Reshape", ["o1", const("s_merge", np.array([n, t, inner], np.int64))], ["o2"]),
+        node("MatMul", ["o2", "Wo"], ["o3"]), node("Add", ["o3", "Bo"], ["y"]),
+    ]
+    return helper.make_graph(
+        nodes, "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, t, embed_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, t, embed_dim])], inits)

@@ -85,6 +85,10 @@ def format_report(table: LatencyTable, pattern: str | None = None) -> str:
             f"{r.key:44s} {len(r.layers):6d} {r.c_in_range[0]:>4d}-{r.c_in_range[1]:<4d} "
             f"{r.c_out_range[0]:>4d}-{r.c_out_range[1]:<4d} {r.step_in:>3d}/{r.step_out:<3d} "
             f"{r.min_ms:8.4f} {r.max_ms:8.4f} {r.n_entries:5d} {r.noisy_entries:5d}")
+    landscape = head_landscapes(table, pattern)
+    if landscape:
+        lines += ["", "attention (c_in: embedding width, c_out: heads); ms by head count at "
+                  "full width, the step is in heads:"] + landscape
     specs = table_layer_specs(table)
     layers_ms = table.layers_sum_ms(specs)
     lines.append("")
@@ -99,6 +103,21 @@ def format_report(table: LatencyTable, pattern: str | None = None) -> str:
                      f"{100 * val['median_abs_rel_error']:.1f}%, max "
                      f"{100 * val['max_abs_rel_error']:.1f}%")
     return "\n".join(lines)
+
+
+def head_landscapes(table: LatencyTable, pattern: str | None = None) -> list[str]:
+    """One line per attention signature: measured latency at every head count (its own step
+    landscape: heads are knapsack items, not channels)."""
+    lines = []
+    for sig in table.signatures.values():
+        if not sig.signature.is_attention or not _matches(sig, pattern) or not sig.entries:
+            continue
+        pts, _, _ = _axis_curves(sig, "out")
+        st = sig.step_out
+        lines.append(f"  {sig.key} (embed {sig.c_in_max}, {len(sig.layers)} layer(s), step "
+                     f"{st.step}{'' if st.accepted else ' (none)'}): "
+                     + " ".join(f"{h}:{ms:.4f}" for h, ms in pts))
+    return lines
 
 
 def _axis_curves(sig: SignatureTable, axis: str):
@@ -140,7 +159,8 @@ def plot_signature(sig: SignatureTable, path: str, others: list[tuple[str, Signa
         other_full = sig.c_in_max if axis == "out" else sig.c_out_max
         ax.set_title(f"vs c_{axis} at full c_{'in' if axis == 'out' else 'out'} "
                      f"({other_full}); step {steps}", fontsize=9)
-        ax.set_xlabel(f"c_{axis}")
+        ax.set_xlabel(("heads" if axis == "out" else "embedding width")
+                      if sig.signature.is_attention else f"c_{axis}")
         ax.set_ylabel("latency (ms)")
         if not prunable:
             ax.text(0.5, 0.5, "axis not prunable", ha="center", transform=ax.transAxes)

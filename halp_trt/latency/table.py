@@ -23,7 +23,7 @@ import numpy as np
 
 from halp_trt.fileio import write_json_atomic
 from halp_trt.errors import HalpError
-from halp_trt.graph.layers import LayerSpec, Signature
+from halp_trt.graph.layers import ATTENTION_OPS, LayerSpec, Signature
 from halp_trt.latency.steps import round_up_to_step
 from halp_trt.latency.identity import COMPATIBLE_KEYS, compare_identity
 from halp_trt.runtime.protocol import Stats
@@ -160,10 +160,13 @@ class SignatureTable:
     def from_json(cls, d: dict, estimator: str = "min") -> "SignatureTable":
         sig = Signature.from_json(d["signature"])
         pairs = (sig.kernel, sig.stride, sig.padding, sig.dilation, sig.input_hw)
-        if sig.op not in ("conv", "dwconv", "linear") or not all(
+        if sig.op not in ("conv", "dwconv", "linear", *ATTENTION_OPS) or not all(
                 len(p) == 2 and all(_is_int(x) for x in p) for p in pairs):
-            raise ValueError(f"signature {d['signature']} is not a conv/dwconv/linear signature "
-                             "with integer pairs")
+            raise ValueError(f"signature {d['signature']} is not a conv/dwconv/linear/attention "
+                             "signature with integer pairs")
+        if sig.is_attention and (sig.head_dim < 1 or sig.tokens < 1 or sig.windows < 1):
+            raise ValueError(f"attention signature {d['signature']} needs head_dim, tokens and "
+                             "windows >= 1")
         t = cls(signature=sig, c_in_max=int(d["c_in_max"]),
                 c_out_max=int(d["c_out_max"]), in_prunable=bool(d["in_prunable"]),
                 out_prunable=bool(d["out_prunable"]), layers=list(d.get("layers", [])),
@@ -231,7 +234,9 @@ class LatencyTable:
         out = {}
         for s in specs:
             m = mods[s.name]
-            if s.signature.op == "linear":
+            if s.signature.is_attention:  # embedding width fixed, heads as pruned
+                ci, co = s.in_channels, int(m.num_heads)
+            elif s.signature.op == "linear":
                 ci, co = m.in_features // s.signature.in_scale, m.out_features
             else:
                 ci, co = m.in_channels, m.out_channels

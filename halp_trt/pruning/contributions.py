@@ -99,7 +99,9 @@ def neuron_group_size(group: ChannelGroup, layers: Sequence[LayerSpec], model: L
     """Channels bundled into one knapsack item: the largest latency step among the layers whose
     width the group sets — producers' output steps and consumers' input steps — so every kept
     width is a step end for all of them (ONNX Runtime on AVX2 is much slower at input widths
-    that are not multiples of 8). ``override`` is an int for every group or a dict keyed by
+    that are not multiples of 8). A head group's item is a whole number of heads: the
+    attention signature's step over heads (its other layers, Swin-V2's position-bias MLP,
+    are too small to set it). ``override`` is an int for every group or a dict keyed by
     group root module name."""
     if isinstance(override, Mapping):
         override = override.get(group.root)
@@ -107,6 +109,9 @@ def neuron_group_size(group: ChannelGroup, layers: Sequence[LayerSpec], model: L
         if int(override) < 1:
             raise HalpError(f"neuron group size for {group.root} must be >= 1, got {override}")
         return int(override)
+    if getattr(group, "heads_of", None):  # heads: the attention's own step, in heads
+        return max([1] + [int(model.step_size(s)[1]) for s in layers
+                          if s.out_group == group.id and s.signature.is_attention])
     consumers = set(group.modules("in"))
     steps = [int(model.step_size(s)[1]) for s in layers if s.out_group == group.id]
     steps += [int(model.step_size(s)[0]) for s in layers

@@ -35,6 +35,11 @@ def _zero_targets(mod: nn.Module, side: str) -> list[tuple[torch.Tensor, int | s
                                 f"convolution {mod}")
             return [(mod.weight, GROUPED_IN)]
         return [(mod.weight, 1 - out_dim)]
+    if side == "out" and isinstance(getattr(mod, "in_proj_weight", None), torch.Tensor):
+        # an attention's packed q/k/v projection (nn.MultiheadAttention, HeadAttention): the
+        # rows of a head group (halp_trt.graph.attention)
+        bias = mod.in_proj_bias
+        return [(mod.in_proj_weight, 0)] + ([(bias, 0)] if bias is not None else [])
     if isinstance(mod, nn.Linear):
         if side == "out":
             return [(mod.weight, 0)] + ([(mod.bias, 0)] if mod.bias is not None else [])

@@ -10,6 +10,10 @@
     ...                              # keep fine-tuning; masks stay applied
     pruned = pruner.finalize()       # physical removal (torch-pruning); rebuild the optimizer
 
+Attention heads are groups too (``halp_trt.graph.attention``): indexed by head, a knapsack item
+is a whole head (or the table's step in heads), at least one head stays, and ``finalize()``
+swaps in modules that compute with the heads left.
+
 A pruning step averages the importance since the previous step, sorts each coupled group's
 channels, bundles them into neuron groups of the latency step size (the remainder, least
 important, last), offers the knapsack every prefix length, and solves at the scheduled target.
@@ -37,6 +41,7 @@ from halp_trt.graph.layers import LayerSpec, list_layers
 from halp_trt.pruning.config import HALPConfig
 from halp_trt.pruning.contributions import (LatencyModel, neuron_group_size, option_costs,
                                             predict_model_ms)
+from halp_trt.pruning.heads import HeadAwareImportance
 from halp_trt.pruning.importance import ImportanceAccumulator
 from halp_trt.pruning.knapsack import KnapsackGroup, solve_knapsack
 from halp_trt.pruning.masker import ChannelMasker
@@ -139,7 +144,8 @@ class HALPPruner:
             raise HalpError(self._infeasible_message(self.final_target_ms, self.min_ms))
         self.targets_ms = schedule_targets_ms(self.full_ms, self.final_target_ms, config.steps,
                                               config.schedule)
-        self.accumulator = ImportanceAccumulator(self.model, self.prunable, config.importance)
+        self.accumulator = ImportanceAccumulator(self.model, self.prunable,
+                                                 HeadAwareImportance(config.importance))
         self.masker = ChannelMasker(self.model, self.prunable)
         self.history: list[StepRecord] = []
         self.calls = 0
@@ -271,6 +277,10 @@ class HALPPruner:
         lo = self._min_count(g, n_cur)
         kept = [c for c in counts if c >= lo]
         return np.asarray(kept, dtype=np.int64)
+
+    def min_widths(self) -> dict[int, int]:
+        """Group id -> the narrowest width the configuration allows (the table's floor)."""
+        return self._min_widths(full=True)
 
     def _min_widths(self, full: bool = False) -> dict[int, int]:
         w = self.widths

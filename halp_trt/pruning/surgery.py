@@ -10,6 +10,7 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import ChannelGroup, quiet_torch_pruning
 from halp_trt.graph.layers import is_depthwise
+from halp_trt.pruning.heads import remove_heads
 from halp_trt.pruning.masker import ChannelMasker
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -102,7 +103,8 @@ def check_masked_equals_pruned(masked: torch.Tensor, pruned: torch.Tensor,
 
 def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
                     drop: Mapping[int, Sequence[int]]) -> nn.Module:
-    """Physically remove ``drop[group id]`` (root channel indices) with torch-pruning.
+    """Physically remove ``drop[group id]`` (root channel indices) with torch-pruning; head
+    groups' heads (``drop`` by head index) with ``halp_trt.pruning.heads.remove_heads``.
 
     torch-pruning 1.6.1 cuts a grouped conv's input weights with the first ``in/groups`` kept
     global indices, which is right only when every conv group keeps the same local channels;
@@ -126,9 +128,9 @@ def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
     with quiet_torch_pruning():
         for gid, idxs in drop.items():
             idxs = sorted(int(i) for i in idxs)
-            if not idxs:
-                continue
             g = by_id[gid]
+            if not idxs or g.heads_of is not None:  # heads: after the graph's surgery
+                continue
             if len(idxs) >= g.size:
                 raise HalpError(f"cannot remove all {g.size} channels of group {g.root}")
             root = modules[g.root]
@@ -138,6 +140,9 @@ def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
     for name, (weight, bias) in grouped.items():
         _rebuild_grouped_conv(modules[name], name, weight, bias, kept[(name, "in")],
                               kept[(name, "out")])
+    for gid, idxs in drop.items():
+        if by_id[gid].heads_of is not None:
+            remove_heads(model, by_id[gid], idxs)
     return model
 
 

@@ -27,7 +27,9 @@ def export_onnx(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:
     # nn.MultiheadAttention takes a fused kernel (aten::_native_multi_head_attention) in eval
     # without gradients, which the exporter cannot translate; with gradients enabled it runs the
     # same math unfused (projections, scaled dot-product attention, output projection), which
-    # exports. Export only traces: no gradient is computed either way.
+    # exports. Export only traces: no gradient is computed either way. A head-pruned attention
+    # is a halp_trt.graph.attention.HeadAttention (nn.MultiheadAttention cannot have fewer
+    # heads than embed_dim / head_dim): the same math written out, which exports either way.
     has_mha = any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
     grad_mode = torch.enable_grad() if has_mha else torch.no_grad()
     try:

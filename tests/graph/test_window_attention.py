@@ -2,8 +2,8 @@
 reshapes for channel flattens (stride = channels / heads) and expanded the index lists 32-fold
 on every lap of a residual cycle, without end: swin_t, swin_v2_t and maxvit_t were killed at
 24 GB while their channel groups were collected. Now the reshapes' saved shapes are read, the
-MLPs' hidden widths are prunable groups, a qkv projection split into heads keeps its width, and
-masked ≡ pruned."""
+MLPs' hidden widths and Swin's attention heads (halp_trt.graph.attention) are prunable groups,
+MaxViT's qkv projection split into heads keeps its width, and masked ≡ pruned."""
 import pytest
 import torch
 import torch.nn as nn
@@ -78,14 +78,20 @@ def test_small_swin_prunes_its_mlps_and_masked_equals_pruned(v2):
     modules = dict(model.named_modules())
     mlps = _mlp_groups(model, groups)
     assert len(mlps) == 4 and all(unprunable_reason(g, modules) is None for g in mlps.values())
+    heads = [g for g in groups if g.heads_of]
+    assert [g.size for g in heads] == [2, 2, 4, 4]
+    assert all(unprunable_reason(g, modules) is None for g in heads)
     # the residual stream is tied to LayerNorms (or to attention the graph cannot follow)
     for g in groups:
-        if g not in mlps.values():
+        if g not in mlps.values() and g not in heads:
             assert unprunable_reason(g, modules) is not None, g.root
 
-    drop = _remove_and_compare(model, x, groups, graph, mlps.values())
+    drop = _remove_and_compare(model, x, groups, graph, [*mlps.values(), *heads])
     for name, g in mlps.items():
         assert modules[f"{name}.0"].out_features == g.size - len(drop[g.id])
+    modules = dict(model.named_modules())
+    for g in heads:  # every 4th head from the second: one of 2 or 4
+        assert modules[g.heads_of].num_heads == g.size - 1
 
 
 def test_torchvision_swin_t_groups_are_found_at_64px():
