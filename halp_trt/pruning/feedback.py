@@ -18,6 +18,13 @@ the estimate, every distinct candidate is built and timed in one interleaved ses
 original (and the reference model, when the target is "as fast as this model"), and the step
 takes the candidate that keeps the most latency while measuring at or under the target. A
 further step is added only if no candidate met it.
+
+When the calibration is far off (near the table's floor it extrapolates from one slimmed model:
+shufflenet_v2 at 128 put its floor at 0.63 of the original, measured 0.23), the whole bracket
+can measure under the target. The bracket then searches on measurements: the current model
+(the original, for a one-shot step) is a known point above the target, a monotone fit through
+every candidate measured so far and that point gives where the target is crossed, and the next
+session's candidates cover the interval that still holds the crossing, densest at the estimate.
 """
 from __future__ import annotations
 
@@ -51,6 +58,16 @@ REFERENCE_COPIES = 3
 # A second bracket around a re-aimed estimate: dense, since it starts from measurements.
 REBRACKET = (0.94, 0.97, 0.985, 1.0, 1.015, 1.03, 1.06)
 
+# Where a re-aimed bracket also puts candidates between the estimate and the nearest measured
+# widths on either side of the target (fractions of the way): an estimate interpolated across
+# a wide gap is only a guess, and one session with points on both sides closes the gap.
+REBRACKET_SPREAD = (1 / 3, 2 / 3)
+
+# Factors by which a bracket whose low (high) side falls on the table's floor (the current
+# widths) is extended on its other side, per candidate lost there: near the floor the estimate
+# is an extrapolated guess and the candidates pinned at the floor all measure the same model.
+BRACKET_EXTEND = 1.12
+
 
 class LatencyFeedback:
     """Drop-in for the pruner in a training loop (``accumulate()`` / ``step()`` / ``done``).
@@ -65,7 +82,7 @@ class LatencyFeedback:
                  original_onnx: bytes, final_ratio: float, protocol: Protocol,
                  tolerance: float = 0.01, max_extra_steps: int = 2, log=print,
                  broadcast: Callable | None = None, bracket: tuple = DEFAULT_BRACKET,
-                 reference_onnx: bytes | None = None, rebrackets: int = 2,
+                 reference_onnx: bytes | None = None, rebrackets: int = 3,
                  rebracket_gap: float = 0.03):
         self.pruner, self.build_arch, self.export = pruner, build_arch, export
         self.backend, self.original_onnx = backend, original_onnx
@@ -133,23 +150,27 @@ class LatencyFeedback:
 
     def _bracket_last_step(self) -> None:
         p = self.pruner
-        estimate_ms = p.targets_ms[len(p.history)]
+        first_estimate_ms = estimate_ms = p.targets_ms[len(p.history)]
         ceiling_ms = p.predict_ms()  # pruning cannot grow a group back
-        factors = self.bracket
+        # the current widths, measured: a point known to be above the target (the original
+        # for a one-shot step), which bounds every search from above
+        anchor = (ceiling_ms, self.points[-1].measured_ratio if self.points else 1.0)
+        targets = _bracket_targets(estimate_ms, self.bracket, p.min_ms, ceiling_ms)
         # (knapsack target ms, measured ratio) of every candidate timed so far, for re-aiming
         points: list[tuple[float, float]] = []
         best: tuple[float, float, bool] | None = None  # (knapsack target ms, ratio, met)
         for attempt in range(1 + self.rebrackets):
             candidates: dict[str, tuple[float, object]] = {}
             seen = set()
-            for f in factors:
-                target_ms = min(max(estimate_ms * f, p.min_ms), ceiling_ms)
+            for target_ms in targets:
                 plan = p.plan(target_ms)
                 widths = tuple(sorted(plan.kept.items()))
                 if widths not in seen:
                     seen.add(widths)
-                    candidates[f"x{estimate_ms * f / p.targets_ms[len(p.history)]:.4g}"] = \
-                        (target_ms, plan)
+                    name = f"x{target_ms / first_estimate_ms:.4g}"
+                    while name in candidates:  # two targets equal to 4 digits
+                        name += "'"
+                    candidates[name] = (target_ms, plan)
             graphs = {k: (lambda plan=plan: self.export(self.build_arch(p.result(plan))))
                       for k, (_, plan) in candidates.items()}
             ratios = self._measure(graphs)
@@ -182,41 +203,15 @@ class LatencyFeedback:
             if not best_met or best_ratio >= goal_ratio * (1 - self.rebracket_gap) or \
                     attempt == self.rebrackets or best_ms >= ceiling_ms:
                 break
-            new_estimate = self._aim(points, goal_ratio, ceiling_ms)
-            if new_estimate is None or new_estimate <= best_ms * 1.005:
+            aim = _aim(points, goal_ratio, anchor)
+            if aim is None or aim[0] <= best_ms * 1.005:
                 break
-            estimate_ms, factors = new_estimate, REBRACKET
+            estimate_ms, low_ms, high_ms = aim
+            targets = _rebracket_targets(estimate_ms, max(low_ms, best_ms), high_ms,
+                                         p.min_ms, ceiling_ms)
         target_ms, ratio, met = best
         self._bracket_outcome = (ratio, met)
         p.retarget([target_ms])
-
-    @staticmethod
-    def _aim(points: list[tuple[float, float]], goal_ratio: float, ceiling_ms: float
-             ) -> float | None:
-        """The knapsack target expected to measure ``goal_ratio``: interpolated between the
-        nearest measured candidates on either side, or extrapolated from the local slope when
-        none was above the goal."""
-        below = [(t, r) for t, r in points if r <= goal_ratio]
-        above = [(t, r) for t, r in points if r > goal_ratio]
-        if below and above:
-            (t0, r0), (t1, r1) = max(below, key=lambda q: q[1]), min(above, key=lambda q: q[1])
-            if r1 > r0 and t1 != t0:
-                return min(ceiling_ms, t0 + (goal_ratio - r0) * (t1 - t0) / (r1 - r0))
-            return None
-        # all below: a line through the three candidates nearest the goal (the local slope;
-        # a fit through all of them under-estimates it on convex curves and overshoots)
-        near = sorted(points, key=lambda q: q[1])[-3:]
-        if len(near) < 2:
-            return None
-        n = len(near)
-        mt, mr = sum(t for t, _ in near) / n, sum(r for _, r in near) / n
-        var = sum((t - mt) ** 2 for t, _ in near)
-        if var <= 0:
-            return None
-        slope = sum((t - mt) * (r - mr) for t, r in near) / var
-        if slope <= 0:
-            return None
-        return min(ceiling_ms, mt + (goal_ratio - mr) / slope)
 
     def _goal_ratio(self) -> float:
         """The target as read in the latest session (with a reference), else the given one."""
@@ -304,6 +299,76 @@ class LatencyFeedback:
             raise HalpError(f"the feedback checkpoint is not usable ({exc}); delete it to start "
                             "pruning over") from None
         self._bracket_outcome = None
+
+
+def _bracket_targets(estimate_ms: float, factors, floor_ms: float, ceiling_ms: float
+                     ) -> list[float]:
+    """Knapsack targets of a bracket: ``estimate_ms`` times each factor, within the table's
+    floor and the current widths. Factors that fall past one bound would all build the same
+    model there; each is traded for a further factor on the other side (``BRACKET_EXTEND``
+    apart), so that the session still measures as many distinct widths."""
+    factors = sorted(factors)
+    lo, hi = factors[0], factors[-1]
+    out = []
+    for f in factors:
+        t = estimate_ms * f
+        if t <= floor_ms and out and out[0] <= floor_ms:  # a second candidate at the floor
+            hi *= BRACKET_EXTEND
+            t = estimate_ms * hi
+        elif t >= ceiling_ms and out and out[-1] >= ceiling_ms:  # a second one at the top
+            lo /= BRACKET_EXTEND
+            t = estimate_ms * lo
+        out.append(min(max(t, floor_ms), ceiling_ms))
+        out.sort()
+    return sorted(set(out))
+
+
+def _rebracket_targets(estimate_ms: float, low_ms: float, high_ms: float, floor_ms: float,
+                       ceiling_ms: float) -> list[float]:
+    """Knapsack targets of a re-aimed bracket: dense around ``estimate_ms`` (``REBRACKET``),
+    plus points spread between it and the nearest measured targets below (``low_ms``) and
+    above (``high_ms``) the goal where those lie outside the dense part."""
+    targets = [estimate_ms * f for f in REBRACKET]
+    if low_ms < estimate_ms * min(REBRACKET):
+        targets += [estimate_ms - q * (estimate_ms - low_ms) for q in REBRACKET_SPREAD]
+    if high_ms > estimate_ms * max(REBRACKET):
+        targets += [estimate_ms + q * (high_ms - estimate_ms) for q in REBRACKET_SPREAD]
+    return sorted({min(max(t, floor_ms), ceiling_ms) for t in targets})
+
+
+def _monotone_fit(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Least-squares non-decreasing fit of ratio over target (pool adjacent violators): one
+    (mean target, mean ratio) per pooled block. Candidates of one session differ by a few
+    percent of noise, often more than their true difference near a flat part of the curve;
+    a slope read off two or three of them pointed anywhere (seen: re-aimed at the full model,
+    or given up on, which committed 0.33 for a target of 0.5)."""
+    blocks: list[list[float]] = []  # [sum t, sum r, n]
+    for t, r in sorted(points):
+        blocks.append([t, r, 1])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] >= blocks[-1][1] / blocks[-1][2]:
+            t2, r2, n2 = blocks.pop()
+            blocks[-1][0] += t2
+            blocks[-1][1] += r2
+            blocks[-1][2] += n2
+    return [(st / n, sr / n) for st, sr, n in blocks]
+
+
+def _aim(points: list[tuple[float, float]], goal_ratio: float, anchor: tuple[float, float]
+         ) -> tuple[float, float, float] | None:
+    """(estimate, low, high): the knapsack target expected to measure ``goal_ratio``, read
+    off a monotone fit of every (target, measured ratio) so far and ``anchor`` (the current
+    widths, above the goal), linear between the fitted points on either side of the goal;
+    low and high are the nearest measured targets under and over the goal. None when the fit
+    does not cross the goal."""
+    fit = _monotone_fit(list(points) + [anchor])
+    for (t0, r0), (t1, r1) in zip(fit, fit[1:]):
+        if r0 <= goal_ratio < r1:
+            estimate = t0 + (goal_ratio - r0) * (t1 - t0) / (r1 - r0)
+            low = max((t for t, r in points if r <= goal_ratio and t <= estimate), default=t0)
+            high = min((t for t, r in list(points) + [anchor]
+                        if r > goal_ratio and t >= estimate), default=t1)
+            return estimate, low, high
+    return None
 
 
 def _better_pick(best, pick):

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from halp_trt.runtime.base import Backend
 from fakes import StaircaseLatencyModel
-from halp_trt.pruning.feedback import LatencyFeedback
+from halp_trt.pruning.feedback import (LatencyFeedback, _aim, _bracket_targets,
+                                       _monotone_fit)
 from halp_trt.runtime.protocol import Protocol
 from halp_trt.errors import HalpError
 from halp_trt.pruning.pruner import HALPConfig, HALPPruner
@@ -196,3 +197,77 @@ def test_a_bracket_entirely_under_the_target_is_re_aimed(seed):
                                           rebrackets=0)
     run(model, fb)
     assert landed(pr, true_ratio) < 0.45 * 0.85, "without re-aiming it undershoots"
+
+
+def _held_trunk(layers):
+    """Shufflenet-like: a held trunk measures 0.2 of the original whatever the knapsack does,
+    and the prunable part is convex in the layer sum."""
+    return 0.2 + 0.8 * layers ** 1.5
+
+
+def run_from_the_floor(seed, module=None, **kw):
+    """One-shot to a measured 0.5 where the calibration put the target at the table's floor
+    (the pipeline's near-floor path): every first-bracket candidate measures near 0.2."""
+    model, pr, fb, true_ratio = make_loop(0.5, spread=0.03, seed=seed, curve=_held_trunk,
+                                          steps=1, **kw)
+    pr.retarget([pr.min_ms])
+    run(model, fb)
+    return pr, fb, true_ratio
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_bracket_pinned_at_the_floor_searches_up_to_the_target(seed):
+    pr, fb, true_ratio = run_from_the_floor(seed)
+    first = fb.brackets[0]
+    assert max(c["measured_ratio"] for c in first["candidates"].values()) < 0.3, \
+        "the first bracket is entirely near the floor (the case under test)"
+    # the old re-aim read a slope off the flat, noisy first bracket and gave up (or aimed at
+    # the full model): it committed the floor, 0.20 for 0.5
+    assert 0.5 * 0.95 <= landed(pr, true_ratio) <= 0.5 * 1.05
+    # the committed widths are a candidate that measured at or under the target, not re-timed
+    met = [c for b in fb.brackets for c in b["candidates"].values()
+           if c["measured_ratio"] <= 0.5 * 1.01]
+    assert pr.history[-1].predicted_ms in [c["predicted_ms"] for c in met]
+    assert fb.points[-1].measured_ratio <= 0.5 * 1.01 and len(fb.points) == 1
+
+
+def test_without_re_aiming_the_floor_bracket_is_committed():
+    pr, fb, true_ratio = run_from_the_floor(0, rebrackets=0)
+    assert landed(pr, true_ratio) < 0.25
+
+
+def test_bracket_targets_trade_candidates_pinned_at_a_bound_for_the_other_side():
+    factors = (0.8, 0.9, 1.0, 1.1, 1.2)
+    free = _bracket_targets(10.0, factors, floor_ms=1.0, ceiling_ms=100.0)
+    assert free == pytest.approx([8.0, 9.0, 10.0, 11.0, 12.0])
+    # estimate at the floor: the three factors at or under 1 would all give the floor model
+    low = _bracket_targets(10.0, factors, floor_ms=10.0, ceiling_ms=100.0)
+    assert len(low) == len(factors) and min(low) == 10.0 and max(low) > 12.0
+    assert all(b > a for a, b in zip(low, low[1:]))
+    high = _bracket_targets(10.0, factors, floor_ms=1.0, ceiling_ms=10.0)
+    assert len(high) == len(factors) and max(high) == 10.0 and min(high) < 8.0
+    # both bounds within the bracket: nothing to trade for, fewer distinct targets
+    both = _bracket_targets(10.0, factors, floor_ms=9.5, ceiling_ms=10.5)
+    assert min(both) == 9.5 and max(both) == 10.5 and len(both) <= len(factors)
+
+
+def test_monotone_fit_pools_noisy_inversions():
+    pts = [(1.0, 0.20), (2.0, 0.30), (3.0, 0.28), (4.0, 0.50)]
+    fit = _monotone_fit(pts)
+    assert [t for t, _ in fit] == pytest.approx([1.0, 2.5, 4.0])
+    assert [r for _, r in fit] == pytest.approx([0.20, 0.29, 0.50])
+    rising = [(float(t), 0.1 * t) for t in range(5)]
+    assert _monotone_fit(rising) == rising  # nothing to pool
+
+
+def test_aim_crosses_the_goal_between_flat_noisy_points_and_the_current_model():
+    # all candidates under the goal and flat within noise (a slope read off them is negative)
+    pts = [(5.0, 0.23), (5.5, 0.27), (6.0, 0.39), (6.5, 0.34)]
+    estimate, low, high = _aim(pts, 0.5, anchor=(17.0, 1.0))
+    # pooled (6.25, 0.365) to the anchor: the line crosses 0.5 at 6.25 + 0.135 / 0.635 * 10.75
+    assert estimate == pytest.approx(6.25 + 0.135 / 0.635 * 10.75)
+    assert (low, high) == (6.5, 17.0)
+    # a point over the goal narrows the interval; the anchor no longer bounds it
+    estimate, low, high = _aim(pts + [(9.0, 0.6)], 0.5, anchor=(17.0, 1.0))
+    assert 6.5 < estimate < 9.0 and (low, high) == (6.5, 9.0)
+    assert _aim(pts, 0.5, anchor=(17.0, 0.45)) is None  # nothing measured above the goal
