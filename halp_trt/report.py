@@ -6,6 +6,23 @@ import os
 from halp_trt.version import __version__
 from halp_trt.fileio import write_atomic_with, write_bytes_atomic, write_json_atomic
 
+# A measured ratio this close to the target (relative) meets it: the ±5% the model benchmarks
+# judge targets by.
+TARGET_TOLERANCE = 0.05
+VERDICT_MET, VERDICT_IN_SPREAD, VERDICT_MISSED = "met", "within the session spread", "missed"
+
+
+def target_verdict(ratio: float, target_ratio: float, spread: tuple[float, float],
+                   tolerance: float = TARGET_TOLERANCE) -> str:
+    """``met`` when the point ratio is within ``tolerance`` of the target; else ``within the
+    session spread`` when the target lies between the lowest and highest ratio any pair of
+    sessions read (the measurement cannot tell a miss from a hit); else ``missed``."""
+    if abs(ratio / target_ratio - 1) <= tolerance:
+        return VERDICT_MET
+    if spread[0] <= target_ratio <= spread[1]:
+        return VERDICT_IN_SPREAD
+    return VERDICT_MISSED
+
 
 def build_report(cfg, table, table_path, table_reason, table_probe, backend, calib,
                  layers_full_ms, pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
@@ -20,18 +37,27 @@ def build_report(cfg, table, table_path, table_reason, table_probe, backend, cal
     pred_pruned = calib.model_ms(sum(pruned_layers_ms.values()))
     target_ratio = cfg.target_fraction if cfg.target_fraction is not None else \
         cfg.target_ms / orig_ms
+    ratio_spread = cmp.ratio_spread
+    sessions = {k: [s.estimate(est) for s in getattr(cmp, f"{k}_sessions")]
+                for k in ("original", "pruned")}
     return {
         "halp_trt_version": __version__,
         "model": cfg.model, "data": cfg.data, "input_shape": list(cfg.input_shape),
         "target": cfg.target, "target_ratio": target_ratio,
         "original": {"measured_ms": orig_ms, "predicted_ms": pred_orig,
-                     "stats": cmp.original.to_json(), "layers_sum_ms": layers_full_ms},
+                     "stats": cmp.original.to_json(), "layers_sum_ms": layers_full_ms,
+                     "session_ms": sessions["original"]},
         "pruned": {"measured_ms": pruned_ms, "predicted_ms": pred_pruned,
-                   "stats": cmp.pruned.to_json(), "layers_sum_ms": sum(pruned_layers_ms.values())},
+                   "stats": cmp.pruned.to_json(), "layers_sum_ms": sum(pruned_layers_ms.values()),
+                   "session_ms": sessions["pruned"]},
         "speedup_measured": orig_ms / pruned_ms,
         "speedup_predicted": pred_orig / pred_pruned,
         "latency_ratio_measured": pruned_ms / orig_ms,
         "latency_ratio_vs_target": (pruned_ms / orig_ms) / target_ratio,
+        # lowest and highest pruned/original ratio over every pair of sessions
+        "latency_ratio_spread": list(ratio_spread),
+        "target_tolerance": TARGET_TOLERANCE,
+        "target_verdict": target_verdict(pruned_ms / orig_ms, target_ratio, ratio_spread),
         "max_abs_diff": check.max_abs_diff,
         "numeric_check": asdict(check),
         "accuracy": {"original": acc_original, "pruned": acc_pruned,
@@ -82,11 +108,17 @@ def write_markdown(path: str, r: dict) -> None:
         f"{o['measured_ms']:.3f} | {p['measured_ms']:.3f} |",
         f"| predicted latency (ms, table) | {o['predicted_ms']:.3f} | {p['predicted_ms']:.3f} |",
         f"| median latency (ms) | {o['stats']['median_ms']:.3f} | {p['stats']['median_ms']:.3f} |",
+    ]
+    if o.get("session_ms") and p.get("session_ms"):
+        lines.append(f"| per-session minima (ms, {len(o['session_ms'])} and "
+                     f"{len(p['session_ms'])} sessions) | {_range(o['session_ms'])} | "
+                     f"{_range(p['session_ms'])} |")
+    lines += [
         f"| accuracy | {acc['original']:.4f} | {acc['pruned']:.4f} |",
         "",
         f"- Target: {r['target']} → latency ratio target {r['target_ratio']:.3f}; measured "
-        f"ratio {r['latency_ratio_measured']:.3f} ({100 * (r['latency_ratio_vs_target'] - 1):+.1f}"
-        "% vs target).",
+        f"ratio {r['latency_ratio_measured']:.3f}{_spread_text(r)} "
+        f"({100 * (r['latency_ratio_vs_target'] - 1):+.1f}% vs target): {_verdict_text(r)}.",
         f"- Speedup: {r['speedup_measured']:.2f}× measured, {r['speedup_predicted']:.2f}× "
         "predicted.",
         f"- Pruned ONNX vs PyTorch on {r['numeric_check']['n_inputs']} real inputs: max abs diff "
@@ -131,6 +163,33 @@ def write_markdown(path: str, r: dict) -> None:
     lines += ["", "Figures: `widths.png`, `layer_latency.png`. Re-measure any time with "
               "`halp-trt validate original.onnx model.onnx --table TABLE`.", ""]
     write_bytes_atomic(path, "\n".join(lines).encode("utf-8"))
+
+
+def _range(values) -> str:
+    return f"{min(values):.3f}–{max(values):.3f}"
+
+
+def _spread_text(r: dict) -> str:
+    if "latency_ratio_spread" not in r:  # reports written before sessions were kept
+        return ""
+    lo, hi = r["latency_ratio_spread"]
+    return f" ({lo:.3f}–{hi:.3f} over pairs of sessions)"
+
+
+def _verdict_text(r: dict) -> str:
+    verdict = r.get("target_verdict")
+    tol = 100 * r.get("target_tolerance", TARGET_TOLERANCE)
+    if verdict == VERDICT_MET:
+        return f"**met** (within ±{tol:.0f}%)"
+    if verdict == VERDICT_IN_SPREAD:
+        return (f"**within the session spread**, not met: the point estimate is more than "
+                f"±{tol:.0f}% off, but the target lies inside the range the sessions read, so "
+                "this measurement cannot tell a hit from a miss (re-measure with "
+                "`halp-trt validate`, more `--rounds`)")
+    if verdict == VERDICT_MISSED:
+        side = "slower than" if r["latency_ratio_vs_target"] > 1 else "faster than (pruned more)"
+        return f"**missed** ({side} the target by more than ±{tol:.0f}% and the session spread)"
+    return "not judged"
 
 
 def write_plots(out_dir: str, r: dict, table, specs, pruned_layers_ms: dict) -> list[str]:

@@ -2,8 +2,6 @@
 given a latency table — each model's predicted latency next to its measurement."""
 from __future__ import annotations
 
-
-
 from halp_trt.errors import HalpError
 
 
@@ -90,12 +88,16 @@ def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu
     backend = backend_for(gpu, precision, backend=backend)
     cmp = compare_onnx(backend, models["original"].SerializeToString(),
                        models["pruned"].SerializeToString(), model_protocol(rounds))
-    res = {"original": {"path": original, "measured_ms": cmp.original.estimate(cmp.estimator),
-                        "stats": cmp.original.to_json()},
-           "pruned": {"path": pruned, "measured_ms": cmp.pruned.estimate(cmp.estimator),
-                      "stats": cmp.pruned.to_json()},
-           "speedup_measured": cmp.speedup, "backend": backend.identity(),
-           "noisy": cmp.original.noisy or cmp.pruned.noisy}
+    res = {k: {"path": path, "measured_ms": getattr(cmp, k).estimate(cmp.estimator),
+               "stats": getattr(cmp, k).to_json(),
+               "session_ms": [s.estimate(cmp.estimator) for s in getattr(cmp, f"{k}_sessions")]}
+           for k, path in (("original", original), ("pruned", pruned))}
+    lo, hi = cmp.ratio_spread
+    res.update({"speedup_measured": cmp.speedup, "backend": backend.identity(),
+                "noisy": cmp.original.noisy or cmp.pruned.noisy,
+                # one session per graph could have read any ratio in this range
+                "latency_ratio_measured": cmp.ratio, "latency_ratio_spread": [lo, hi],
+                "speedup_spread": [1 / hi, 1 / lo]})
     if table_path:
         from halp_trt.latency.calibration import Calibration
         from halp_trt.latency.table import LatencyTable
@@ -124,6 +126,15 @@ def format_validation(res: dict) -> str:
     lines.append(f"speedup: {res['speedup_measured']:.2f}x measured" +
                  (f", {res['speedup_predicted']:.2f}x predicted" if "speedup_predicted" in res
                   else ""))
+    if "latency_ratio_spread" in res:
+        lo, hi = res["latency_ratio_spread"]
+        n = {k: len(res[k]["session_ms"]) for k in ("original", "pruned")}
+        per_session = "; ".join(f"{k} {min(res[k]['session_ms']):.3f}-"
+                                f"{max(res[k]['session_ms']):.3f} ms"
+                                for k in ("original", "pruned") if res[k]["session_ms"])
+        lines.append(f"latency ratio (pruned/original): {res['latency_ratio_measured']:.3f}, "
+                     f"{lo:.3f}-{hi:.3f} over pairs of sessions ({n['original']} x "
+                     f"{n['pruned']}; {per_session})")
     if res["noisy"]:
         lines.append("warning: noisy measurement (median > 15% above minimum); the machine was "
                       "busy — re-run on a quiet machine")

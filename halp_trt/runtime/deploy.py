@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from halp_trt.errors import HalpError
-from halp_trt.runtime.protocol import Protocol, Stats, measure_interleaved, model_protocol
+from halp_trt.runtime.protocol import Protocol, Stats, measure_sessions, model_protocol
 
 
 # The largest output magnitude the numeric check scales its tolerance to. Logits of a sane
@@ -143,18 +143,53 @@ def check_int8_outputs(reference_logits: np.ndarray, int8_logits: np.ndarray,
 
 @dataclass
 class Comparison:
+    """Original and pruned measured interleaved. ``*_sessions`` hold each session's own
+    statistics, ``original``/``pruned`` their mean, so the point ratio lies inside
+    ``ratio_spread``."""
+
     original: Stats
     pruned: Stats
     estimator: str = "min"
+    original_sessions: Sequence[Stats] = ()
+    pruned_sessions: Sequence[Stats] = ()
 
     @property
     def speedup(self) -> float:
         return self.original.estimate(self.estimator) / self.pruned.estimate(self.estimator)
 
+    @property
+    def ratio(self) -> float:
+        """Pruned over original latency (the point estimate)."""
+        return 1.0 / self.speedup
+
+    @property
+    def session_pair_ratios(self) -> list[list[float]]:
+        """[i][j]: pruned session i over original session j — what a measurement with one
+        session per graph could have read."""
+        est = self.estimator
+        return [[p.estimate(est) / o.estimate(est) for o in self.original_sessions]
+                for p in self.pruned_sessions]
+
+    @property
+    def ratio_spread(self) -> tuple[float, float]:
+        """(min, max) of the pruned/original ratio over every pair of sessions; the point
+        ratio twice when no per-session statistics were kept."""
+        pairs = [r for row in self.session_pair_ratios for r in row]
+        if not pairs:
+            return self.ratio, self.ratio
+        return min(pairs), max(pairs)
+
+    def session_range_ms(self, which: str) -> tuple[float, float]:
+        """(min, max) over sessions of one model's estimate; ``which``: original or pruned."""
+        sessions = {"original": self.original_sessions, "pruned": self.pruned_sessions}[which]
+        main = {"original": self.original, "pruned": self.pruned}[which]
+        ests = [s.estimate(self.estimator) for s in sessions] or [main.estimate(self.estimator)]
+        return min(ests), max(ests)
+
 
 def compare_onnx(backend, original: bytes, pruned: bytes, protocol: Protocol | None = None
                  ) -> Comparison:
     protocol = protocol or model_protocol(30)
-    stats = measure_interleaved(backend, {"original": original, "pruned": pruned}, protocol)
-    est = protocol.estimator
-    return Comparison(stats["original"], stats["pruned"], est)
+    stats = measure_sessions(backend, {"original": original, "pruned": pruned}, protocol)
+    o, p = stats["original"], stats["pruned"]
+    return Comparison(o.combined, p.combined, protocol.estimator, o.sessions, p.sessions)

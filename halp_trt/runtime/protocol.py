@@ -74,20 +74,33 @@ class Protocol:
     # half-width model at 0.40 of the original for a measured 0.29; with this threshold, 0.27
     # for 0.27. The price is a step at the threshold that interpolation can straddle.
     cold_above_bytes: int = 1 << 20
-    # Sessions built per graph; a sample is their mean within a round. One ORT session of a
-    # whole model is a few percent faster or slower than another of the same graph for its
-    # whole life (memory placement): measured on a pruned resnet18 at 64x64, four sessions of
-    # one graph in one interleaved run had minima 0.596-0.673 ms. Layer tables average that
-    # out over many entries; whole-model comparisons need several sessions.
+    # Sessions built per graph. Each session's samples are summarized on their own and the
+    # graph's statistics are the mean over sessions of each one's (``measure_sessions`` keeps
+    # them all, so a comparison can say how far one session reads from another). Seen before
+    # ``warm_ms``: four sessions of one pruned resnet18 at 64x64 in one interleaved run had
+    # minima 0.596-0.673 ms. The minimum of per-round means over 8 sessions, used before,
+    # lets a burst in any one session spoil a round: it read 0.81-0.87 ms in three runs where
+    # the per-session minima averaged 0.78-0.80 (Zen 4, busy machine).
     sessions_per_graph: int = 1
+    # Untimed runs before each timed one last at least this long (and are at least
+    # ``untimed_runs_per_round``). Whole models under a few ms need it: measured on a
+    # half-width resnet18 at 64x64 (0.75 ms, ORT CPU, Zen 4), 8 sessions of one graph read
+    # per-session minima 25-29% apart after one untimed run, 7-8% after two, 1.1-1.6% after
+    # four or more; arena, memory pattern, spinning, pinning, IOBinding and input alignment
+    # changed nothing. After a switch from another session one run does not refill the caches,
+    # so the minimum over rounds rewards whichever session is better prepared by what ran
+    # before it (itself again when a shuffled round starts with the previous round's last
+    # graph) — the same sessions every round for a fixed seed: a lifelong per-session offset.
+    # 0 keeps the table protocol as it was.
+    warm_ms: float = 0.0
 
     def __post_init__(self):
         if self.rounds < 1 or self.timed_runs_per_round < 1 or self.batch_size < 1 or \
                 self.sessions_per_graph < 1:
             raise ValueError("rounds, timed_runs_per_round, batch_size and sessions_per_graph "
                              "must be >= 1")
-        if self.min_sample_ms < 0:
-            raise ValueError("min_sample_ms must be >= 0")
+        if self.min_sample_ms < 0 or self.warm_ms < 0:
+            raise ValueError("min_sample_ms and warm_ms must be >= 0")
         if self.estimator not in ("min", "p25", "median"):
             raise ValueError(f"estimator must be min, p25 or median, not {self.estimator!r}")
 
@@ -95,15 +108,36 @@ class Protocol:
         d = asdict(self)
         if d["sessions_per_graph"] == 1:
             del d["sessions_per_graph"]  # tables measured before the field existed stay equal
+        if d["warm_ms"] == 0:
+            del d["warm_ms"]
         d["name"] = "interleaved-rounds"
         return d
 
 
+# Untimed warm-up per visit for whole models (see Protocol.warm_ms): 4 runs of the 0.75 ms
+# model above were enough; a 5 ms resnet18 (weights beyond the L3) gets one run, as before.
+MODEL_WARM_MS = 3.0
+
+
 def model_protocol(rounds: int = 30, sessions_per_graph: int = 3) -> Protocol:
     """For whole models: warm caches (a deployed model runs back to back and its own layers
-    decide what stays cached), one run per sample, several sessions per graph."""
+    decide what stays cached: ``MODEL_WARM_MS`` of untimed runs before each timed one), one run
+    per sample, several sessions per graph."""
     return Protocol(rounds=rounds, cold_above_bytes=2 ** 62, min_sample_ms=0.0,
-                    sessions_per_graph=sessions_per_graph)
+                    sessions_per_graph=sessions_per_graph, warm_ms=MODEL_WARM_MS)
+
+
+@dataclass
+class SessionStats:
+    """One graph measured with several sessions: ``sessions`` summarize each session's own
+    samples (in the order the sessions were built), ``combined`` is their mean (what
+    ``measure_interleaved`` returns)."""
+
+    combined: Stats
+    sessions: list[Stats]
+
+    def session_estimates(self, estimator: str = "min") -> list[float]:
+        return [s.estimate(estimator) for s in self.sessions]
 
 
 def measure_interleaved(backend, graphs: Mapping[Hashable, Callable[[], bytes] | bytes],
@@ -115,9 +149,18 @@ def measure_interleaved(backend, graphs: Mapping[Hashable, Callable[[], bytes] |
     ``graphs`` values may be callables so that ONNX bytes are only made when needed.
     ``on_round`` is called after each round with the number of configurations it timed.
     """
+    return {k: m.combined for k, m in measure_sessions(backend, graphs, protocol,
+                                                        on_round).items()}
+
+
+def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | bytes],
+                     protocol: Protocol | None = None,
+                     on_round: Callable[[int], None] | None = None
+                     ) -> dict[Hashable, SessionStats]:
+    """``measure_interleaved`` keeping each session's samples as well (SessionStats per key)."""
     protocol = protocol or Protocol()
     keys = list(graphs)
-    handles, repeats, cold = {}, {}, {}
+    handles, repeats, cold, untimed = {}, {}, {}, {}
     try:
         for k in keys:
             g = graphs[k]
@@ -129,26 +172,49 @@ def measure_interleaved(backend, graphs: Mapping[Hashable, Callable[[], bytes] |
             one_ms = min(min(backend.time_runs(h, 3)) for h in handles[k])  # also warms each
             repeats[k] = 1 if cold[k] else max(1, min(1000, math.ceil(
                 protocol.min_sample_ms / max(one_ms, 1e-4))))
-        samples: dict[Hashable, list[float]] = {k: [] for k in keys}
+            untimed[k] = max(protocol.untimed_runs_per_round, min(1000, math.ceil(
+                protocol.warm_ms / max(one_ms, 1e-4)))) if protocol.warm_ms else \
+                protocol.untimed_runs_per_round
+        samples: dict[Hashable, list[list[float]]] = {
+            k: [[] for _ in handles[k]] for k in keys}
         rng = random.Random(protocol.seed)
         for _ in range(protocol.rounds):
             order = keys[:]
             rng.shuffle(order)
             for k in order:
                 for _ in range(protocol.timed_runs_per_round):
-                    per_session = []
-                    for h in handles[k]:
-                        if protocol.untimed_runs_per_round:
-                            backend.time_runs(h, protocol.untimed_runs_per_round)
+                    # sessions in a shuffled order too: the first after a switch from another
+                    # graph reads slowest despite warm_ms (seen: session 0 slowest in 4 of 6
+                    # compare_onnx runs, 6-13% apart); a fixed order made that a lasting offset
+                    visits = list(zip(handles[k], samples[k]))
+                    if len(visits) > 1:
+                        rng.shuffle(visits)
+                    for h, own in visits:
+                        if untimed[k]:
+                            backend.time_runs(h, untimed[k])
                         if cold[k]:
                             backend.flush_cache()
                         runs = backend.time_runs(h, repeats[k])
-                        per_session.append(sum(runs) / len(runs))
-                    samples[k].append(sum(per_session) / len(per_session))
+                        own.append(sum(runs) / len(runs))
             if on_round:
                 on_round(len(keys))
     finally:
         for hs in handles.values():
             for h in hs:
                 backend.release(h)
-    return {k: summarize(v) for k, v in samples.items()}
+    out = {}
+    for k, v in samples.items():
+        sessions = [summarize(own) for own in v]
+        out[k] = SessionStats(_mean_of(sessions, [x for own in v for x in own]), sessions)
+    return out
+
+
+def _mean_of(sessions: Sequence[Stats], all_samples: Sequence[float]) -> Stats:
+    """A graph's statistics from its sessions': each estimate the mean of the sessions' (one
+    session: its own); n and cv over every sample."""
+    if len(sessions) == 1:
+        return sessions[0]
+    pooled = summarize(all_samples)
+    return Stats(n=pooled.n, min_ms=float(np.mean([s.min_ms for s in sessions])),
+                 p25_ms=float(np.mean([s.p25_ms for s in sessions])),
+                 median_ms=float(np.mean([s.median_ms for s in sessions])), cv=pooled.cv)

@@ -38,6 +38,15 @@ def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     assert 0 <= on_disk["accuracy"]["original"] <= 1 and 0 <= on_disk["accuracy"]["pruned"] <= 1
     assert on_disk["backend"]["verified"].startswith("measured on this machine")
     assert on_disk["table"]["identity"]["model"] == MODEL
+    # the ratio comes with its spread over pairs of sessions, and the verdict says which
+    lo, hi = on_disk["latency_ratio_spread"]
+    assert lo <= on_disk["latency_ratio_measured"] <= hi
+    n_sessions = len(on_disk["pruned"]["session_ms"])
+    assert n_sessions == len(on_disk["original"]["session_ms"]) >= 3
+    assert on_disk["target_verdict"] in ("met", "within the session spread", "missed")
+    md = (tmp_path / "report.md").read_text()
+    assert f"{lo:.3f}–{hi:.3f} over pairs of sessions" in md
+    assert f"**{on_disk['target_verdict']}**" in md
     for name in ("report.md", "model.onnx", "original.onnx", "pruning.json", "pruned_weights.pt",
                  "widths.png",
                  "layer_latency.png"):
@@ -62,6 +71,8 @@ def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["speedup_measured"] > 0 and v["pruned"]["predicted_ms"] > 0
     assert v["pruned"]["predicted_ms"] < v["original"]["predicted_ms"]
+    lo, hi = v["latency_ratio_spread"]
+    assert lo <= v["latency_ratio_measured"] <= hi and "over pairs of sessions" in res.output
     res = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.onnx"),
                                     str(tmp_path / "model.onnx")])
     assert res.exit_code == 2 and "does not exist" in res.output
