@@ -23,6 +23,8 @@ _LAZY = {
     "LatencyTable": "halp_trt.latency.table",
     "BuildConfig": "halp_trt.latency.build",
     "build_table": "halp_trt.latency.build",
+    "TransferConfig": "halp_trt.latency.transfer",
+    "transfer_table": "halp_trt.latency.transfer",
     "DeployConfig": "halp_trt.pipeline.config",
     "prune_and_deploy": "halp_trt.pipeline",
     "get_backend": "halp_trt.runtime",

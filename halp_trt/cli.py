@@ -257,6 +257,9 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--allow-table-mismatch", is_flag=True,
               help="Use a table measured on another device/runtime/precision/batch anyway.")
+@click.option("--no-table-transfer", "table_transfer", flag_value=False, default=True,
+              help="With --table auto on a machine no table fits: measure a table in full "
+                   "instead of transferring another machine's table of the model.")
 @click.option("--allow-untrained", is_flag=True,
               help="Prune a starting model at chance accuracy anyway (benchmarks on random "
                    "weights); non-finite outputs are still refused.")

@@ -122,8 +122,8 @@ def _table_variant(src, dst, kind):
             entries[0][4] = float("nan")  # written as a bare NaN, which json accepts
         elif kind == "inf":
             entries[0][5] = float("inf")
-        elif kind == "zero-runs":
-            entries[0][2] = 0
+        elif kind == "negative-runs":  # 0 runs: a transfer's prediction, valid
+            entries[0][2] = -1
         elif kind == "model-negative":
             d["model"]["min_ms"] = -1.0
         elif kind == "huge":
@@ -136,7 +136,7 @@ TABLE_CASES = [
     ("binary", "cannot read latency table"), ("html", "not valid JSON"),
     ("version", "version 2 is not supported"), ("negative", "invalid statistics"),
     ("nan", "invalid statistics"), ("inf", "invalid statistics"),
-    ("zero-runs", "invalid statistics"), ("model-negative", "whole-model statistics"),
+    ("negative-runs", "invalid statistics"), ("model-negative", "whole-model statistics"),
     ("huge", "malformed"),
 ]
 

@@ -154,6 +154,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", dest="json_path", required=True)
     ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--rerun", action="store_true",
+                    help="run the --only models again even if the JSON has their rows")
     ap.add_argument("--skip-over-params", type=float, default=150e6,
                     help="report larger models as not run (not passing) instead of running them")
     ap.add_argument("--target", type=float, default=0.5)
@@ -182,7 +184,7 @@ def main() -> None:
     meta = {"target": args.target, "machine": machine(), "table_rounds": args.rounds,
             "table_max_points": args.max_points,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
-    todo = [n for n in names if n not in rows]
+    todo = [n for n in names if n not in rows or (args.rerun and args.only)]
     # smallest first: a run cut short covers the most models
     params = {n: param_count(n) for n in todo}  # counted once: sort and size gate
     todo.sort(key=lambda n: (params[n] or float("inf"), n))

@@ -25,6 +25,10 @@ COMMANDS = {
                   "--json tools/results/fidelity_resnet18.json",
     "zoo": "python tools/bench_zoo.py --json tools/results/bench_zoo.json",
     "runtimes": "python tools/bench_runtimes.py --json tools/results/bench_runtimes.json",
+    "transfer": "python tools/bench_transfer.py --source "
+                "profiles/resnet50_1x3x224x224_ort-cpu_zen3-avx2.json --model resnet50 "
+                "--input-shape 1,3,224,224 --max-points 16 "
+                "--json tools/results/bench_transfer.json",
     "vs_tp": "python tools/bench_vs_torch_pruning.py --ratios 0.3,0.6 --seeds 5 --rounds 30 "
              "--json tools/results/vs_torch_pruning.json "
              "--png tools/results/vs_torch_pruning.png",
@@ -125,6 +129,43 @@ def runtimes_section(r) -> list[str]:
               "channels) and costs accuracy (0.986 vs 0.989/0.992). In the INT8 column, FP32 "
               "models are quantized with synthetic calibration by the backend; the INT8 model "
               "as deployed (task calibration).", ""]
+    return lines
+
+
+def transfer_section(r) -> list[str]:
+    lines = ["## Table transfer: another machine's table re-anchored here", "",
+             f"`{COMMANDS['transfer']}`", ""]
+    if not r:
+        return lines + ["(not run yet)", ""]
+    f, t, src = r["full"], r["transferred"], r["source_machine"]
+    pct = lambda x: f"{100 * x:.2f}%"  # noqa: E731
+    lines += [f"Machine: {r['machine']}. Source: `{r['source']}` (measured on "
+              f"{src.get('cpu_model')}, ISA {', '.join(src.get('isa') or [])}). "
+              f"{r['model']} at {'×'.join(map(str, r['input_shape']))}, one run: a full build "
+              "here, the transfer here, then "
+              f"{r['held_out_points']} held-out points at the full build's step ends (measured "
+              f"by neither table) timed in {r.get('held_out_sessions', 1)} interleaved sessions "
+              "and predicted by each table (per-session medians: full "
+              + ", ".join(pct(x) for x in f.get("per_session_median", [])) + "; transferred "
+              + ", ".join(pct(x) for x in t.get("per_session_median", [])) + ").", "",
+              "| table | configurations measured | wall | held-out median error | max |",
+              "|---|---|---|---|---|",
+              f"| full build here | {f['configurations_measured']} | {f['wall_s'] / 60:.1f} min "
+              f"| {pct(f['median_abs_rel_error'])} | {pct(f['max_abs_rel_error'])} |",
+              f"| transferred | {t['configurations_measured']} "
+              f"({100 * t['fraction_of_full']:.1f}% of the full build) | "
+              f"{t['wall_s'] / 60:.1f} min | {pct(t['median_abs_rel_error'])} | "
+              f"{pct(t['max_abs_rel_error'])} |",
+              f"| source table as it is | 0 | — | {pct(r['source_unchanged']['median_abs_rel_error'])}"
+              f" | {pct(r['source_unchanged']['max_abs_rel_error'])} |", "",
+              f"Output steps of the transferred table agree with the full build's on "
+              f"{t['output_steps_agree_with_full']} of {t['signatures']} signatures. The transfer "
+              "sweeps the source's clearest-step signatures (and any with an unusual step) to "
+              "find the steps here, measures a 3×3 anchor grid per signature (full, ½, ¼ width), fits "
+              "`local = a·source + b` and spreads the anchors' residual ratio over the lattice "
+              "(`halp_trt/latency/transfer.py`); `build-table --transfer-from`, and "
+              "`--table auto` uses it when only another machine's table of the model exists.",
+              ""]
     return lines
 
 
@@ -277,6 +318,15 @@ def main():
         lines += ["(not run)", ""]
     lines += zoo_section(load("bench_zoo.json"))
     lines += runtimes_section(load("bench_runtimes.json"))
+    lines += transfer_section(load("bench_transfer.json"))
+    sys.path.insert(0, HERE)  # the benchmark scripts render their own sections
+    import bench_session_spread
+    import bench_vs_peers
+
+    spread = load("session_spread.json")
+    lines += [bench_session_spread.markdown_section(spread) if spread else
+              "## Session spread of whole-model readings\n\n(not run yet)\n"]
+    lines += [bench_vs_peers.markdown_section(load("vs_peers_fashion.json") or {})]
     with open(OUT, "w") as fh:
         fh.write("\n".join(lines))
     print(f"wrote {OUT}", file=sys.stderr)

@@ -91,15 +91,19 @@ def _rebuild_hint(model_name: str, input_shape) -> str:
 
 def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, backend,
                   allow_mismatch: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print, probe: bool = True) -> ResolvedTable:
+                  log: Callable[[str], None] = print, probe: bool = True,
+                  transfer: bool = True) -> ResolvedTable:
     """The table to prune with. ``table_spec`` is a path or ``auto``.
 
     Every table not measured in this call is probed on this machine first
     (``halp_trt.latency.probe``): an explicit table that does not fit is refused (or used with a
-    loud warning under ``allow_mismatch``); ``auto`` skips it and, when no table fits, measures
-    a new one into the cache."""
+    loud warning under ``allow_mismatch``); ``auto`` skips it and, when no table fits, makes a
+    new one in the cache — transferred from another machine's table of the same model, input
+    and runtime when there is one and ``transfer`` (``halp_trt.latency.transfer``: a fraction of
+    the measurements), else measured in full."""
     from halp_trt.latency.build import BuildConfig, build_table
     from halp_trt.latency.table import LatencyTable
+    from halp_trt.latency.transfer import SAME_GRAPH_KEYS, TransferConfig, transfer_table
 
     expected = {**backend.identity(), "batch": int(input_shape[0]), "model": model_name,
                 "input_shape": list(input_shape)}
@@ -126,6 +130,7 @@ def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, b
             f"; identity: {', '.join(cmp.lines())}" if cmp.lines() else "")
         return ResolvedTable(table, table_spec, why, result)
     skipped = []
+    priors = []  # (path, table) of this model and input on this runtime, from another machine
     for d in profile_dirs():
         for path in sorted(glob.glob(os.path.join(d, "*.json"))):
             try:
@@ -139,6 +144,9 @@ def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, b
                 if ident.get("model") == model_name and \
                         list(ident.get("input_shape") or []) == list(input_shape):
                     diffs = compare_identity(ident, expected, AUTO_MATCH_KEYS).differs
+                    graph = compare_identity(ident, expected, SAME_GRAPH_KEYS)
+                    if not graph.differs and not graph.unknown and table.complete:
+                        priors.append((path, table))
                     if diffs:
                         skipped.append(f"{os.path.basename(path)}: {'; '.join(diffs)}")
                         log(f"not using {path}: measured on another setup "
@@ -149,6 +157,7 @@ def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, b
             if result is not None and not result.fits:
                 skipped.append(f"{path}: {'; '.join(result.reasons)}")
                 log(f"not using {path}: {result.summary()}")
+                priors.append((path, table))
                 continue
             log(f"using latency table {path}" + (f" ({result.summary()})" if result else ""))
             why = "auto: identity matches" + (
@@ -158,12 +167,31 @@ def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, b
     path = os.path.join(profile_dirs()[1], cache_name(model_name, input_shape, expected))
     if os.path.exists(path):  # measured elsewhere under the same name and refused: set aside
         os.replace(path, path + ".rejected")
+    why_none = (f" ({'; '.join(skipped)})" if skipped else
+                " (none matches its identity and layers)")
+    prior = _closest_prior(priors, expected) if transfer else None
+    if prior is not None:
+        log(f"no latency table fits this machine; transferring {prior[0]} (another machine's "
+            f"table of {model_name}) into {path}")
+        table = transfer_table(prior[1], model, input_shape, backend, path, model_name,
+                               TransferConfig(progress=progress))
+        return ResolvedTable(table, path, f"auto: transferred here from {prior[0]} (step sweeps "
+                             "and anchors measured on this machine), no shipped or cached table "
+                             "fits this machine" + why_none, None)
     log(f"no latency table fits this machine; measuring one into {path} (resumable)")
     table = build_table(model, input_shape, backend, path, model_name,
                         BuildConfig(progress=progress))
-    why = "auto: measured here, no shipped or cached table fits this machine" + (
-        f" ({'; '.join(skipped)})" if skipped else " (none matches its identity and layers)")
-    return ResolvedTable(table, path, why, None)
+    return ResolvedTable(table, path, "auto: measured here, no shipped or cached table fits "
+                         "this machine" + why_none, None)
+
+
+def _closest_prior(priors, expected: dict):
+    """The prior to transfer from: one measured with this machine's kernel ISA if any (its
+    steps are likelier to be ours), else the newest."""
+    if not priors:
+        return None
+    return max(priors, key=lambda pt: (pt[1].identity.get("isa") == expected.get("isa"),
+                                       str(pt[1].identity.get("created", ""))))
 
 
 @dataclass

@@ -59,6 +59,9 @@ class DeployConfig:
     # re-measure a few of a table's configurations here before pruning with it (a few seconds;
     # refuses a table from another machine class). Off only where the table was just measured.
     probe_table: bool = True
+    # --table auto on a machine no table fits: re-anchor another machine's table of this model
+    # (a fraction of a full build's measurements) instead of measuring one in full
+    table_transfer: bool = True
     allow_untrained: bool = False  # prune a model at chance accuracy (benchmarks)
     exclude: tuple = ()  # modules whose output channels must not change
     max_batches: int | None = None  # cap batches per epoch (tests, smoke runs)

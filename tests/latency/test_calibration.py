@@ -4,7 +4,7 @@ import torch
 
 from fakes import StaircaseLatencyModel
 from halp_trt.errors import HalpError
-from halp_trt.latency.calibration import Calibration, clamp_slope, slimmed_copy
+from halp_trt.latency.calibration import Calibration, clamp_slope, floor_copy, slimmed_copy
 from halp_trt.pruning.config import HALPConfig
 from halp_trt.pruning.pruner import HALPPruner
 from tiny_models import TinyResNet
@@ -59,3 +59,32 @@ def test_slimmed_copy_cuts_every_group_to_the_factor_in_whole_steps():
         assert kept % step == 0 or kept == size
         assert abs(kept - 0.5 * size) <= step
     assert slim(x).shape == (1, 10)
+
+
+def test_a_measured_floor_bends_the_line_below_the_slim_point_only():
+    # original (10, 8), slim (5, 5) -> line 0.6 x + 2 puts a layer sum of 1 at 2.6 ms; the
+    # smallest model measured at 1.0 ms bends the prediction below the slim point
+    c = Calibration("affine", 10.0, 8.0, 5.0, 5.0, layers_floor_ms=1.0, model_floor_ms=1.0)
+    line = Calibration("affine", 10.0, 8.0, 5.0, 5.0)
+    assert c.model_ms(1.0) == pytest.approx(1.0) and line.model_ms(1.0) == pytest.approx(2.6)
+    assert c.model_ms(3.0) == pytest.approx(3.0)  # on the floor-slim segment
+    assert c.model_ms(7.0) == pytest.approx(line.model_ms(7.0))  # above the slim: unchanged
+    for ms in (1.0, 2.5, 4.9, 6.0, 8.0):
+        assert c.model_ms(c.layers_ms(ms)) == pytest.approx(ms)
+    # a floor that is not below the slim point says nothing new: ignored
+    odd = Calibration("affine", 10.0, 8.0, 5.0, 5.0, layers_floor_ms=6.0, model_floor_ms=1.0)
+    assert odd.model_ms(1.0) == pytest.approx(line.model_ms(1.0))
+
+
+def test_floor_copy_is_the_smallest_model_the_pruner_allows():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    pr = HALPPruner(TinyResNet(width=32), x, StaircaseLatencyModel(step=4),
+                    HALPConfig(target=1 - 1e-9, steps=1, interval=1))
+    widths = pr.min_widths()
+    sizes = {g.root: widths[g.id] for g in pr.prunable}
+    floor, layers_ms = floor_copy(pr)
+    assert layers_ms == pytest.approx(pr.min_ms)
+    mods = dict(floor.named_modules())
+    assert all(mods[root].out_channels == k for root, k in sizes.items())
+    assert floor(x).shape == (1, 10)

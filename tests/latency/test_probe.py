@@ -96,8 +96,9 @@ def test_a_table_without_machine_fields_is_settled_by_the_probe(step8_table, tmp
     assert any("not recorded in the table: unknown" in m for m in logs)
 
 
-def test_auto_skips_a_cached_table_the_probe_refuses_and_measures_one(step8_table, tmp_path,
-                                                                      monkeypatch):
+@pytest.mark.parametrize("transfer", [True, False])
+def test_auto_skips_a_cached_table_the_probe_refuses_and_makes_one(step8_table, tmp_path,
+                                                                   monkeypatch, transfer):
     import shutil
 
     from halp_trt.latency import resolve
@@ -117,8 +118,13 @@ def test_auto_skips_a_cached_table_the_probe_refuses_and_measures_one(step8_tabl
     model = TinyResNet(width=48)
     logs = []
     got = resolve_table("auto", model, "tiny", SHAPE, _specs(model), StaircaseTimedBackend(16),
-                        progress=False, log=logs.append)
-    assert got.path != str(stale) and "measured here" in got.reason and "stale.json" in got.reason
+                        progress=False, log=logs.append, transfer=transfer)
+    assert got.path != str(stale) and "stale.json" in got.reason
+    if transfer:  # another machine's table of this model is a prior: re-anchored, not rebuilt
+        assert "transferred here from" in got.reason
+        assert got.table.extra["transfer"]["configurations_measured"] > 0
+    else:
+        assert "measured here" in got.reason and "transfer" not in got.table.extra
     assert "other_isa.json: isa: table has ['avx2', 'fma']" in got.reason
     assert any(m.startswith(f"not using {other_isa}: measured on another setup") for m in logs)
     assert got.table.signatures["conv_k3x3_s1x1_p1x1_d1x1_g1_hw8x8"].step_out.step == 16
