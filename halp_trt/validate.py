@@ -97,7 +97,8 @@ def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu
                 "noisy": cmp.original.noisy or cmp.pruned.noisy,
                 # one session per graph could have read any ratio in this range
                 "latency_ratio_measured": cmp.ratio, "latency_ratio_spread": [lo, hi],
-                "speedup_spread": [1 / hi, 1 / lo]})
+                "speedup_spread": [1 / hi, 1 / lo],
+                "measurement_calls": len(set(cmp.original_calls)) or 1})
     if table_path:
         from halp_trt.latency.calibration import Calibration
         from halp_trt.latency.table import LatencyTable
@@ -133,8 +134,9 @@ def format_validation(res: dict) -> str:
                                 f"{max(res[k]['session_ms']):.3f} ms"
                                 for k in ("original", "pruned") if res[k]["session_ms"])
         lines.append(f"latency ratio (pruned/original): {res['latency_ratio_measured']:.3f}, "
-                     f"{lo:.3f}-{hi:.3f} over pairs of sessions ({n['original']} x "
-                     f"{n['pruned']}; {per_session})")
+                     f"{lo:.3f}-{hi:.3f} over pairs of sessions ({n['original']} and "
+                     f"{n['pruned']} sessions in {res.get('measurement_calls', 1)} calls; "
+                     f"{per_session})")
     if res["noisy"]:
         lines.append("warning: noisy measurement (median > 15% above minimum); the machine was "
                       "busy — re-run on a quiet machine")

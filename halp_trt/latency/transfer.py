@@ -13,7 +13,8 @@ the speed changes the scale. So a transfer measures only what re-anchors the pri
    a half and a quarter of each axis), through which an affine map ``local_ms = a *
    source_ms + b`` is fitted (``b`` is the per-call overhead that differs between machines;
    sweep points on the lattice count too); what the map leaves at the anchors is spread over
-   the lattice as a ratio field (``RatioField``);
+   the lattice as a ratio field (``RatioField``). A signature the map misses by more than 10%
+   at its anchors gets a denser 5x5 grid; one with a single prunable axis is measured whole;
 3. **the whole model** — for the calibration, as in a full build.
 
 The lattice the result holds is a full build's (same planning, local steps); its unmeasured
@@ -109,22 +110,32 @@ def _majority_step(steps: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
 ANCHOR_FRACTIONS = (0.5, 0.25)
 
 
-def _anchor_values(grid: Sequence[int]) -> list[int]:
-    """Full width and ANCHOR_FRACTIONS of it, on the lattice."""
+# A signature whose anchors the affine map misses by more than this gets a denser grid.
+REFINE_RESIDUAL = 0.10
+REFINED_FRACTIONS = (0.75, 0.5, 0.25, 0.125)
+
+
+def _anchor_values(grid: Sequence[int], fractions: Sequence[float]) -> list[int]:
+    """Full width and ``fractions`` of it, on the lattice."""
     hi = grid[-1]
     picks = {hi}
-    for frac in ANCHOR_FRACTIONS:
+    for frac in fractions:
         picks.add(min(grid, key=lambda c: abs(c - frac * hi)))
     return sorted(picks)
 
 
-def anchor_points(s: SignatureTable) -> list[tuple[int, int]]:
-    """A grid (full width and ANCHOR_FRACTIONS of each prunable axis) on ``s``'s lattice:
-    the corners that matter, without measuring the lattice."""
-    outs = _anchor_values(s.grid_out) if s.out_prunable else [s.c_out_max]
+def anchor_points(s: SignatureTable, fractions: Sequence[float] = ANCHOR_FRACTIONS
+                  ) -> list[tuple[int, int]]:
+    """A grid (full width and ``fractions`` of each prunable axis) on ``s``'s lattice: the
+    corners that matter, without measuring the lattice. A signature with one prunable axis
+    (a stem, a classifier, a depthwise conv) is cheap to measure whole: its lattice."""
+    one_axis = s.depthwise or not (s.out_prunable and s.in_prunable)
+    outs = (s.grid_out if one_axis else _anchor_values(s.grid_out, fractions)) \
+        if s.out_prunable else [s.c_out_max]
     if s.depthwise:
         return [(c, c) for c in outs]
-    ins = _anchor_values(s.grid_in) if s.in_prunable else [s.c_in_max]
+    ins = (s.grid_in if one_axis else _anchor_values(s.grid_in, fractions)) \
+        if s.in_prunable else [s.c_in_max]
     return [(ci, co) for ci in ins for co in outs]
 
 
@@ -258,6 +269,15 @@ class TransferBuilder(TableBuilder):
         return StepInfo(int(fit.step), int(fit.phase) % int(fit.step), True,
                         round(float(fit.residual_ratio), 4), round(float(fit.jump_to_noise), 4))
 
+    def _fit(self, s: SignatureTable) -> SignatureFit:
+        """The affine map through every measured point on ``s``'s lattice (sweep points
+        between lattice points would fit the dips below step ends, which lookup never
+        answers)."""
+        src = self.source.signatures[s.key]
+        lattice = set(s.lattice_points())
+        pts = [p for p, st in s.entries.items() if st.n > 0 and p in lattice]
+        return fit_signature([src.lookup(*p) for p in pts], [s.ms(*p) for p in pts])
+
     # ---- the transfer --------------------------------------------------------------------
     def run(self) -> LatencyTable:
         t, src_table = self.table, self.source
@@ -317,21 +337,21 @@ class TransferBuilder(TableBuilder):
             steps_report[key] = {"source": [src.step_out.step, src.step_in.step],
                                  "here": [s.step_out.step, s.step_in.step],
                                  "swept": [a for a in ("out", "in") if (key, a) in found]}
-        # anchors on the local lattice
-        todo = {(k, ci, co) for k, s in t.signatures.items() for ci, co in anchor_points(s)
-                if (ci, co) not in s.entries}
-        self._measure(sorted(todo), "anchors")
-        fits = {}
+        # anchors on the local lattice; a second, denser grid where the map misses the first
+        grids = {k: anchor_points(s) for k, s in t.signatures.items()}
+        for round_ in ("anchors", "refined anchors"):
+            todo = {(k, ci, co) for k, s in t.signatures.items() for ci, co in grids[k]
+                    if (ci, co) not in s.entries}
+            self._measure(sorted(todo), round_)
+            fits = {k: self._fit(s) for k, s in t.signatures.items()}
+            if round_ == "anchors":
+                grids = {k: anchor_points(s, REFINED_FRACTIONS)
+                         if fits[k].max_rel_residual > REFINE_RESIDUAL else grids[k]
+                         for k, s in t.signatures.items()}
         for key, s in t.signatures.items():
-            src = src_table.signatures[key]
-            lattice = set(s.lattice_points())
-            # anchors: measured points on this lattice (sweep points between lattice points
-            # would fit the dips below step ends, which lookup never answers)
-            pts = [p for p, st in s.entries.items() if st.n > 0 and p in lattice]
-            fit = fit_signature([src.lookup(*p) for p in pts], [s.ms(*p) for p in pts])
-            fits[key] = fit
+            src, fit = src_table.signatures[key], fits[key]
             field_ = RatioField({p: s.ms(*p) / fit.predict(src.lookup(*p))
-                                 for p in anchor_points(s)}, s.depthwise)
+                                 for p in grids[key]}, s.depthwise)
             for p in s.lattice_points():
                 if p not in s.entries:
                     ms = max(fit.predict(src.lookup(*p)) * field_(*p), 1e-6)

@@ -554,9 +554,10 @@ class DeployRun:
 
     # ---- 8. verify ---------------------------------------------------------------------------
     def verify(self) -> None:
-        from halp_trt.runtime.deploy import compare_onnx
+        from halp_trt.runtime.deploy import COMPARE_CALLS, compare_onnx
 
-        self.log(f"measuring original and pruned interleaved ({self.cfg.rounds} rounds)")
+        self.log(f"measuring original and pruned interleaved ({COMPARE_CALLS} calls of fresh "
+                 f"sessions, {self.cfg.rounds} rounds in all)")
         self.comparison = compare_onnx(self.backend, self.original_onnx, self.pruned_onnx,
                                        self._model_protocol())
         self.pruned_layers_ms = self.latency_table.layer_predictions(

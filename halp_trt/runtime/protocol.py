@@ -205,16 +205,21 @@ def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | by
     out = {}
     for k, v in samples.items():
         sessions = [summarize(own) for own in v]
-        out[k] = SessionStats(_mean_of(sessions, [x for own in v for x in own]), sessions)
+        out[k] = SessionStats(mean_of_sessions(sessions, [x for own in v for x in own]), sessions)
     return out
 
 
-def _mean_of(sessions: Sequence[Stats], all_samples: Sequence[float]) -> Stats:
+def mean_of_sessions(sessions: Sequence[Stats], all_samples: Sequence[float] = ()) -> Stats:
     """A graph's statistics from its sessions': each estimate the mean of the sessions' (one
-    session: its own); n and cv over every sample."""
+    session: its own); n and cv over every sample (without the samples: n summed, cv the
+    sessions' mean)."""
     if len(sessions) == 1:
         return sessions[0]
-    pooled = summarize(all_samples)
-    return Stats(n=pooled.n, min_ms=float(np.mean([s.min_ms for s in sessions])),
+    if all_samples:
+        pooled = summarize(all_samples)
+        n, cv = pooled.n, pooled.cv
+    else:
+        n, cv = sum(s.n for s in sessions), float(np.mean([s.cv for s in sessions]))
+    return Stats(n=n, min_ms=float(np.mean([s.min_ms for s in sessions])),
                  p25_ms=float(np.mean([s.p25_ms for s in sessions])),
-                 median_ms=float(np.mean([s.median_ms for s in sessions])), cv=pooled.cv)
+                 median_ms=float(np.mean([s.median_ms for s in sessions])), cv=cv)

@@ -79,7 +79,7 @@ def test_each_session_keeps_its_own_statistics_and_the_combined_sample_is_their_
 def test_comparison_gives_the_ratio_over_every_pair_of_sessions():
     offsets = (1.0, 1.05, 0.98)
     cmp = compare_onnx(OffsetSessionsBackend(offsets=offsets), b"4.0|", b"1.2|",
-                       Protocol(rounds=5, min_sample_ms=0.0, sessions_per_graph=3))
+                       Protocol(rounds=5, min_sample_ms=0.0, sessions_per_graph=3), calls=1)
     assert cmp.ratio == pytest.approx(0.3)
     pairs = cmp.session_pair_ratios
     assert len(pairs) == 3 and all(len(row) == 3 for row in pairs)
@@ -90,8 +90,22 @@ def test_comparison_gives_the_ratio_over_every_pair_of_sessions():
     assert cmp.session_range_ms("pruned") == pytest.approx((1.2 * 0.98, 1.2 * 1.05))
     # one session per graph: no spread to give, the point ratio stands alone
     single = compare_onnx(OffsetSessionsBackend(), b"4.0|", b"1.2|",
-                          Protocol(rounds=3, min_sample_ms=0.0))
+                          Protocol(rounds=3, min_sample_ms=0.0), calls=1)
     assert single.ratio_spread == pytest.approx((0.3, 0.3))
+
+
+def test_sessions_are_paired_only_within_their_measurement_call():
+    # each call's three sessions share an offset, the same for both graphs: within a call
+    # every pair reads 0.3; pairing across calls would invent a spread of 0.3 x 1.1 / 0.9
+    offsets = (1.0,) * 3 + (1.1,) * 3 + (0.9,) * 3
+    cmp = compare_onnx(OffsetSessionsBackend(offsets=offsets), b"4.0|", b"1.2|",
+                       Protocol(rounds=15, min_sample_ms=0.0, sessions_per_graph=3), calls=3)
+    assert len(cmp.pruned_sessions) == len(cmp.original_sessions) == 9
+    pairs = cmp.session_pair_ratios
+    assert len(pairs) == 9 and all(len(row) == 3 for row in pairs)
+    assert cmp.ratio_spread == pytest.approx((0.3, 0.3))
+    assert cmp.session_range_ms("pruned") == pytest.approx((1.2 * 0.9, 1.2 * 1.1))
+    assert cmp.ratio == pytest.approx(0.3)
 
 
 def test_warm_up_after_a_session_switch_removes_the_per_session_offset():
@@ -150,7 +164,7 @@ def test_report_says_within_the_session_spread_rather_than_met(tmp_path):
     assert report["target_verdict"] == "within the session spread"
     assert "within the session spread" in md and "**met**" not in md
     assert f"{lo:.3f}–{hi:.3f} over pairs of sessions" in md
-    assert report["pruned"]["session_ms"] == pytest.approx([0.324, 0.3564, 0.3078])
+    assert report["pruned"]["session_ms"] == pytest.approx([0.324, 0.3564, 0.3078] * 3)
     json.dumps(report)  # report.json stays serializable
     # the same reading with sessions that agree is a miss, and a close one is met
     report, md = _report_for(tmp_path, (1.0, 1.01), 0.324)
