@@ -29,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
+from halp_trt.graph.trace import forward_with_hooks
+
 # op of the timed per-layer graph, by attention kind
 KINDS = {"mha": "mha", "window": "wattn", "window_v2": "wattn2"}
 
@@ -229,15 +231,7 @@ def find_attention(model: nn.Module, example_input: torch.Tensor) -> list[Attent
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
                if _is_attention(m)]
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_input, handles)
     return list(seen.values())
 
 

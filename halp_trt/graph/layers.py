@@ -102,10 +102,10 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
     and coupled groups, and every self-attention whose heads can be pruned
     (``halp_trt.graph.attention``; its projections are not called as modules) where its
     forward ends. A module called more than once must see one input size."""
-    import torch
     import torch.nn as nn
 
     from halp_trt.graph.attention import KINDS, find_attention
+    from halp_trt.graph.trace import forward_with_hooks
 
     names = {m: n for n, m in model.named_modules()}
     seen_hw: dict[str, tuple[int, int]] = {}
@@ -125,15 +125,7 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
     sites = {s.name: s for s in find_attention(model, example_input)}
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear)) or names[m] in sites]
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_input, handles)
 
     out_group: dict[str, int] = {}
     in_group: dict[str, tuple[int, int]] = {}  # module -> (group id, channels of it in module)
