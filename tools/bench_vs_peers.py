@@ -210,8 +210,15 @@ class Setup:
 
         self.backend = get_backend("onnxruntime")
         self.original_onnx = export_onnx(self.base, self.example)
-        # rows of another setup (other base, budget or timing batch) are not mixed into these
-        self.signature = {"base_sha256": self.base_info["sha256"], "input_size": INPUT_SIZE,
+        # rows of another setup (other base recipe, budget, timing batch or machine class) are
+        # not mixed into these. The key is the base's recipe, not its weights' hash: the run
+        # spans sessions on machines that do not keep the cache, and a base retrained with the
+        # same recipe and seed is the same experiment (each row keeps the hash it was run with)
+        from halp_trt.runtime.machine import cpu_identity, machine_class
+
+        self.signature = {"base_recipe": self.base_info.get("recipe"),
+                          "base_epochs": self.base_info.get("epochs"),
+                          "machine": machine_class(cpu_identity()), "input_size": INPUT_SIZE,
                           "timing_batch": TIMING_BATCH, "ft_epochs": a.ft_epochs,
                           "quick": bool(a.quick)}
 
@@ -747,6 +754,7 @@ def main(argv=None):
                 excluded[method] = str(exc)
             continue
         row.update(level=level, method=method, seed=seed, setup=s.signature,
+                   base_sha256=s.base_info.get("sha256"),
                    wall_s=time.perf_counter() - t_row)
         append_row(a.rows, row)
         rows.append(row)

@@ -141,8 +141,10 @@ def transfer_section(r) -> list[str]:
     pct = lambda x: f"{100 * x:.2f}%"  # noqa: E731
     lines += [f"Machine: {r['machine']}. Source: `{r['source']}` (measured on "
               f"{src.get('cpu_model')}, ISA {', '.join(src.get('isa') or [])}). "
-              f"{r['model']} at {'×'.join(map(str, r['input_shape']))}, one run: a full build "
-              "here, the transfer here, then "
+              f"{r['model']} at {'×'.join(map(str, r['input_shape']))}: a full build here"
+              + (" (from the run before, in the same `--workdir`, same session)"
+                 if r.get("full_build_reused_from_workdir") else "")
+              + ", the transfer here, then "
               f"{r['held_out_points']} held-out points at the full build's step ends (measured "
               f"by neither table) timed in {r.get('held_out_sessions', 1)} interleaved sessions "
               "and predicted by each table (per-session medians: full "
@@ -161,7 +163,8 @@ def transfer_section(r) -> list[str]:
               f"Output steps of the transferred table agree with the full build's on "
               f"{t['output_steps_agree_with_full']} of {t['signatures']} signatures. The transfer "
               "sweeps the source's clearest-step signatures (and any with an unusual step) to "
-              "find the steps here, measures a 3×3 anchor grid per signature (full, ½, ¼ width), fits "
+              "find the steps here, measures a 3×3 anchor grid per signature (full, ½, ¼ width; a "
+              "5×5 grid where the fit misses those by > 10%; one-axis signatures whole), fits "
               "`local = a·source + b` and spreads the anchors' residual ratio over the lattice "
               "(`halp_trt/latency/transfer.py`); `build-table --transfer-from`, and "
               "`--table auto` uses it when only another machine's table of the model exists.",
@@ -326,6 +329,11 @@ def main():
     spread = load("session_spread.json")
     lines += [bench_session_spread.markdown_section(spread) if spread else
               "## Session spread of whole-model readings\n\n(not run yet)\n"]
+    lines += ["Measured before two later changes: sessions of a graph are now visited in "
+              "shuffled order, and `compare_onnx` (final reports, `validate`) measures in 3 "
+              "calls of fresh sessions, pairing sessions only within a call — all sessions of "
+              "one call can share an offset (a pruned resnet18 at 2.5 ms read 2.55–2.71 ms in "
+              "one call and 2.90–2.97 ms in the next two, seconds apart). Not re-run since.", ""]
     lines += [bench_vs_peers.markdown_section(load("vs_peers_fashion.json") or {})]
     with open(OUT, "w") as fh:
         fh.write("\n".join(lines))

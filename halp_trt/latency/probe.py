@@ -47,6 +47,10 @@ MAX_LAYER_MS = 2.0  # keep the probe short: small layers only
 # compared, and a table of nothing else gets no scale or shape verdict.
 MIN_LAYER_MS = 0.02
 MIN_ROUNDS = 15  # at least the project's minimum for a trustworthy minimum
+# The step sweep's signature must take at least this long at full width: on microsecond layers
+# a step is noise (seen: a depthwise 3x3 at 2x2 of shufflenet_v2_x1_0 read steps of 16 where the
+# table built minutes before on the same machine had 8, and the table was refused).
+MIN_STEP_LAYER_MS = 0.05
 
 
 @dataclass
@@ -96,7 +100,7 @@ def _step_signature(table):
         if sig.c_out_max < SWEEP_WIDTH or not sig.entries:
             continue
         full = sig.ms(sig.c_out_max if sig.depthwise else sig.c_in_max, sig.c_out_max)
-        if full is None or full > MAX_LAYER_MS:
+        if full is None or not MIN_STEP_LAYER_MS <= full <= MAX_LAYER_MS:
             continue
         score = (st.jump_to_noise or 0.0) if st.accepted and st.source == "own" else 0.0
         if score > best_score:

@@ -184,3 +184,15 @@ def test_inspect_draws_and_compares_two_landscapes_of_one_model(step8_table, tmp
                 "tiny", cfg)
     res = CliRunner().invoke(main, ["inspect", step8_table, str(other)])
     assert res.exit_code == 2 and "same model and input" in res.output
+
+
+def test_microsecond_layers_are_not_swept_for_steps(step8_table, tmp_path):
+    from halp_trt.latency.probe import _step_signature
+
+    assert _step_signature(LatencyTable.load(step8_table)) is not None
+    d = json.load(open(step8_table))
+    for sig in d["signatures"].values():  # the same landscape at 1/1000 of the time
+        sig["entries"] = [[ci, co, n, mn / 1000, p25 / 1000, med / 1000, cv]
+                          for ci, co, n, mn, p25, med, cv in sig["entries"]]
+    (tmp_path / "tiny.json").write_text(json.dumps(d))
+    assert _step_signature(LatencyTable.load(str(tmp_path / "tiny.json"))) is None
