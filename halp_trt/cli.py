@@ -289,7 +289,8 @@ def prune_and_deploy_cmd(out_dir, **options):
               "openvino needs halp-trt[openvino]).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
               show_default=True)
-@click.option("--rounds", type=click.IntRange(3), default=30, show_default=True)
+@click.option("--rounds", type=click.IntRange(3), default=30, show_default=True,
+              help="Interleaved rounds in each of the 3 measurement calls.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures as JSON.")
 @_friendly

@@ -557,7 +557,7 @@ class DeployRun:
         from halp_trt.runtime.deploy import COMPARE_CALLS, compare_onnx
 
         self.log(f"measuring original and pruned interleaved ({COMPARE_CALLS} calls of fresh "
-                 f"sessions, {self.cfg.rounds} rounds in all)")
+                 f"sessions, {self.cfg.rounds} rounds each)")
         self.comparison = compare_onnx(self.backend, self.original_onnx, self.pruned_onnx,
                                        self._model_protocol())
         self.pruned_layers_ms = self.latency_table.layer_predictions(
