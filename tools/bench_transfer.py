@@ -22,11 +22,10 @@ import time
 
 import numpy as np
 
-from halp_trt.latency.build import BuildConfig, build_table
+from halp_trt.latency.build import (BuildConfig, build_table, compare_with_measurements,
+                                    random_step_ends)
 from halp_trt.latency.table import LatencyTable
-from halp_trt.latency.transfer import (TransferConfig, compare_with_measurements,
-                                       measured_configurations, random_step_ends,
-                                       transfer_table)
+from halp_trt.latency.transfer import TransferConfig, measured_configurations, transfer_table
 from halp_trt.models import create_model, parse_input_shape
 from halp_trt.runtime import get_backend
 from halp_trt.runtime.machine import machine_class

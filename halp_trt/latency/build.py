@@ -117,6 +117,25 @@ def plan_axis(max_c: int, step: StepInfo, max_points: int, fixed: Sequence[int] 
     return sorted(pts | {first, max_c} | set(fixed))
 
 
+def plan_lattice(s: SignatureTable, cfg: BuildConfig) -> None:
+    """Set ``s``'s lattice (``grid_out``, ``grid_in``) from its steps, which it settles for
+    grouped and depthwise convs first."""
+    if grouped_step(s) is not None:
+        s.step_in = s.step_out = grouped_step(s)
+    if s.depthwise:
+        s.step_in = s.step_out
+    g = s.signature.groups
+    # heads: every count the sweep measured stays a lattice point (lookup reads the
+    # landscape over heads as measured, not interpolated)
+    points = (max(cfg.max_points_per_axis, min(s.c_out_max, cfg.sweep_window) + 2)
+              if s.signature.is_attention else cfg.max_points_per_axis)
+    s.grid_out = plan_axis(s.c_out_max, s.step_out, points,
+                           s._fixed_out, s.out_prunable, g)  # type: ignore[attr-defined]
+    s.grid_in = (s.grid_out if s.depthwise else
+                 plan_axis(s.c_in_max, s.step_in, cfg.max_points_per_axis,
+                           s._fixed_in, s.in_prunable, g))  # type: ignore[attr-defined]
+
+
 def consensus_step(tables: dict[str, SignatureTable]) -> StepInfo | None:
     """The step most of this table's signature axes agree on, when any showed one.
 
@@ -137,7 +156,7 @@ def consensus_step(tables: dict[str, SignatureTable]) -> StepInfo | None:
     return StepInfo(step, phase, True, None, None, source="consensus")
 
 
-def _steps_from_sweep(t: SignatureTable, axis: str, window: int) -> StepInfo:
+def steps_from_sweep(t: SignatureTable, axis: str, window: int) -> StepInfo:
     axis_idx = 1 if axis == "out" else 0
     pts = [(p[axis_idx], t.ms(*p)) for p in sweep_points(t, window)[axis]
            if t.ms(*p) is not None]
@@ -271,9 +290,9 @@ class TableBuilder:
         for s in t.signatures.values():
             pts = sweep_points(s, cfg.sweep_window)
             if "out" in pts:
-                s.step_out = _steps_from_sweep(s, "out", cfg.sweep_window)
+                s.step_out = steps_from_sweep(s, "out", cfg.sweep_window)
             if "in" in pts:
-                s.step_in = _steps_from_sweep(s, "in", cfg.sweep_window)
+                s.step_in = steps_from_sweep(s, "in", cfg.sweep_window)
         fallback = consensus_step(t.signatures)
         for axis in ("out", "in"):
             for s in t.signatures.values():
@@ -284,20 +303,7 @@ class TableBuilder:
                                                         own.residual_ratio, own.jump_to_noise,
                                                         source="consensus"))
         for s in t.signatures.values():
-            if grouped_step(s) is not None:
-                s.step_in = s.step_out = grouped_step(s)
-            if s.depthwise:
-                s.step_in = s.step_out
-            g = s.signature.groups
-            # heads: every count the sweep measured stays a lattice point (lookup reads the
-            # landscape over heads as measured, not interpolated)
-            points = (max(cfg.max_points_per_axis, min(s.c_out_max, cfg.sweep_window) + 2)
-                      if s.signature.is_attention else cfg.max_points_per_axis)
-            s.grid_out = plan_axis(s.c_out_max, s.step_out, points,
-                                   s._fixed_out, s.out_prunable, g)  # type: ignore[attr-defined]
-            s.grid_in = (s.grid_out if s.depthwise else
-                         plan_axis(s.c_in_max, s.step_in, cfg.max_points_per_axis,
-                                   s._fixed_in, s.in_prunable, g))  # type: ignore[attr-defined]
+            plan_lattice(s, cfg)
         # 2. the lattice
         todo = [(k, ci, co) for k, s in t.signatures.items() for ci, co in s.missing()]
         self._measure(sorted(todo), "lattice")
@@ -342,44 +348,65 @@ class TableBuilder:
         Points are step ends (counts rounded up to the detected step): a pruned layer's width
         is a whole number of neuron groups of the step size, and the table's answer for any
         count is the cost of the layer padded to its step end."""
-        rng = random.Random(self.config.seed + 1)
-        sigs = [s for s in self.table.signatures.values() if s.in_prunable or s.out_prunable]
-        pts: set[tuple[str, int, int]] = set()
-        tries = 0
-        while len(pts) < n and tries < n * 100 and sigs:
-            tries += 1
-            s = rng.choice(sigs)
-            g = s.signature.groups
-            co = s.c_out_max
-            if s.out_prunable:
-                co = round_up_to_step(rng.randint(1, s.c_out_max), s.step_out.step, s.step_out.phase,
-                               s.c_out_max)
-            ci = s.c_in_max
-            if s.depthwise:
-                ci = co
-            elif s.in_prunable:
-                ci = round_up_to_step(rng.randint(1, s.c_in_max), s.step_in.step, s.step_in.phase,
-                               s.c_in_max)
-            ci, co = (max(g, ci // g * g), max(g, co // g * g)) if g > 1 else (ci, co)
-            if (ci, co) not in s.entries:
-                pts.add((s.key, ci, co))
-        todo = sorted(pts)
-        graphs = {p: (lambda p=p: layer_onnx(self.table.signatures[p[0]].signature, p[1], p[2],
-                                             batch=self.batch)) for p in todo}
         if self.world > 1 and self.rank != 0:
             return {}
-        stats = measure_interleaved(self.backend, graphs, self.config.protocol)
+        pts = random_step_ends(self.table, n, self.config.seed + 1)
+        return compare_with_measurements({"table": self.table}, pts, self.backend,
+                                         self.config.protocol, self.batch)["table"]
+
+
+def random_step_ends(table: LatencyTable, n: int, seed: int = 0,
+                     exclude: Sequence[LatencyTable] = ()) -> list[tuple[str, int, int]]:
+    """``n`` random (signature, c_in, c_out) at ``table``'s step ends — the widths a pruner
+    picks — that neither it nor any table in ``exclude`` measured."""
+    rng = random.Random(seed)
+    sigs = [s for s in table.signatures.values() if s.in_prunable or s.out_prunable]
+    measured = {(key, p) for tab in (table, *exclude) for key, s in tab.signatures.items()
+                for p, st in s.entries.items() if st.n > 0}
+    pts: set[tuple[str, int, int]] = set()
+    for _ in range(n * 100):
+        if len(pts) >= n or not sigs:
+            break
+        s = rng.choice(sigs)
+        g = s.signature.groups
+
+        def pick(prunable, c_max, st):
+            if not prunable:
+                return c_max
+            c = round_up_to_step(rng.randint(1, c_max), st.step, st.phase, c_max)
+            return max(g, c // g * g) if g > 1 else c
+
+        co = pick(s.out_prunable, s.c_out_max, s.step_out)
+        ci = co if s.depthwise else pick(s.in_prunable, s.c_in_max, s.step_in)
+        if (s.key, (ci, co)) not in measured:
+            pts.add((s.key, ci, co))
+    return sorted(pts)
+
+
+def compare_with_measurements(tables: dict[str, LatencyTable], points, backend,
+                              protocol: Protocol, batch: int = 1) -> dict[str, dict]:
+    """Measure ``points`` (signature, c_in, c_out) once, interleaved, and score each table's
+    prediction of them: median and max |predicted / measured - 1| per table."""
+    any_table = next(iter(tables.values()))
+    graphs = {p: (lambda p=p: layer_onnx(any_table.signatures[p[0]].signature, p[1], p[2],
+                                         batch=batch)) for p in points}
+    stats = measure_interleaved(backend, graphs, protocol) if graphs else {}
+    out = {}
+    for name, tab in tables.items():
         rows, errs = [], []
-        for (key, ci, co), st in stats.items():
-            measured = st.estimate(self.table.estimator)
-            predicted = self.table.signatures[key].lookup(ci, co)
+        for (key, ci, co), st in sorted(stats.items()):
+            measured = st.estimate(protocol.estimator)
+            predicted = tab.signatures[key].lookup(ci, co)
             err = predicted / measured - 1.0
             errs.append(abs(err))
             rows.append({"signature": key, "c_in": ci, "c_out": co,
                          "measured_ms": round(measured, 6), "predicted_ms": round(predicted, 6),
                          "rel_error": round(err, 5)})
-        return {"n": len(rows), "median_abs_rel_error": float(np.median(errs)) if errs else None,
-                "max_abs_rel_error": float(np.max(errs)) if errs else None, "points": rows}
+        out[name] = {"n": len(rows),
+                     "median_abs_rel_error": float(np.median(errs)) if errs else None,
+                     "max_abs_rel_error": float(np.max(errs)) if errs else None,
+                     "points": rows}
+    return out
 
 
 def build_table(model: torch.nn.Module, input_shape: Sequence[int], backend, out_path: str,

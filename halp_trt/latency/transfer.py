@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from halp_trt.errors import HalpError
-from halp_trt.latency.build import BuildConfig, TableBuilder, grouped_step, plan_axis
+from halp_trt.latency.build import (BuildConfig, TableBuilder, grouped_step, plan_lattice,
+                                    steps_from_sweep, sweep_points)
 from halp_trt.latency.identity import compare_identity
-from halp_trt.latency.steps import detect_step, suffix_min
 from halp_trt.latency.table import LatencyTable, SignatureTable, StepInfo
 from halp_trt.runtime.protocol import Protocol, Stats
 
@@ -231,7 +231,9 @@ class TransferBuilder(TableBuilder):
             st = src.step_out if axis == "out" else src.step_in
             prunable = s.out_prunable if axis == "out" else (s.in_prunable and not s.depthwise)
             width = s.c_out_max if axis == "out" else s.c_in_max
-            if prunable and grouped_step(s) is None and width >= MIN_SWEEP_WIDTH:
+            # attention signatures step in heads: no part of the channel steps' consensus
+            if prunable and grouped_step(s) is None and width >= MIN_SWEEP_WIDTH and \
+                    not s.signature.is_attention:
                 cands.append((key, st, src.lookup(src.c_in_max, src.c_out_max)))
         usual = _majority_step([(st.step, st.phase % st.step) for _, st, _ in cands
                                 if st.accepted])
@@ -246,28 +248,6 @@ class TransferBuilder(TableBuilder):
             fit = st.residual_ratio if st.residual_ratio is not None else 9.0
             return (0 if st.accepted and st.source == "own" else 1, full_ms > SWEEP_MAX_MS, fit)
         return [c[0] for c in sorted(typical, key=rank)], atypical
-
-    def _sweep(self, key: str, axis: str) -> list[tuple[int, int]]:
-        s = self.table.signatures[key]
-        w = self.config.sweep_window
-        if axis == "out":
-            lo = max(1, s.c_out_max - w + 1)
-            return [((c if s.depthwise else s.c_in_max), c) for c in range(lo, s.c_out_max + 1)]
-        lo = max(1, s.c_in_max - w + 1)
-        return [(c, s.c_out_max) for c in range(lo, s.c_in_max + 1)]
-
-    def _detected(self, key: str, axis: str, pts: list[tuple[int, int]]) -> StepInfo:
-        s = self.table.signatures[key]
-        idx = 1 if axis == "out" else 0
-        data = sorted((p[idx], s.ms(*p)) for p in pts if s.ms(*p) is not None)
-        if len(data) < MIN_SWEEP_WIDTH:
-            return StepInfo()
-        counts, lat = zip(*data)
-        fit = detect_step(counts, suffix_min(lat))
-        if not fit.accepted:
-            return StepInfo(1, 0, False)
-        return StepInfo(int(fit.step), int(fit.phase) % int(fit.step), True,
-                        round(float(fit.residual_ratio), 4), round(float(fit.jump_to_noise), 4))
 
     def _fit(self, s: SignatureTable) -> SignatureFit:
         """The affine map through every measured point on ``s``'s lattice (sweep points
@@ -284,12 +264,13 @@ class TransferBuilder(TableBuilder):
         found: dict[tuple[str, str], StepInfo] = {}
 
         def sweep(keys_axes):
-            pts = {ka: self._sweep(*ka) for ka in keys_axes}
-            todo = {(k, ci, co) for (k, _), ps in pts.items() for ci, co in ps
+            window = self.config.sweep_window
+            todo = {(k, ci, co) for k, axis in keys_axes
+                    for ci, co in sweep_points(t.signatures[k], window)[axis]
                     if (ci, co) not in t.signatures[k].entries}
             self._measure(sorted(todo), "step sweeps")
-            for ka, ps in pts.items():
-                found[ka] = self._detected(ka[0], ka[1], ps)
+            for k, axis in keys_axes:
+                found[(k, axis)] = steps_from_sweep(t.signatures[k], axis, window)
 
         local_usual: dict[str, tuple[int, int] | None] = {}
         for axis in ("out", "in"):
@@ -319,21 +300,13 @@ class TransferBuilder(TableBuilder):
                 src_st = src.step_out if axis == "out" else src.step_in
                 if own is not None and own.accepted:
                     st = own
-                elif local_usual[axis] and src_st.accepted and src_st.step > 1:
+                elif local_usual[axis] and src_st.accepted and src_st.step > 1 and \
+                        not s.signature.is_attention:  # a step in heads, not channels
                     st = StepInfo(*local_usual[axis], True, source="consensus")
                 else:  # nothing here says otherwise: the source's step
                     st = StepInfo(src_st.step, src_st.phase, src_st.accepted, source="source")
                 setattr(s, f"step_{axis}", st)
-            if grouped_step(s) is not None:
-                s.step_in = s.step_out = grouped_step(s)
-            if s.depthwise:
-                s.step_in = s.step_out
-            g = s.signature.groups
-            s.grid_out = plan_axis(s.c_out_max, s.step_out, self.config.max_points_per_axis,
-                                   s._fixed_out, s.out_prunable, g)  # type: ignore[attr-defined]
-            s.grid_in = (s.grid_out if s.depthwise else
-                         plan_axis(s.c_in_max, s.step_in, self.config.max_points_per_axis,
-                                   s._fixed_in, s.in_prunable, g))  # type: ignore[attr-defined]
+            plan_lattice(s, self.config)
             steps_report[key] = {"source": [src.step_out.step, src.step_in.step],
                                  "here": [s.step_out.step, s.step_in.step],
                                  "swept": [a for a in ("out", "in") if (key, a) in found]}
@@ -356,7 +329,7 @@ class TransferBuilder(TableBuilder):
                 if p not in s.entries:
                     ms = max(fit.predict(src.lookup(*p)) * field_(*p), 1e-6)
                     s.add(p[0], p[1], Stats(0, ms, ms, ms, 0.0))
-        measured = sum(st.n > 0 for s in t.signatures.values() for st in s.entries.values())
+        measured = measured_configurations(t)
         t.extra["transfer"] = {
             "source": {k: src_table.identity.get(k) for k in
                        ("cpu_vendor", "cpu_family", "cpu_model", "cpu_model_number", "isa",
@@ -373,9 +346,7 @@ class TransferBuilder(TableBuilder):
                                        for st in s.entries.values() if st.n > 0)
         self._save()
         if self.config.validate:
-            pts = random_step_ends(t, self.config.validate, self.config.seed + 1)
-            t.extra["validation"] = compare_with_measurements(
-                {"table": t}, pts, self.backend, self.config.protocol, self.batch)["table"]
+            t.extra["validation"] = self.validate(self.config.validate)
             self._save()
         return t
 
@@ -391,65 +362,3 @@ def transfer_table(source: LatencyTable, model: torch.nn.Module, input_shape: Se
 def measured_configurations(table: LatencyTable) -> int:
     """Entries measured on the table's machine (a transferred table's predictions excluded)."""
     return sum(st.n > 0 for s in table.signatures.values() for st in s.entries.values())
-
-
-def random_step_ends(table: LatencyTable, n: int, seed: int = 0,
-                     exclude: Sequence[LatencyTable] = ()) -> list[tuple[str, int, int]]:
-    """``n`` random (signature, c_in, c_out) at ``table``'s step ends — the widths a pruner
-    picks — that neither it nor any table in ``exclude`` measured."""
-    import random
-
-    from halp_trt.latency.steps import round_up_to_step
-
-    rng = random.Random(seed)
-    sigs = [s for s in table.signatures.values() if s.in_prunable or s.out_prunable]
-    measured = {(t_, p) for tab in (table, *exclude) for t_, s in tab.signatures.items()
-                for p, st in s.entries.items() if st.n > 0}
-    pts: set[tuple[str, int, int]] = set()
-    for _ in range(n * 100):
-        if len(pts) >= n or not sigs:
-            break
-        s = rng.choice(sigs)
-        g = s.signature.groups
-
-        def pick(prunable, c_max, st):
-            if not prunable:
-                return c_max
-            c = round_up_to_step(rng.randint(1, c_max), st.step, st.phase, c_max)
-            return max(g, c // g * g) if g > 1 else c
-
-        co = pick(s.out_prunable, s.c_out_max, s.step_out)
-        ci = co if s.depthwise else pick(s.in_prunable and not s.depthwise, s.c_in_max,
-                                         s.step_in)
-        if (s.key, (ci, co)) not in measured:
-            pts.add((s.key, ci, co))
-    return sorted(pts)
-
-
-def compare_with_measurements(tables: dict[str, LatencyTable], points, backend,
-                              protocol: Protocol, batch: int = 1) -> dict[str, dict]:
-    """Measure ``points`` (signature, c_in, c_out) once, interleaved, and score each table's
-    prediction of them: median and max |predicted / measured - 1| per table."""
-    from halp_trt.latency.graphs import layer_onnx
-    from halp_trt.runtime.protocol import measure_interleaved
-
-    any_table = next(iter(tables.values()))
-    graphs = {p: (lambda p=p: layer_onnx(any_table.signatures[p[0]].signature, p[1], p[2],
-                                         batch=batch)) for p in points}
-    stats = measure_interleaved(backend, graphs, protocol) if graphs else {}
-    out = {}
-    for name, tab in tables.items():
-        rows, errs = [], []
-        for (key, ci, co), st in sorted(stats.items()):
-            measured = st.estimate(protocol.estimator)
-            predicted = tab.signatures[key].lookup(ci, co)
-            err = predicted / measured - 1.0
-            errs.append(abs(err))
-            rows.append({"signature": key, "c_in": ci, "c_out": co,
-                         "measured_ms": round(measured, 6), "predicted_ms": round(predicted, 6),
-                         "rel_error": round(err, 5)})
-        out[name] = {"n": len(rows),
-                     "median_abs_rel_error": float(np.median(errs)) if errs else None,
-                     "max_abs_rel_error": float(np.max(errs)) if errs else None,
-                     "points": rows}
-    return out

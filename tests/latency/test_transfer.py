@@ -7,10 +7,10 @@ import pytest
 
 from fakes import StaircaseTimedBackend
 from halp_trt.errors import HalpError
-from halp_trt.latency.build import BuildConfig, build_table
+from halp_trt.latency.build import (BuildConfig, build_table, compare_with_measurements,
+                                    random_step_ends)
 from halp_trt.latency.table import LatencyTable
-from halp_trt.latency.transfer import (TransferConfig, compare_with_measurements, fit_signature,
-                                       measured_configurations, random_step_ends,
+from halp_trt.latency.transfer import (TransferConfig, fit_signature, measured_configurations,
                                        transfer_table)
 from halp_trt.runtime.protocol import Protocol
 from tiny_models import TinyResNet
