@@ -280,7 +280,6 @@ class DeployRun:
     def calibrate(self) -> None:
         from halp_trt.latency.calibration import Calibration, slimmed_copy
         from halp_trt.pruning.config import HALPConfig
-        from halp_trt.pruning.pruner import HALPPruner
         from halp_trt.runtime.export import export_onnx
         from halp_trt.runtime.protocol import measure_interleaved
 
@@ -289,9 +288,7 @@ class DeployRun:
         # pruner accepts, checked before calibrating and training towards it) and the slimmed
         # calibration model: each construction traces the dependency graph.
         pruning_ahead = st.phase in ("original", "pruning")
-        probe = (HALPPruner(copy.deepcopy(self.original_model), self.example, self.latency_table,
-                            HALPConfig(target=1 - 1e-9, steps=1, interval=1,
-                                       exclude=tuple(cfg.exclude)))
+        probe = (self._throwaway_pruner()
                  if pruning_ahead or st.calibration is None else None)
         layers_min_ms = probe.min_ms if pruning_ahead else None
         if st.calibration is None:
@@ -359,21 +356,26 @@ class DeployRun:
                                       interval=cfg.interval, contribution=cfg.contribution,
                                       importance=cfg.importance, exclude=tuple(cfg.exclude))
 
+    def _throwaway_pruner(self):
+        """A pruner on a copy of the original at full width: the table's floor and the
+        calibration models come from it (each use consumes one)."""
+        from halp_trt.pruning.config import HALPConfig
+        from halp_trt.pruning.pruner import HALPPruner
+
+        return HALPPruner(copy.deepcopy(self.original_model), self.example, self.latency_table,
+                          HALPConfig(target=1 - 1e-9, steps=1, interval=1,
+                                     exclude=tuple(self.cfg.exclude)))
+
     def _measure_floor(self) -> None:
         """Measure the smallest model the table allows against the original (one interleaved
         session) and add it to the calibration: near the floor, a line through the original
         and a uniform slim can be far off."""
         from halp_trt.latency.calibration import floor_copy
-        from halp_trt.pruning.config import HALPConfig
-        from halp_trt.pruning.pruner import HALPPruner
         from halp_trt.runtime.export import export_onnx
         from halp_trt.runtime.protocol import measure_interleaved
 
-        cfg, st = self.cfg, self.state
-        pruner = HALPPruner(copy.deepcopy(self.original_model), self.example, self.latency_table,
-                            HALPConfig(target=1 - 1e-9, steps=1, interval=1,
-                                       exclude=tuple(cfg.exclude)))
-        floor, floor_layers_ms = floor_copy(pruner)
+        st = self.state
+        floor, floor_layers_ms = floor_copy(self._throwaway_pruner())
         self.log("the target is near the table's predicted floor: measuring the smallest model "
                  "too")
         stats = measure_interleaved(
