@@ -177,6 +177,34 @@ def _swaps_axes_1_2(name: str, rest: tuple, kwargs: dict) -> bool:
     return len(dims) == 2 and sorted(int(d) % 5 for d in dims) == [1, 2]
 
 
+class _ConcatSizes(TorchFunctionMode):
+    """Records each traced concat's input sizes along its dimension, keyed by its autograd node.
+
+    torch-pruning 1.6.1 infers a concat's input widths by walking the graph back to a layer of
+    known width, with a depth limit: behind a long residual chain (Swin-S's 18-block stage before
+    a patch merge) it gives up, and its index mapping then sums ``None`` (TypeError). The true
+    sizes are known while tracing; ``_torch2_dependency_graph`` hands them to torch-pruning."""
+
+    _CAT = {"cat", "concat", "concatenate"}
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: dict = {}  # grad_fn -> [size along the concat dim, per input]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") in self._CAT and isinstance(out, torch.Tensor) \
+                and out.grad_fn is not None:
+            tensors = args[0] if args else kwargs.get("tensors", kwargs.get("inputs", ()))
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            # torch-pruning's node inputs are the inputs that carry gradients, in order: the
+            # sizes line up with them only when every input does
+            if all(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+                self.sizes[out.grad_fn] = [int(t.shape[int(dim)]) for t in tensors]
+        return out
+
+
 class _SavedSizes:
     """A reshape's or split's autograd node as torch-pruning 1.6.1 reads it.
 
@@ -204,10 +232,15 @@ def _torch2_dependency_graph():
     from torch_pruning import ops
 
     class DependencyGraph(tp.DependencyGraph):
+        concat_sizes: dict = {}  # set by build_dependency_graph from ``_ConcatSizes``
+
         def _trace(self, *args, **kwargs):
             module2node = super()._trace(*args, **kwargs)
             for node in module2node.values():
                 fn = node.grad_fn
+                sizes = self.concat_sizes.get(fn)
+                if node.type == ops.OPTYPE.CONCAT and sizes and len(sizes) == len(node.inputs):
+                    node.module.concat_sizes = list(sizes)
                 if not hasattr(fn, "_saved_self_sym_sizes") or hasattr(fn, "_saved_self_sizes"):
                     continue
                 split = node.type == ops.OPTYPE.SPLIT and hasattr(fn, "_saved_dim") and (
@@ -248,10 +281,13 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
     """torch-pruning's dependency graph of ``model``. Channel shuffles end the traced graph
     (see ``_ChannelShuffleCut``); the nodes where it ends are ``graph.halp_cut_nodes``."""
     cut_grad_fns, leaves = set(), []
+    concat_sizes = _ConcatSizes()
+    dependency_graph = _torch2_dependency_graph()
+    dependency_graph.concat_sizes = concat_sizes.sizes
 
     def forward(module, example):
         mode = _ChannelShuffleCut()
-        with mode:
+        with mode, concat_sizes:
             out = module(example)
         # a fresh op on each cut tensor: a node of its own, even if the tensor is used elsewhere
         extra = [c.view_as(c) for c in mode.cuts if c.grad_fn is not None]
@@ -263,7 +299,7 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
     try:
         model.eval()
         with quiet_torch_pruning():
-            graph = _torch2_dependency_graph().build_dependency(
+            graph = dependency_graph.build_dependency(
                 model, example_inputs=example_input, forward_fn=forward, verbose=False)
     except Exception as exc:  # tracing failures come from the user's architecture
         raise HalpError(f"torch-pruning could not trace this model's channel couplings "

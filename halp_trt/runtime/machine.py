@@ -94,6 +94,21 @@ class CpuCacheEvictor:
         self._buffer = None
 
 
+def available_memory_bytes(meminfo_path: str = "/proc/meminfo") -> int | None:
+    """Memory the kernel could give this process now (MemAvailable), or None if unknown."""
+    try:
+        with open(meminfo_path) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def cpus_available() -> int:
     try:
         return len(os.sched_getaffinity(0))

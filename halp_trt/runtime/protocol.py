@@ -18,6 +18,13 @@ import numpy as np
 # Median more than this far above the minimum: the estimate is suspect (bursty machine).
 NOISY_SPREAD = 0.15
 
+# Every session of a call is alive at once. A session holds its graph's weights about this many
+# times over (ORT keeps the initializers and MLAS's prepacked copies, plus its arena): a bracket
+# of 13 whole models x 3 sessions of an 88M-parameter model would want ~40 GB.
+SESSION_MEMORY_FACTOR = 3.0
+# Share of the memory available when a call starts that its sessions may take.
+SESSION_MEMORY_SHARE = 0.5
+
 
 @dataclass
 class Stats:
@@ -161,13 +168,17 @@ def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | by
     protocol = protocol or Protocol()
     keys = list(graphs)
     handles, repeats, cold, untimed = {}, {}, {}, {}
+    per_graph = None
     try:
         for k in keys:
             g = graphs[k]
             onnx_bytes = g() if callable(g) else g
+            if per_graph is None:  # the first graph (the original, usually the largest)
+                per_graph = sessions_that_fit(len(onnx_bytes), len(keys),
+                                              protocol.sessions_per_graph)
             cold[k] = len(onnx_bytes) > protocol.cold_above_bytes
             handles[k] = []
-            for _ in range(protocol.sessions_per_graph):
+            for _ in range(per_graph):
                 handles[k].append(backend.prepare(onnx_bytes, label=str(k)))
             one_ms = min(min(backend.time_runs(h, 3)) for h in handles[k])  # also warms each
             repeats[k] = 1 if cold[k] else max(1, min(1000, math.ceil(
@@ -207,6 +218,22 @@ def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | by
         sessions = [summarize(own) for own in v]
         out[k] = SessionStats(mean_of_sessions(sessions, [x for own in v for x in own]), sessions)
     return out
+
+
+def sessions_that_fit(graph_bytes: int, n_graphs: int, wanted: int,
+                      available_bytes: int | None = None) -> int:
+    """Sessions per graph (1 to ``wanted``) such that ``n_graphs`` graphs of about
+    ``graph_bytes`` each fit in ``SESSION_MEMORY_SHARE`` of the available memory. Big models
+    lose sessions first: their readings spread least from one session to the next."""
+    from halp_trt.runtime.machine import available_memory_bytes
+
+    if available_bytes is None:
+        available_bytes = available_memory_bytes()
+    if available_bytes is None or wanted <= 1:
+        return wanted
+    per_session = graph_bytes * SESSION_MEMORY_FACTOR * max(1, n_graphs)
+    fits = int(available_bytes * SESSION_MEMORY_SHARE // max(per_session, 1))
+    return max(1, min(wanted, fits))
 
 
 def mean_of_sessions(sessions: Sequence[Stats], all_samples: Sequence[float] = ()) -> Stats:

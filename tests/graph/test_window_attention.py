@@ -102,6 +102,22 @@ def test_torchvision_swin_t_groups_are_found_at_64px():
     assert len(mlps) == 12 and all(unprunable_reason(g, modules) is None for g in mlps.values())
 
 
+def test_patch_merge_after_a_deep_stage_is_traced_and_prunes_exactly():
+    """Swin-S's third stage has 18 blocks: torch-pruning's walk back from the patch merge's
+    concat to a layer of known width gave up on the residual chain and its index mapping summed
+    ``None`` (TypeError). The concat's sizes recorded while tracing make the graph exact."""
+    torch.manual_seed(0)
+    model = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=32, depths=[1, 18, 1], num_heads=[2, 4, 8],
+        window_size=[4, 4], num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    groups, graph = find_channel_groups(model, x[:1])
+    check_unique_coverage(groups)
+    mlps = _mlp_groups(model, groups)
+    assert len(mlps) == 20
+    _remove_and_compare(model, x, groups, graph, list(mlps.values()))
+
+
 def test_small_maxvit_keeps_qkv_widths_and_prunes_the_rest():
     """MaxViT's qkv projection is reshaped into heads; torch-pruning maps that reshape one to
     one and would couple to_qkv's 3·C outputs with merge's C inputs. Those groups are held; the

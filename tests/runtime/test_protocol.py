@@ -2,7 +2,8 @@
 import pytest
 
 from halp_trt.runtime.base import Backend
-from halp_trt.runtime.protocol import Protocol, measure_interleaved, model_protocol, summarize
+from halp_trt.runtime.protocol import (Protocol, measure_interleaved, measure_sessions,
+                                       model_protocol, sessions_that_fit, summarize)
 
 
 class RecordingBackend(Backend):
@@ -79,6 +80,25 @@ def test_sessions_per_graph_are_averaged_within_a_round():
     # one session of each graph is 10% slower; every sample is the mean of the two
     assert stats["g0"].min_ms == pytest.approx(1.05) and stats["g0"].median_ms == \
         pytest.approx(1.05)
+
+
+def test_sessions_per_graph_shrink_to_what_memory_holds(monkeypatch):
+    # 13 graphs of 350 MB (an 88M-parameter model's bracket) on 20 GB: one session each
+    assert sessions_that_fit(350 << 20, 13, 3, available_bytes=20 << 30) == 1
+    assert sessions_that_fit(45 << 20, 13, 3, available_bytes=20 << 30) == 3
+    assert sessions_that_fit(100 << 20, 13, 8, available_bytes=20 << 30) == 2
+    import halp_trt.runtime.machine as machine
+
+    # the same graphs with 10 kB of memory to spare: every graph still gets one session
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda: 10_000)
+    be = RecordingBackend()
+    proto = Protocol(rounds=2, untimed_runs_per_round=0, min_sample_ms=0.0, sessions_per_graph=3)
+    stats = measure_sessions(be, graphs(1.0, 2.0, big=(0, 1)), proto)
+    assert be.sessions == 2 and [len(s.sessions) for s in stats.values()] == [1, 1]
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda: 10 << 30)
+    be = RecordingBackend()
+    stats = measure_sessions(be, graphs(1.0, 2.0, big=(0, 1)), proto)
+    assert be.sessions == 6
 
 
 def test_big_graphs_are_timed_cold_one_run_per_sample_small_ones_repeated():
