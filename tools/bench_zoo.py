@@ -75,16 +75,17 @@ def _infeasible(exc) -> bool:
 
 def _missed_at_floor(report: dict, target: float) -> str | None:
     """Why the target is infeasible at this input, read from a finished run: it measured above
-    the ±5% band with every group at the table's minimum width (the pipeline tries a target
-    whose predicted floor is near it, and near a tiny model's floor its readings decide)."""
+    the ±5% band and so did every candidate its last step measured, the table's floor among
+    them (the pipeline tries a target whose predicted floor is near it, and near a tiny model's
+    floor its readings decide; there the floor itself can read slower than a slightly wider
+    model: shufflenet_v2_x0_5 at 96, 0.62 vs 0.58)."""
     ratio = report["latency_ratio_measured"]
-    floor_layers_ms = report["table"]["calibration"].get("layers_floor_ms")
-    pruned_layers_ms = report["pruned"]["layers_sum_ms"]
-    if ratio <= target * 1.05 or floor_layers_ms is None or \
-            pruned_layers_ms > floor_layers_ms * 1.001:
+    measured = [c["measured_ratio"] for b in report.get("last_step_candidates") or []
+                for c in b["candidates"].values()]
+    if ratio <= target * 1.05 or not measured or min(measured) <= target * 1.05:
         return None
-    return (f"the smallest model the table allows measured {ratio:.3f} of the original "
-            f"for the target {target}")
+    return (f"measured {ratio:.3f} of the original for the target {target}; no candidate of "
+            f"its last step measured under {min(measured):.3f}")
 
 
 def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -> dict:
@@ -205,6 +206,7 @@ def main() -> None:
         names = wanted
     rows = {r["model"]: r for r in load_rows(args.json_path)}
     meta = {"target": args.target, "machine": machine(), "table_rounds": args.rounds,
+            "classifiers": len(torchvision.models.list_models(module=torchvision.models)),
             "table_max_points": args.max_points,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
     todo = [n for n in names if n not in rows or (args.rerun and args.only)]

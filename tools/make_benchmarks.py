@@ -86,8 +86,11 @@ def zoo_section(z) -> list[str]:
     n, total = sum(r["passed"] for r in rows), len(rows)
     tb = sum("traceback" in (r.get("reason") or "") for r in rows)
     wall = sum(r.get("wall_s") or 0 for r in rows)
+    unreached = (z.get("classifiers") or total) - total
     lines += ["", f"**{n} of {total} models pass**; {tb} ended in a traceback; total wall time "
-              f"{wall / 3600:.1f} h.", ""]
+              f"{wall / 3600:.1f} h." + (f" {unreached} of torchvision's {z['classifiers']} "
+                                         "classifiers not reached yet (the command resumes)."
+                                         if unreached > 0 else ""), ""]
     return lines
 
 

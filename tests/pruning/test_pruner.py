@@ -430,3 +430,25 @@ def test_finalize_twice_and_step_after_finalize():
     nn.functional.cross_entropy(m1(x), y).backward()
     opt.step()
     assert copy.deepcopy(m1)(x).shape == (4, 10)
+
+
+def test_all_zero_importance_keeps_the_widest_model_within_the_budget():
+    """A zero-initialised classifier (torchvision's ViT) makes every Taylor score 0: the
+    knapsack must still use the budget, not drop every group to its minimum width."""
+    torch.manual_seed(0)
+    model = Tiny()
+    randomise_bn(model, 0)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    x0, _ = _batch(0)
+    pruner = HALPPruner(model, x0, StaircaseLatencyModel(step=4),
+                        HALPConfig(target=0.5, steps=1, interval=1))
+    x, y = _batch(1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    pruner.accumulate()
+    assert all(float(s.abs().sum()) == 0 for s in pruner.accumulator.scores())
+    plan = pruner.plan(0.5 * pruner.full_ms)
+    floor_ms = pruner.predict_ms(pruner.min_widths())
+    assert plan.predicted_ms <= 0.5 * pruner.full_ms + 1e-9
+    # within one 4-channel step of the budget, far above the floor
+    assert plan.predicted_ms > 0.45 * pruner.full_ms > 2 * floor_ms
