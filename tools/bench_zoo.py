@@ -121,7 +121,11 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                     report = prune_and_deploy(DeployConfig(
                         out=out, model=name, input_size=size, table=table, target=str(target),
                         steps=1, interval=1, epochs=0, pretrain_epochs=0, max_batches=2,
-                        train_batch_size=8, rounds=15, allow_untrained=True, progress=False))
+                        train_batch_size=8, rounds=15, allow_untrained=True, progress=False,
+                        # built here minutes ago: the fingerprint probe is for tables of
+                        # unknown provenance (it refused a coarse 3-round table of
+                        # efficientnet_v2_l over one signature's step, 8 vs 16)
+                        probe_table=False))
             except HalpError as exc:
                 if not _infeasible(exc) or size == SIZES[-1]:
                     raise

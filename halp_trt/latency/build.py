@@ -25,9 +25,10 @@ from halp_trt.errors import HalpError
 from halp_trt.version import __version__
 from halp_trt.latency.identity import RESUME_KEYS, differences
 from halp_trt.graph.groups import find_channel_groups
-from halp_trt.latency.graphs import layer_onnx
+from halp_trt.latency.graphs import layer_onnx, weight_bytes
 from halp_trt.graph.layers import LayerSpec, list_layers
-from halp_trt.runtime.protocol import Protocol, Stats, measure_interleaved, model_protocol
+from halp_trt.runtime.protocol import (Protocol, Stats, measure_interleaved, memory_chunks,
+                                       model_protocol)
 from halp_trt.latency.steps import detect_step, round_up_to_step, suffix_min
 from halp_trt.latency.table import (LatencyTable, SignatureTable, StepInfo, now_iso,
                             write_json_atomic)
@@ -256,8 +257,8 @@ class TableBuilder:
             bar = tqdm(total=len(mine) * proto.rounds, desc=f"{what} (rank {self.rank})"
                        if self.world > 1 else what, unit="run", leave=False, dynamic_ncols=True)
         try:
-            for start in range(0, len(mine), proto.batch_size):
-                chunk = mine[start:start + proto.batch_size]
+            for chunk in memory_chunks(mine, proto.batch_size, lambda c: weight_bytes(
+                    self.table.signatures[c[0]].signature, c[1], c[2])):
                 graphs = {}
                 for key, ci, co in chunk:
                     sig = self.table.signatures[key].signature

@@ -45,6 +45,19 @@ def layer_weights(sig: Signature, c_in: int, c_out: int, seed: int = 0):
     return w, b
 
 
+def weight_bytes(sig, c_in: int, c_out: int) -> int:
+    """About how many bytes of weights the layer graph of ``(c_in, c_out)`` holds (fp32),
+    without building it: what decides how many such graphs can be alive at once."""
+    k = int(np.prod(sig.kernel)) if len(sig.kernel) else 1
+    if sig.op == "linear":
+        n = c_out * c_in * max(1, sig.in_scale)
+    elif sig.op == "dwconv":
+        n = c_out * k
+    else:
+        n = c_out * max(1, c_in // max(1, sig.groups)) * k
+    return 4 * (n + c_out)
+
+
 def layer_input_shape(sig: Signature, c_in: int, batch: int) -> tuple[int, ...]:
     if sig.is_attention:
         return (batch * sig.windows, sig.tokens, c_in)

@@ -236,6 +236,32 @@ def sessions_that_fit(graph_bytes: int, n_graphs: int, wanted: int,
     return max(1, min(wanted, fits))
 
 
+def memory_chunks(items: Sequence, max_count: int, bytes_of: Callable[[object], int],
+                  available_bytes: int | None = None) -> list[list]:
+    """``items`` in order, split into chunks of at most ``max_count`` whose graphs (``bytes_of``
+    each, ~``SESSION_MEMORY_FACTOR`` times that per session) fit in ``SESSION_MEMORY_SHARE`` of
+    the available memory; an item too big for that alone is a chunk of its own. A VGG table's
+    step sweep at full width (24 linear layers of 25088 x 4096, 411 MB each) was killed for
+    memory as one chunk."""
+    from halp_trt.runtime.machine import available_memory_bytes
+
+    if available_bytes is None:
+        available_bytes = available_memory_bytes()
+    budget = float("inf") if available_bytes is None else \
+        available_bytes * SESSION_MEMORY_SHARE / SESSION_MEMORY_FACTOR
+    chunks, current, used = [], [], 0
+    for item in items:
+        size = bytes_of(item)
+        if current and (len(current) >= max_count or used + size > budget):
+            chunks.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def mean_of_sessions(sessions: Sequence[Stats], all_samples: Sequence[float] = ()) -> Stats:
     """A graph's statistics from its sessions': each estimate the mean of the sessions' (one
     session: its own); n and cv over every sample (without the samples: n summed, cv the

@@ -70,3 +70,21 @@ def test_linear_graph_with_flatten_scale_matches_torch():
                                                         lin.bias.detach().numpy())), x)
     np.testing.assert_allclose(got, lin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("sig,c_in,c_out", [
+    (Signature("conv", (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8)), 16, 24),
+    (Signature("conv", (3, 3), (1, 1), (1, 1), (1, 1), 4, (8, 8)), 16, 24),
+    (Signature("dwconv", (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8)), 32, 32),
+    (Signature("linear", in_scale=4), 64, 40),
+])
+def test_weight_bytes_match_the_graphs_initializers(sig, c_in, c_out):
+    import onnx
+    from onnx import numpy_helper
+
+    from halp_trt.latency.graphs import weight_bytes
+
+    model = onnx.load_from_string(layer_onnx(sig, c_in, c_out))
+    stored = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer
+                 if numpy_helper.to_array(t).size > 1)
+    assert weight_bytes(sig, c_in, c_out) == pytest.approx(stored, rel=0.02)

@@ -44,7 +44,10 @@ def test_several_targets_share_the_original_and_give_one_model_each(tmp_path, ti
         assert point["measured_ms"] == pytest.approx(r["pruned"]["measured_ms"])
     # the lower target is the faster model (not necessarily fewer channels: the knapsack may
     # keep more cheap channels and drop fewer expensive ones — seen: 58 vs 57 at 0.85 vs 0.95)
-    assert reports["85"]["pruned"]["measured_ms"] < reports["95"]["pruned"]["measured_ms"]
+    # (about one run in four both targets settle on the same widths, under 0.85: equal then)
+    assert reports["85"]["pruned"]["measured_ms"] <= reports["95"]["pruned"]["measured_ms"]
+    for t, r in reports.items():
+        assert r["latency_ratio_measured"] <= int(t) / 100 * 1.05, (t, r["latency_ratio_measured"])
     md = (tmp_path / "pareto.md").read_text()
     assert "| original |" in md and "`target_0_85/`" in md
     assert (tmp_path / "pareto.png").stat().st_size > 1000

@@ -3,7 +3,8 @@ import pytest
 
 from halp_trt.runtime.base import Backend
 from halp_trt.runtime.protocol import (Protocol, measure_interleaved, measure_sessions,
-                                       model_protocol, sessions_that_fit, summarize)
+                                       memory_chunks, model_protocol, sessions_that_fit,
+                                       summarize)
 
 
 class RecordingBackend(Backend):
@@ -99,6 +100,18 @@ def test_sessions_per_graph_shrink_to_what_memory_holds(monkeypatch):
     be = RecordingBackend()
     stats = measure_sessions(be, graphs(1.0, 2.0, big=(0, 1)), proto)
     assert be.sessions == 6
+
+
+def test_configurations_are_chunked_by_count_and_by_memory():
+    sizes = [1, 1, 1, 1, 1, 1, 1]
+    assert memory_chunks(sizes, 3, lambda b: b, available_bytes=10**9) == \
+        [[1, 1, 1], [1, 1, 1], [1]]
+    # 411 MB linear graphs on 20 GB: ~10 GB share / 3 per session -> 8 alive at once
+    mb411 = 411 << 20
+    chunks = memory_chunks([mb411] * 24, 48, lambda b: b, available_bytes=20 << 30)
+    assert [len(c) for c in chunks] == [8, 8, 8]
+    # one graph too big for the share alone still gets measured, in a chunk of its own
+    assert memory_chunks([5, 100, 5], 48, lambda b: b, available_bytes=60) == [[5], [100], [5]]
 
 
 def test_big_graphs_are_timed_cold_one_run_per_sample_small_ones_repeated():
