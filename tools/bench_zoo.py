@@ -73,7 +73,7 @@ def _infeasible(exc) -> bool:
     return getattr(exc, "field", None) == "target" and "infeasible" in str(exc)
 
 
-def _missed_at_floor(report: dict, target: float) -> str | None:
+def _no_candidate_within_band(report: dict, target: float) -> str | None:
     """Why the target is infeasible at this input, read from a finished run: it measured above
     the ±5% band and so did every candidate its last step measured, the table's floor among
     them (the pipeline tries a target whose predicted floor is near it, and near a tiny model's
@@ -132,10 +132,10 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                 row.setdefault("infeasible_at", []).append(
                     {"input": size, "reason": str(exc).splitlines()[0][:300]})
                 continue
-            floor = _missed_at_floor(report, target)
-            if floor is None or size == SIZES[-1]:
+            missed = _no_candidate_within_band(report, target)
+            if missed is None or size == SIZES[-1]:
                 break
-            row.setdefault("infeasible_at", []).append({"input": size, "reason": floor})
+            row.setdefault("infeasible_at", []).append({"input": size, "reason": missed})
         ratio = report["latency_ratio_measured"]
         row["measured_ratio"] = round(ratio, 4)
         off = ratio / target - 1
@@ -201,7 +201,7 @@ def main() -> None:
     import torchvision
     from tqdm import tqdm
 
-    names = torchvision.models.list_models(module=torchvision.models)
+    names = all_names = torchvision.models.list_models(module=torchvision.models)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = sorted(set(wanted) - set(names))
@@ -210,7 +210,7 @@ def main() -> None:
         names = wanted
     rows = {r["model"]: r for r in load_rows(args.json_path)}
     meta = {"target": args.target, "machine": machine(), "table_rounds": args.rounds,
-            "classifiers": len(torchvision.models.list_models(module=torchvision.models)),
+            "classifiers": len(all_names),
             "table_max_points": args.max_points,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
     todo = [n for n in names if n not in rows or (args.rerun and args.only)]

@@ -226,19 +226,21 @@ class _SavedSizes:
         return getattr(self.grad_fn, name)
 
 
-def _torch2_dependency_graph():
-    """torch-pruning's DependencyGraph, reading PyTorch 2's saved shapes (see ``_SavedSizes``)."""
+def _torch2_dependency_graph(concat_sizes: dict | None = None):
+    """torch-pruning's DependencyGraph, reading PyTorch 2's saved shapes (see ``_SavedSizes``)
+    and the concat sizes recorded while tracing (``_ConcatSizes.sizes``, filled during the
+    trace)."""
     import torch_pruning as tp
     from torch_pruning import ops
 
-    class DependencyGraph(tp.DependencyGraph):
-        concat_sizes: dict = {}  # set by build_dependency_graph from ``_ConcatSizes``
+    recorded = {} if concat_sizes is None else concat_sizes
 
+    class DependencyGraph(tp.DependencyGraph):
         def _trace(self, *args, **kwargs):
             module2node = super()._trace(*args, **kwargs)
             for node in module2node.values():
                 fn = node.grad_fn
-                sizes = self.concat_sizes.get(fn)
+                sizes = recorded.get(fn)
                 if node.type == ops.OPTYPE.CONCAT and sizes and len(sizes) == len(node.inputs):
                     node.module.concat_sizes = list(sizes)
                 if not hasattr(fn, "_saved_self_sym_sizes") or hasattr(fn, "_saved_self_sizes"):
@@ -282,8 +284,7 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
     (see ``_ChannelShuffleCut``); the nodes where it ends are ``graph.halp_cut_nodes``."""
     cut_grad_fns, leaves = set(), []
     concat_sizes = _ConcatSizes()
-    dependency_graph = _torch2_dependency_graph()
-    dependency_graph.concat_sizes = concat_sizes.sizes
+    dependency_graph = _torch2_dependency_graph(concat_sizes.sizes)
 
     def forward(module, example):
         mode = _ChannelShuffleCut()

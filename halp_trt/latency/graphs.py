@@ -32,30 +32,30 @@ def conv_output_hw(sig: Signature) -> tuple[int, int]:
         // sig.stride[i] + 1 for i in range(2))
 
 
+def layer_weight_shape(sig: Signature, c_in: int, c_out: int) -> tuple[int, ...]:
+    """The weight tensor's shape of a conv or linear layer graph (its bias is ``(c_out,)``)."""
+    if sig.op == "linear":
+        return (c_out, c_in * sig.in_scale)
+    if sig.op == "dwconv":
+        return (c_out, 1, *sig.kernel)
+    return (c_out, c_in // sig.groups, *sig.kernel)
+
+
 def layer_weights(sig: Signature, c_in: int, c_out: int, seed: int = 0):
     """Random weights of the right shapes (values do not change latency)."""
     rng = np.random.default_rng(seed)
-    if sig.op == "linear":
-        w = rng.standard_normal((c_out, c_in * sig.in_scale), dtype=np.float32) * 0.05
-    elif sig.op == "dwconv":
-        w = rng.standard_normal((c_out, 1, *sig.kernel), dtype=np.float32) * 0.1
-    else:
-        w = rng.standard_normal((c_out, c_in // sig.groups, *sig.kernel), dtype=np.float32) * 0.1
+    scale = 0.05 if sig.op == "linear" else 0.1
+    w = rng.standard_normal(layer_weight_shape(sig, c_in, c_out), dtype=np.float32) * scale
     b = rng.standard_normal((c_out,), dtype=np.float32) * 0.1
     return w, b
 
 
-def weight_bytes(sig, c_in: int, c_out: int) -> int:
+def weight_bytes(sig: Signature, c_in: int, c_out: int) -> int:
     """About how many bytes of weights the layer graph of ``(c_in, c_out)`` holds (fp32),
     without building it: what decides how many such graphs can be alive at once."""
-    k = int(np.prod(sig.kernel)) if len(sig.kernel) else 1
-    if sig.op == "linear":
-        n = c_out * c_in * max(1, sig.in_scale)
-    elif sig.op == "dwconv":
-        n = c_out * k
-    else:
-        n = c_out * max(1, c_in // max(1, sig.groups)) * k
-    return 4 * (n + c_out)
+    if sig.is_attention:  # q, k, v and output projections of c_out heads
+        return 4 * 4 * c_in * c_out * sig.head_dim
+    return 4 * (int(np.prod(layer_weight_shape(sig, c_in, c_out))) + c_out)
 
 
 def layer_input_shape(sig: Signature, c_in: int, batch: int) -> tuple[int, ...]:

@@ -220,35 +220,40 @@ def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | by
     return out
 
 
-def sessions_that_fit(graph_bytes: int, n_graphs: int, wanted: int,
-                      available_bytes: int | None = None) -> int:
-    """Sessions per graph (1 to ``wanted``) such that ``n_graphs`` graphs of about
-    ``graph_bytes`` each fit in ``SESSION_MEMORY_SHARE`` of the available memory. Big models
-    lose sessions first: their readings spread least from one session to the next."""
+def _session_memory_budget(available_bytes: int | None) -> float:
+    """Bytes of graph weights the sessions of one call may hold (``SESSION_MEMORY_SHARE`` of
+    the available memory, ~``SESSION_MEMORY_FACTOR`` times the weights per session); unbounded
+    when the available memory is unknown."""
     from halp_trt.runtime.machine import available_memory_bytes
 
     if available_bytes is None:
         available_bytes = available_memory_bytes()
-    if available_bytes is None or wanted <= 1:
+    if available_bytes is None:
+        return float("inf")
+    return available_bytes * SESSION_MEMORY_SHARE / SESSION_MEMORY_FACTOR
+
+
+def sessions_that_fit(graph_bytes: int, n_graphs: int, wanted: int,
+                      available_bytes: int | None = None) -> int:
+    """Sessions per graph (1 to ``wanted``) such that ``n_graphs`` graphs of about
+    ``graph_bytes`` each fit in the call's memory budget. Big models lose sessions first: their
+    readings spread least from one session to the next."""
+    if wanted <= 1:
         return wanted
-    per_session = graph_bytes * SESSION_MEMORY_FACTOR * max(1, n_graphs)
-    fits = int(available_bytes * SESSION_MEMORY_SHARE // max(per_session, 1))
+    budget = _session_memory_budget(available_bytes)
+    if budget == float("inf"):
+        return wanted
+    fits = int(budget // max(graph_bytes * max(1, n_graphs), 1))
     return max(1, min(wanted, fits))
 
 
 def memory_chunks(items: Sequence, max_count: int, bytes_of: Callable[[object], int],
                   available_bytes: int | None = None) -> list[list]:
     """``items`` in order, split into chunks of at most ``max_count`` whose graphs (``bytes_of``
-    each, ~``SESSION_MEMORY_FACTOR`` times that per session) fit in ``SESSION_MEMORY_SHARE`` of
-    the available memory; an item too big for that alone is a chunk of its own. A VGG table's
-    step sweep at full width (24 linear layers of 25088 x 4096, 411 MB each) was killed for
-    memory as one chunk."""
-    from halp_trt.runtime.machine import available_memory_bytes
-
-    if available_bytes is None:
-        available_bytes = available_memory_bytes()
-    budget = float("inf") if available_bytes is None else \
-        available_bytes * SESSION_MEMORY_SHARE / SESSION_MEMORY_FACTOR
+    each) fit in the call's memory budget; an item too big for that alone is a chunk of its
+    own. A VGG table's step sweep at full width (24 linear layers of 25088 x 4096, 411 MB
+    each) was killed for memory as one chunk."""
+    budget = _session_memory_budget(available_bytes)
     chunks, current, used = [], [], 0
     for item in items:
         size = bytes_of(item)

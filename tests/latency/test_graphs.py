@@ -77,6 +77,7 @@ def test_linear_graph_with_flatten_scale_matches_torch():
     (Signature("conv", (3, 3), (1, 1), (1, 1), (1, 1), 4, (8, 8)), 16, 24),
     (Signature("dwconv", (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8)), 32, 32),
     (Signature("linear", in_scale=4), 64, 40),
+    (Signature("mha", tokens=17, head_dim=16), 64, 4),  # c_out: heads
 ])
 def test_weight_bytes_match_the_graphs_initializers(sig, c_in, c_out):
     import onnx

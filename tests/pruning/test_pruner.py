@@ -136,6 +136,9 @@ def test_a_model_torch_pruning_cannot_trace_is_refused_with_a_clear_error(monkey
     from halp_trt.graph import groups
 
     class Untraceable:
+        def __init__(self, concat_sizes=None):
+            pass
+
         def build_dependency(self, *args, **kwargs):
             raise ZeroDivisionError("integer division or modulo by zero")
 
