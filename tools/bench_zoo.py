@@ -24,6 +24,7 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -199,7 +200,6 @@ def main() -> None:
         return
 
     import torchvision
-    from tqdm import tqdm
 
     names = all_names = torchvision.models.list_models(module=torchvision.models)
     if args.only:
@@ -217,7 +217,22 @@ def main() -> None:
     # smallest first: a run cut short covers the most models
     params = {n: param_count(n) for n in todo}  # counted once: sort and size gate
     todo.sort(key=lambda n: (params[n] or float("inf"), n))
-    work = tempfile.mkdtemp(prefix="halp-zoo-")
+    # tables, ONNX files and engines of one model are only needed while it runs: a 2 GB model
+    # leaves ~2 GB behind, the whole zoo ~25 GB, so each model's folder goes when it is done
+    work_root = tempfile.mkdtemp(prefix="halp-zoo-")
+    try:
+        run_all(args, todo, params, rows, meta, work_root)
+    finally:
+        shutil.rmtree(work_root, ignore_errors=True)
+    done = list(rows.values())
+    n = sum(r["passed"] for r in done)
+    print(f"\n{n} of {len(done)} models pass (target {args.target}, ±5%); "
+          f"{sum('traceback' in r['reason'] for r in done)} ended in a traceback")
+
+
+def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_root: str) -> None:
+    from tqdm import tqdm
+
     lock_fd = os.open(args.timing_lock, os.O_RDWR | os.O_CREAT, 0o666) if args.timing_lock \
         else None
     for name in tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True):
@@ -227,6 +242,7 @@ def main() -> None:
                 time.sleep(1.0)  # a waiting heavy job gets the machine between two models
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
             t0 = time.perf_counter()
+            work = tempfile.mkdtemp(prefix=f"{name}-", dir=work_root)
             try:
                 proc = subprocess.run(
                     [sys.executable, __file__, "--json", args.json_path, "--one", name,
@@ -245,6 +261,7 @@ def main() -> None:
                        "passed": False, "measured_ratio": None,
                        "reason": f"over the {args.timeout:.0f} s budget per model"}
             finally:
+                shutil.rmtree(work, ignore_errors=True)
                 if lock_fd is not None:
                     fcntl.flock(lock_fd, fcntl.LOCK_UN)
             row["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -252,10 +269,6 @@ def main() -> None:
         save_rows(args.json_path, list(rows.values()), meta)
         tqdm.write(f"{name:22s} {'pass' if row['passed'] else 'FAIL'} "
                    f"{row.get('measured_ratio')} {row['reason'][:110]}")
-    done = list(rows.values())
-    n = sum(r["passed"] for r in done)
-    print(f"\n{n} of {len(done)} models pass (target {args.target}, ±5%); "
-          f"{sum('traceback' in r['reason'] for r in done)} ended in a traceback")
 
 
 def param_count(name: str) -> int | None:
