@@ -89,6 +89,25 @@ def _no_candidate_within_band(report: dict, target: float) -> str | None:
             f"its last step measured under {min(measured):.3f}")
 
 
+# Whole models faster than this read a few percent differently from one ORT session to the next
+# for their whole life (regnet_y_400mf at 64x64, 2.2 ms: sessions of the final comparison read
+# 0.42-0.51 of the original, the bracket had read 0.490 for the same widths, the report 0.455).
+TRUSTED_MODEL_MS = 5.0
+
+
+def _missed_below_trusted_size(report: dict, target: float) -> str | None:
+    """Why this input cannot settle the band: the measured ratio is off by more than 5%, but
+    the original is too fast for one session's reading to be trusted to that precision; the
+    next input size is tried, as the project measures whole models of >= 5 ms."""
+    ratio, original_ms = report["latency_ratio_measured"], report["original"]["measured_ms"]
+    if abs(ratio / target - 1) <= 0.05 or original_ms >= TRUSTED_MODEL_MS:
+        return None
+    low, high = report.get("latency_ratio_spread") or (ratio, ratio)
+    return (f"measured {ratio:.3f} of the original for the target {target} (sessions "
+            f"{low:.3f}-{high:.3f}); the original takes {original_ms:.2f} ms, under the "
+            f"{TRUSTED_MODEL_MS:g} ms whose session-to-session offsets stay within the band")
+
+
 def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -> dict:
     """One model, in this process; returns its row."""
     import contextlib
@@ -133,7 +152,8 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                 row.setdefault("infeasible_at", []).append(
                     {"input": size, "reason": str(exc).splitlines()[0][:300]})
                 continue
-            missed = _no_candidate_within_band(report, target)
+            missed = _no_candidate_within_band(report, target) or \
+                _missed_below_trusted_size(report, target)
             if missed is None or size == SIZES[-1]:
                 break
             row.setdefault("infeasible_at", []).append({"input": size, "reason": missed})
@@ -285,14 +305,28 @@ def param_count(name: str) -> int | None:
     return None
 
 
+# One protobuf message holds at most 2 GiB; the pipeline passes whole-model ONNX as bytes and
+# does not write external data yet, so a model whose fp32 weights pass this cannot be exported.
+ONNX_PROTOBUF_LIMIT_BYTES = 2 ** 31
+
+
 def size_gate(name: str, params: int | None, limit: float) -> dict | None:
-    """A row for a model over the parameter limit (reported, not silently dropped)."""
-    if params is None or params <= limit:
+    """A row for a model over the parameter limit or the ONNX size limit (reported as not
+    passing, not silently dropped)."""
+    if params is None:
         return None
-    return {"model": name, "family": family_of(name), "input": None, "params": params,
-            "passed": False, "measured_ratio": None, "wall_s": 0.0,
-            "reason": f"not run: {params / 1e6:.0f}M parameters, over --skip-over-params "
-                      f"{limit / 1e6:.0f}M (the table build alone would take hours here)"}
+    row = {"model": name, "family": family_of(name), "input": None, "params": params,
+           "passed": False, "measured_ratio": None, "wall_s": 0.0}
+    if params * 4 >= ONNX_PROTOBUF_LIMIT_BYTES:
+        return {**row, "reason": f"not run: {params / 1e6:.0f}M parameters make "
+                                 f"{params * 4 / 2 ** 30:.1f} GiB of fp32 weights, over "
+                                 "ONNX's 2 GiB protobuf limit (external data is not written "
+                                 "yet)"}
+    if params > limit:
+        return {**row, "reason": f"not run: {params / 1e6:.0f}M parameters, over "
+                                 f"--skip-over-params {limit / 1e6:.0f}M (the table build "
+                                 "alone would take hours here)"}
+    return None
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ A few seconds on small layers; the figures are kept so a user sees why a table w
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -90,8 +91,12 @@ def _expected_step(sig) -> tuple[int, int]:
 
 
 def _step_signature(table):
-    """The signature whose own sweep showed the clearest output step, among small layers."""
-    best, best_score = None, -1.0
+    """The signature whose own sweep showed the clearest output step, among small layers whose
+    step is the table's most common one. One signature's sweep can read another step than the
+    rest of its table (a coarse 3-round table of efficientnet_v2_l had 8 on one signature and
+    16 elsewhere, and the probe refused it on the machine it was built on minutes before); the
+    table's consensus is what the knapsack relies on, so that is what the probe checks."""
+    eligible = []
     for sig in table.signatures.values():
         st = sig.step_out
         grouped = sig.signature.op == "conv" and sig.signature.groups > 1  # no dense sweep
@@ -102,10 +107,16 @@ def _step_signature(table):
         full = sig.ms(sig.c_out_max if sig.depthwise else sig.c_in_max, sig.c_out_max)
         if full is None or not MIN_STEP_LAYER_MS <= full <= MAX_LAYER_MS:
             continue
-        score = (st.jump_to_noise or 0.0) if st.accepted and st.source == "own" else 0.0
-        if score > best_score:
-            best, best_score = sig, score
-    return best if best_score > 0 else None
+        if st.accepted and st.source == "own" and (st.jump_to_noise or 0.0) > 0:
+            eligible.append(sig)
+    if not eligible:
+        return None
+    votes = Counter(sig.step_out.step for sig in table.signatures.values()
+                    if sig.step_out.accepted and sig.step_out.source == "own")
+    top = max(votes.values())
+    consensus = {step for step, n in votes.items() if n == top}  # a tie keeps all of them
+    agreeing = [sig for sig in eligible if sig.step_out.step in consensus] or eligible
+    return max(agreeing, key=lambda sig: sig.step_out.jump_to_noise)
 
 
 def _lattice_points(table) -> list[tuple[str, int, int]]:

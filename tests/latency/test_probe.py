@@ -196,3 +196,30 @@ def test_microsecond_layers_are_not_swept_for_steps(step8_table, tmp_path):
                           for ci, co, n, mn, p25, med, cv in sig["entries"]]
     (tmp_path / "tiny.json").write_text(json.dumps(d))
     assert _step_signature(LatencyTable.load(str(tmp_path / "tiny.json"))) is None
+
+
+def test_one_signature_reading_another_step_than_its_table_does_not_decide(step8_table,
+                                                                           tmp_path):
+    """A coarse table can read another step on one signature than on the rest; the probe
+    checks the table's consensus, so it still fits the machine the table came from."""
+    from halp_trt.latency.probe import _step_signature
+
+    d = json.load(open(step8_table))
+    own = [s for s in d["signatures"].values()
+           if s["step_out"]["accepted"] and s["step_out"]["source"] == "own"]
+    assert len(own) >= 3
+    picked = _step_signature(LatencyTable.load(step8_table)).key
+    # the signature the probe would sweep now claims 16, with the clearest sweep of all
+    d["signatures"][picked]["step_out"].update(step=16, jump_to_noise=1e3)
+    (tmp_path / "odd.json").write_text(json.dumps(d))
+    odd = LatencyTable.load(str(tmp_path / "odd.json"))
+    assert _step_signature(odd).step_out.step == 8
+    r = probe_table(odd, StaircaseTimedBackend(8))
+    assert r.fits and r.step_expected == r.step_found == (8, 0)
+    # a table whose steps are 16 nearly everywhere is still refused where the steps are 8
+    for s in d["signatures"].values():
+        if s["step_out"]["accepted"]:
+            s["step_out"]["step"] = 16
+    (tmp_path / "all16.json").write_text(json.dumps(d))
+    assert not probe_table(LatencyTable.load(str(tmp_path / "all16.json")),
+                           StaircaseTimedBackend(8)).fits
