@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -273,9 +274,7 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                             None)
                 row = json.loads(line[4:]) if line else {
                     "model": name, "family": family_of(name), "input": None, "params": None,
-                    "passed": False, "measured_ratio": None,
-                    "reason": f"process died (exit {proc.returncode}): "
-                              f"{(proc.stderr.strip().splitlines() or [''])[-1][:300]}"}
+                    "passed": False, "measured_ratio": None, "reason": died(proc)}
             except subprocess.TimeoutExpired:
                 row = {"model": name, "family": family_of(name), "input": None, "params": None,
                        "passed": False, "measured_ratio": None,
@@ -289,6 +288,19 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
         save_rows(args.json_path, list(rows.values()), meta)
         tqdm.write(f"{name:22s} {'pass' if row['passed'] else 'FAIL'} "
                    f"{row.get('measured_ratio')} {row['reason'][:110]}")
+
+
+def died(proc: subprocess.CompletedProcess) -> str:
+    """Why a model's process ended without a row."""
+    if proc.returncode == -signal.SIGKILL:  # the kernel's OOM killer sends SIGKILL
+        return (f"process killed (SIGKILL; out of memory: {machine_memory_gib():.0f} GiB "
+                "here)")
+    last = (proc.stderr.strip().splitlines() or [''])[-1][:300]
+    return f"process died (exit {proc.returncode}): {last}"
+
+
+def machine_memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
 
 
 def param_count(name: str) -> int | None:
