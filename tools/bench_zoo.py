@@ -175,10 +175,19 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
 
 
 def load_rows(path: str) -> list[dict]:
-    if path and os.path.exists(path):
-        with open(path) as f:
-            return json.load(f).get("models", [])
-    return []
+    """Rows of an earlier run, each naming the machine class it was measured on (rows written
+    before rows carried it take the file's one machine)."""
+    if not (path and os.path.exists(path)):
+        return []
+    from halp_trt.runtime.machine import machine_class
+
+    with open(path) as f:
+        data = json.load(f)
+    rows = data.get("models", [])
+    for r in rows:
+        if "machine" not in r and data.get("machine"):
+            r["machine"] = machine_class(data["machine"])
+    return rows
 
 
 def save_rows(path: str, rows: list[dict], meta: dict) -> None:
@@ -186,8 +195,9 @@ def save_rows(path: str, rows: list[dict], meta: dict) -> None:
 
     rows = sorted(rows, key=lambda r: r["model"])
     n = sum(r["passed"] for r in rows)
-    write_json_atomic(path, {**meta, "summary": {"passed": n, "run": len(rows)},
-                             "models": rows})
+    machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    write_json_atomic(path, {**meta, "machines": machines,
+                             "summary": {"passed": n, "run": len(rows)}, "models": rows})
 
 
 def machine() -> dict:
@@ -222,6 +232,8 @@ def main() -> None:
 
     import torchvision
 
+    from halp_trt.runtime.machine import machine_class
+
     names = all_names = torchvision.models.list_models(module=torchvision.models)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -230,7 +242,9 @@ def main() -> None:
             sys.exit(f"error: not torchvision classifiers: {unknown}")
         names = wanted
     rows = {r["model"]: r for r in load_rows(args.json_path)}
-    meta = {"target": args.target, "machine": machine(), "table_rounds": args.rounds,
+    this_machine = machine()
+    meta = {"target": args.target, "machine": this_machine,
+            "machine_class": machine_class(this_machine), "table_rounds": args.rounds,
             "classifiers": len(all_names),
             "table_max_points": args.max_points,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
@@ -284,6 +298,7 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                 if lock_fd is not None:
                     fcntl.flock(lock_fd, fcntl.LOCK_UN)
             row["wall_s"] = round(time.perf_counter() - t0, 1)
+        row["machine"] = meta["machine_class"]  # a resumed file may hold several machines
         rows[name] = row
         save_rows(args.json_path, list(rows.values()), meta)
         tqdm.write(f"{name:22s} {'pass' if row['passed'] else 'FAIL'} "

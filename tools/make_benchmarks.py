@@ -65,14 +65,26 @@ def zoo_section(z) -> list[str]:
     if not z:
         return lines + ["(not run)", ""]
     rows = z["models"]
-    m = z.get("machine", {})
-    lines += [f"Machine: {m.get('cpu_model')} (CPU family {m.get('cpu_family')}, model "
-              f"{m.get('cpu_model_number')}; {', '.join(m.get('isa', []))}). Coarse tables "
-              f"({z.get('table_rounds')} rounds, {z.get('table_max_points')} lattice points per "
+    from collections import Counter
+
+    from halp_trt.runtime.machine import machine_class
+
+    if z.get("machine") and not any(r.get("machine") for r in rows):  # one-machine files
+        for r in rows:
+            r["machine"] = machine_class(z["machine"])
+    machines = Counter(r.get("machine") or "unknown" for r in rows)
+    labels = {m: chr(ord("A") + i) for i, (m, _) in enumerate(machines.most_common())}
+    several = len(machines) > 1
+    lines += ["Machine" + ("s (column M)" if several else "") + ": "
+              + "; ".join((f"{labels[m]} = " if several else "") + f"{m} ({k} rows)"
+                          for m, k in machines.most_common())
+              + f". Coarse tables ({z.get('table_rounds')} rounds, "
+              f"{z.get('table_max_points')} lattice points per "
               "axis). A model passes when prune-and-deploy finishes (masked ≡ pruned, ONNX ≡ "
               f"PyTorch) and the measured ratio is within ±5% of {z.get('target')}.", "",
-              "| model | family | input | params | pass | measured ratio | wall | reason |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| model | family | input | params | pass | measured ratio | wall | "
+              + ("M | " if several else "") + "reason |",
+              "|---|---|---|---|---|---|---|" + ("---|" if several else "") + "---|"]
     for r in sorted(rows, key=lambda r: (r["family"], r["model"])):
         params = f"{r['params'] / 1e6:.1f}M" if r.get("params") else "-"
         ratio = f"{r['measured_ratio']:.3f}" if r.get("measured_ratio") is not None else "-"
@@ -82,7 +94,9 @@ def zoo_section(z) -> list[str]:
         size = f"{r.get('input') or '-'}" + (f" (tried {', '.join(skipped)} first)"
                                               if skipped else "")
         lines.append(f"| {r['model']} | {r['family']} | {size} | {params} | "
-                     f"{'pass' if r['passed'] else 'FAIL'} | {ratio} | {wall} | {reason} |")
+                     f"{'pass' if r['passed'] else 'FAIL'} | {ratio} | {wall} | "
+                     + (f"{labels[r.get('machine') or 'unknown']} | " if several else "")
+                     + f"{reason} |")
     n, total = sum(r["passed"] for r in rows), len(rows)
     tb = sum("traceback" in (r.get("reason") or "") for r in rows)
     wall = sum(r.get("wall_s") or 0 for r in rows)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +26,7 @@ from halp_trt.version import __version__
 from halp_trt.latency.identity import RESUME_KEYS, differences
 from halp_trt.graph.groups import find_channel_groups
 from halp_trt.latency.graphs import layer_onnx, weight_bytes
+from halp_trt.runtime.machine import cold_level_for
 from halp_trt.graph.layers import LayerSpec, list_layers
 from halp_trt.runtime.protocol import (Protocol, Stats, measure_interleaved, memory_chunks,
                                        model_protocol)
@@ -44,6 +45,11 @@ class BuildConfig:
     validate: int = 0  # random unmeasured points to measure for a held-out error
     seed: int = 0
     progress: bool = True
+    # Which cache layers larger than the protocol's ``cold_above_bytes`` are timed cold from:
+    # "auto" decides by the model's weights and this machine's last-level cache
+    # (``machine.cold_level_for``; CPU devices), "llc" or "l2" force it. The table's protocol
+    # records the level used.
+    cold_level: str = "auto"
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -187,12 +193,21 @@ class TableBuilder:
                  model_name: str, config: BuildConfig | None = None, exclude: Sequence[str] = ()):
         self.model, self.input_shape = model, tuple(int(x) for x in input_shape)
         self.backend, self.out_path, self.model_name = backend, out_path, model_name
-        self.config = config or BuildConfig()
+        self.config = self._resolve_cold_level(config or BuildConfig(), model, backend)
         self.rank, self.world = dist_context("gloo")  # the gathered entries are CPU objects
         example = torch.randn(*self.input_shape)
         groups, _ = find_channel_groups(model, example, exclude=exclude)
         self.specs = list_layers(model, example, groups)
         self.table = self._start_table()
+
+    @staticmethod
+    def _resolve_cold_level(config: BuildConfig, model: torch.nn.Module, backend) -> BuildConfig:
+        level = config.cold_level
+        if level == "auto":
+            on_cpu = backend.identity().get("device") == "cpu"
+            weight_bytes_fp32 = 4 * sum(p.numel() for p in model.parameters())
+            level = cold_level_for(weight_bytes_fp32) if on_cpu else "llc"
+        return replace(config, protocol=replace(config.protocol, cold_level=level))
 
     @property
     def batch(self) -> int:

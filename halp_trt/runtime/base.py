@@ -56,9 +56,10 @@ class Backend(abc.ABC):
         """Run once on the given host inputs and return host outputs (numerical checks)."""
         return self._infer_impl(handle, [np.ascontiguousarray(x) for x in inputs])
 
-    def flush_cache(self) -> None:
+    def flush_cache(self, level: str = "llc") -> None:
         """Evict the device's caches so the next run reads its weights cold, as it would inside
-        a whole model. Backends without a way to do this leave it a no-op."""
+        a whole model (CPU ``level``: "llc" evicts the last-level cache, "l2" only the core's
+        own). Backends without a way to do this leave it a no-op."""
 
     def release(self, handle: Any) -> None:
         """Free the handle's resources."""

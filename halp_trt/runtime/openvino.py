@@ -118,9 +118,9 @@ class OpenVinoBackend(Backend):
         return [request.get_output_tensor(i).data.copy()
                 for i in range(len(handle["compiled"].outputs))]
 
-    def flush_cache(self) -> None:
+    def flush_cache(self, level: str = "llc") -> None:
         # see the ONNX Runtime backend for the cliff that warm weights put into a table
-        self._evictor.evict()
+        self._evictor.evict(level)
 
     def release(self, handle: Any) -> None:
         handle.clear()

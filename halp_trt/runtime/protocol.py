@@ -81,6 +81,9 @@ class Protocol:
     # half-width model at 0.40 of the original for a measured 0.29; with this threshold, 0.27
     # for 0.27. The price is a step at the threshold that interpolation can straddle.
     cold_above_bytes: int = 1 << 20
+    # Which cache "cold" empties (``machine.cold_level_for``): "llc" when the model's weights
+    # do not stay in the last-level cache between inferences, "l2" when they do.
+    cold_level: str = "llc"
     # Sessions built per graph. Each session's samples are summarized on their own and the
     # graph's statistics are the mean over sessions of each one's (``measure_sessions`` keeps
     # them all, so a comparison can say how far one session reads from another). Seen before
@@ -100,14 +103,23 @@ class Protocol:
     # graph) — the same sessions every round for a fixed seed: a lifelong per-session offset.
     # 0 keeps the table protocol as it was.
     warm_ms: float = 0.0
+    # ... and are at least this many, as long as they fit in ``MAX_WARM_RUNS_MS``. Time alone
+    # is not enough where the weights fit in a large L3: on an Intel Xeon (family 6 model 207,
+    # 260 MB L3 shared, 2 vCPUs), 8 sessions of resnet18 at 64x64 (3.1-3.8 ms, 45 MB of
+    # weights) read minima 47-53% apart after one untimed run (what 3 ms of ``warm_ms`` gives),
+    # 13-20% after two, 3-10% after four, 5-6% after eight; on Zen 4 (32 MB L3, the weights
+    # stream from memory every run) one run was enough.
+    warm_runs: int = 0
 
     def __post_init__(self):
         if self.rounds < 1 or self.timed_runs_per_round < 1 or self.batch_size < 1 or \
                 self.sessions_per_graph < 1:
             raise ValueError("rounds, timed_runs_per_round, batch_size and sessions_per_graph "
                              "must be >= 1")
-        if self.min_sample_ms < 0 or self.warm_ms < 0:
-            raise ValueError("min_sample_ms and warm_ms must be >= 0")
+        if self.min_sample_ms < 0 or self.warm_ms < 0 or self.warm_runs < 0:
+            raise ValueError("min_sample_ms, warm_ms and warm_runs must be >= 0")
+        if self.cold_level not in ("llc", "l2"):
+            raise ValueError(f"cold_level must be llc or l2, not {self.cold_level!r}")
         if self.estimator not in ("min", "p25", "median"):
             raise ValueError(f"estimator must be min, p25 or median, not {self.estimator!r}")
 
@@ -115,15 +127,33 @@ class Protocol:
         d = asdict(self)
         if d["sessions_per_graph"] == 1:
             del d["sessions_per_graph"]  # tables measured before the field existed stay equal
-        if d["warm_ms"] == 0:
-            del d["warm_ms"]
+        for name in ("warm_ms", "warm_runs"):
+            if d[name] == 0:
+                del d[name]
+        if d["cold_level"] == "llc":
+            del d["cold_level"]  # as every table measured before the field existed
         d["name"] = "interleaved-rounds"
         return d
 
 
-# Untimed warm-up per visit for whole models (see Protocol.warm_ms): 4 runs of the 0.75 ms
-# model above were enough; a 5 ms resnet18 (weights beyond the L3) gets one run, as before.
+# Untimed warm-up per visit for whole models (see Protocol.warm_ms and warm_runs): 4 runs of
+# the 0.75 ms model above were enough on Zen 4, and 4 runs of the 3 ms resnet18 on the Xeon.
 MODEL_WARM_MS = 3.0
+MODEL_WARM_RUNS = 4
+# Warm runs beyond warm_ms stop here: a 100 ms model is warm after one run and 30 rounds of
+# several sessions would otherwise spend minutes warming.
+MAX_WARM_RUNS_MS = 30.0
+
+
+def warm_up_runs(protocol: Protocol, one_run_ms: float) -> int:
+    """Untimed runs before each timed one for a graph whose one run takes ``one_run_ms``."""
+    one_run_ms = max(one_run_ms, 1e-4)
+    runs = protocol.untimed_runs_per_round
+    if protocol.warm_ms:
+        runs = max(runs, min(1000, math.ceil(protocol.warm_ms / one_run_ms)))
+    if protocol.warm_runs:
+        runs = max(runs, min(protocol.warm_runs, math.floor(MAX_WARM_RUNS_MS / one_run_ms)))
+    return runs
 
 
 def model_protocol(rounds: int = 30, sessions_per_graph: int = 3) -> Protocol:
@@ -131,7 +161,8 @@ def model_protocol(rounds: int = 30, sessions_per_graph: int = 3) -> Protocol:
     decide what stays cached: ``MODEL_WARM_MS`` of untimed runs before each timed one), one run
     per sample, several sessions per graph."""
     return Protocol(rounds=rounds, cold_above_bytes=2 ** 62, min_sample_ms=0.0,
-                    sessions_per_graph=sessions_per_graph, warm_ms=MODEL_WARM_MS)
+                    sessions_per_graph=sessions_per_graph, warm_ms=MODEL_WARM_MS,
+                    warm_runs=MODEL_WARM_RUNS)
 
 
 @dataclass
@@ -183,9 +214,7 @@ def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | by
             one_ms = min(min(backend.time_runs(h, 3)) for h in handles[k])  # also warms each
             repeats[k] = 1 if cold[k] else max(1, min(1000, math.ceil(
                 protocol.min_sample_ms / max(one_ms, 1e-4))))
-            untimed[k] = max(protocol.untimed_runs_per_round, min(1000, math.ceil(
-                protocol.warm_ms / max(one_ms, 1e-4)))) if protocol.warm_ms else \
-                protocol.untimed_runs_per_round
+            untimed[k] = warm_up_runs(protocol, one_ms)
         samples: dict[Hashable, list[list[float]]] = {
             k: [[] for _ in handles[k]] for k in keys}
         rng = random.Random(protocol.seed)
@@ -204,7 +233,7 @@ def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | by
                         if untimed[k]:
                             backend.time_runs(h, untimed[k])
                         if cold[k]:
-                            backend.flush_cache()
+                            backend.flush_cache(protocol.cold_level)
                         runs = backend.time_runs(h, repeats[k])
                         own.append(sum(runs) / len(runs))
             if on_round:

@@ -37,6 +37,8 @@ def test_build_small_table_and_lookup(tmp_path):
     assert loaded.complete and loaded.identity["threads"] == 1
     assert loaded.identity["input_shape"] == list(SHAPE)
     assert loaded.identity["protocol"]["rounds"] == 3
+    # its weights stay in any last-level cache: big layers are timed after emptying L2 only
+    assert loaded.identity["protocol"]["cold_level"] == "l2"
     # the classifier's output width is fixed; the stem's input (image) too
     lin = next(s for s in loaded.signatures.values() if s.signature.op == "linear")
     assert not lin.out_prunable and lin.grid_out == [10]

@@ -223,3 +223,39 @@ def test_one_signature_reading_another_step_than_its_table_does_not_decide(step8
     (tmp_path / "all16.json").write_text(json.dumps(d))
     assert not probe_table(LatencyTable.load(str(tmp_path / "all16.json")),
                            StaircaseTimedBackend(8)).fits
+
+
+def test_one_sweep_reading_another_step_is_outvoted(step8_table):
+    """Two signatures are swept; one reading 16 on the machine its 8-step table came from (a
+    stem did so on the Xeon) does not refuse the table; both reading 16 does."""
+    from halp_trt.latency.probe import _step_signatures
+    from halp_trt.runtime.base import Backend
+
+    table = LatencyTable.load(step8_table)
+    swept = _step_signatures(table)
+    assert len(swept) == 2
+    assert all(s.depthwise or s.c_in_max >= 16 for s in swept), "thin-input stems not swept"
+    eight, sixteen = StaircaseTimedBackend(8), StaircaseTimedBackend(16)
+
+    class OneSignatureOdd(Backend):
+        name = "one-signature-odd"
+
+        def _identity_impl(self):
+            return eight.identity()
+
+        def _prepare_impl(self, onnx_bytes, label=""):
+            return (sixteen if swept[0].key in label else eight)._prepare_impl(onnx_bytes, label)
+
+        def _time_runs_impl(self, handle, n_runs):
+            return [handle["ms"]] * n_runs
+
+        def _infer_impl(self, handle, inputs):
+            raise NotImplementedError
+
+    r = probe_table(table, OneSignatureOdd())
+    found = {s["signature"]: tuple(s["found"]) for s in r.step_sweeps}
+    assert found == {swept[0].key: (16, 0), swept[1].key: (8, 0)}
+    assert r.fits and r.step_found == (8, 0)
+    both = probe_table(table, sixteen)
+    assert not both.fits and len(both.step_sweeps) == 2
+    assert "1 other signature" in both.reasons[0]

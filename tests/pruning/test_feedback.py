@@ -47,7 +47,7 @@ class WidthsBackend(Backend):
     def _infer_impl(self, handle, inputs):
         raise NotImplementedError
 
-    def flush_cache(self):
+    def flush_cache(self, level="llc"):
         pass
 
     def release(self, handle):

@@ -1,6 +1,9 @@
 """The CPU identity: fields that tell machine classes apart even under a masked name."""
+import pytest
+
 from halp_trt.latency.identity import compare_identity
-from halp_trt.runtime.machine import cpu_identity, machine_class
+from halp_trt.runtime.machine import CpuCacheEvictor, cold_level_for, cpu_identity, \
+    machine_class
 
 ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -41,3 +44,16 @@ def test_this_machine_reports_its_cores_and_caches():
 def test_a_missing_cpuinfo_gives_unknown_fields_not_an_error(tmp_path):
     ident = cpu_identity(str(tmp_path / "absent"))
     assert ident["cpu_family"] is None and ident["isa"] == []
+
+
+def test_weights_that_fit_the_last_level_cache_are_timed_from_it():
+    mb = 1 << 20
+    assert cold_level_for(45 * mb, llc_bytes=260 * mb) == "l2"  # resnet18 on the Xeon
+    assert cold_level_for(45 * mb, llc_bytes=32 * mb) == "llc"  # on Zen 4
+    assert cold_level_for(20 * mb, llc_bytes=32 * mb) == "llc", "half the cache is others'"
+    ev = CpuCacheEvictor()
+    ev.evict("l2")
+    ev.evict("llc")
+    with pytest.raises(ValueError, match="cache level"):
+        ev.evict("l3")
+    ev.release()

@@ -40,8 +40,8 @@ class RecordingBackend(Backend):
     def _infer_impl(self, handle, inputs):
         raise NotImplementedError
 
-    def flush_cache(self):
-        self.calls.append(("flush",))
+    def flush_cache(self, level="llc"):
+        self.calls.append(("flush", level))
 
     def release(self, handle):
         self.live.discard(handle["id"])
@@ -127,8 +127,21 @@ def test_big_graphs_are_timed_cold_one_run_per_sample_small_ones_repeated():
         raise AssertionError("the big graph's timed run is not preceded by a cache flush")
     small_timed = [c[2] for c in seq if c[0] == "time" and c[1] == "g0" and c[2] > 3]
     assert small_timed and all(n == 30 for n in small_timed), "0.3 ms / 0.01 ms = 30 runs"
-    flushes = sum(1 for c in seq if c[0] == "flush")
-    assert flushes == 2, "one flush per timed sample of the big graph, none for the small one"
+    flushes = [c for c in seq if c[0] == "flush"]
+    assert flushes == [("flush", "llc")] * 2, \
+        "one flush per timed sample of the big graph, none for the small one"
+    # a model whose weights stay in the last-level cache: only the core's own cache is emptied
+    be = RecordingBackend()
+    measure_interleaved(be, graphs(0.01, 1.0, big=(1,)),
+                        Protocol(rounds=2, cold_above_bytes=1024, cold_level="l2"))
+    assert [c for c in be.calls if c[0] == "flush"] == [("flush", "l2")] * 2
+
+
+def test_cold_level_is_validated_and_recorded_only_when_not_the_old_default():
+    assert "cold_level" not in Protocol().to_json(), "tables measured before it stay equal"
+    assert Protocol(cold_level="l2").to_json()["cold_level"] == "l2"
+    with pytest.raises(ValueError, match="cold_level"):
+        Protocol(cold_level="l3")
 
 
 def test_sessions_are_released_when_a_build_or_a_run_fails():

@@ -94,9 +94,10 @@ def digits_model():
         x, y = x[perm], y[perm]
         torch.manual_seed(0)
         model = TinyResNet(10)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        # 100 steps at 1e-2 reached 0.765 on an Intel Xeon (0.8+ on Zen): 150 at 5e-3 reach 0.96
+        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
         model.train()
-        for _ in range(100):
+        for _ in range(150):
             idx = torch.randint(0, 1400, (64,), generator=g)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()

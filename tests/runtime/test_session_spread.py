@@ -11,8 +11,8 @@ from halp_trt.latency.calibration import Calibration
 from halp_trt.report import build_report, target_verdict, write_markdown
 from halp_trt.runtime.base import Backend
 from halp_trt.runtime.deploy import NumericCheck, compare_onnx
-from halp_trt.runtime.protocol import Protocol, measure_interleaved, measure_sessions, \
-    model_protocol
+from halp_trt.runtime.protocol import MAX_WARM_RUNS_MS, MODEL_WARM_MS, Protocol, \
+    measure_interleaved, measure_sessions, model_protocol, warm_up_runs
 
 
 class OffsetSessionsBackend(Backend):
@@ -122,11 +122,40 @@ def test_warm_up_after_a_session_switch_removes_the_per_session_offset():
         assert warm[key].session_estimates() == pytest.approx([ms] * 4)
 
 
+def test_warm_up_counts_runs_where_one_run_outlasts_warm_ms():
+    # a 3.5 ms model: warm_ms alone gives one untimed run, which leaves half the refill on the
+    # timed run (the Xeon's 45 MB of weights in its large L3); four runs leave none
+    refill = (0.1, 0.5, 0.3, 0.8)
+    graphs = {"a": b"3.5|", "b": b"5.0|"}
+    time_only = Protocol(rounds=6, min_sample_ms=0.0, sessions_per_graph=4,
+                         cold_above_bytes=2 ** 62, warm_ms=MODEL_WARM_MS)
+    assert warm_up_runs(time_only, 3.5) == 1
+    short = measure_sessions(OffsetSessionsBackend(refill=refill), graphs, time_only)
+    per = short["a"].session_estimates()
+    assert max(per) / min(per) - 1 > 0.1
+    warm = measure_sessions(OffsetSessionsBackend(refill=refill), graphs, model_protocol(6, 4))
+    for key, ms in (("a", 3.5), ("b", 5.0)):
+        assert warm[key].session_estimates() == pytest.approx([ms] * 4)
+
+
+def test_warm_up_runs_are_capped_for_slow_models():
+    proto = model_protocol()
+    assert warm_up_runs(proto, 0.5) == 6  # warm_ms decides: 3 ms of 0.5 ms runs
+    assert warm_up_runs(proto, 3.0) == proto.warm_runs
+    assert warm_up_runs(proto, MAX_WARM_RUNS_MS / 2) == 2  # what fits in the cap
+    assert warm_up_runs(proto, 100.0) == 1  # one run warms a 100 ms model
+    assert warm_up_runs(Protocol(), 3.0) == 1, "layer tables: one untimed run, as before"
+
+
 def test_protocol_identity_and_validation_of_warm_ms():
     assert "warm_ms" not in Protocol().to_json(), "layer tables keep their identity"
+    assert "warm_runs" not in Protocol().to_json()
     assert model_protocol().to_json()["warm_ms"] > 0
+    assert model_protocol().to_json()["warm_runs"] > 1
     with pytest.raises(ValueError, match="warm_ms"):
         Protocol(warm_ms=-1)
+    with pytest.raises(ValueError, match="warm_runs"):
+        Protocol(warm_runs=-1)
 
 
 @pytest.mark.parametrize("ratio,spread,verdict", [

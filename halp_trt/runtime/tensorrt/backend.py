@@ -304,8 +304,9 @@ class TensorRTBackend(Backend):
         # The infer() copies overwrote the random timing inputs; harmless, values don't matter.
         return outs
 
-    def flush_cache(self) -> None:
-        """Evict the GPU's L2 (layers timed cold, as inside a whole model)."""
+    def flush_cache(self, level: str = "llc") -> None:
+        """Evict the GPU's L2 (layers timed cold, as inside a whole model; ``level`` names CPU
+        cache levels and does not apply)."""
         self._check_open()
         self._cuda.evict_l2(self._stream)
 
