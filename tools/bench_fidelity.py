@@ -28,6 +28,7 @@ from halp_trt.models import create_model, parse_input_shape
 from halp_trt.latency.calibration import slimmed_copy
 from halp_trt.pruning.pruner import HALPConfig, HALPPruner
 from halp_trt.latency.table import LatencyTable
+from halp_trt.runtime.machine import cpu_identity, machine_class
 
 
 def prune_one_shot(model, example, table, loader, layers_target_ms, rule, batches):
@@ -104,6 +105,10 @@ def main():
     if a.json_path:
         with open(a.json_path, "w") as f:
             json.dump({"model": a.model, "input_shape": list(shape), "rounds": a.rounds,
+                       "machine": machine_class(cpu_identity()), "table": a.table,
+                       "table_cold_level": table.identity.get("protocol", {}).get(
+                           "cold_level", "llc"),
+                       "layer_sum_over_whole": layers_full / orig,
                        "calibration": calib.to_json(), "rows": rows}, f, indent=1)
 
 

@@ -105,10 +105,11 @@ class Protocol:
     warm_ms: float = 0.0
     # ... and are at least this many, as long as they fit in ``MAX_WARM_RUNS_MS``. Time alone
     # is not enough where the weights fit in a large L3: on an Intel Xeon (family 6 model 207,
-    # 260 MB L3 shared, 2 vCPUs), 8 sessions of resnet18 at 64x64 (3.1-3.8 ms, 45 MB of
-    # weights) read minima 47-53% apart after one untimed run (what 3 ms of ``warm_ms`` gives),
-    # 13-20% after two, 3-10% after four, 5-6% after eight; on Zen 4 (32 MB L3, the weights
-    # stream from memory every run) one run was enough.
+    # 260 MB L3 shared, 2 vCPUs), 8 sessions of resnet18 at 64x64 (3.1-4.8 ms, 45 MB of
+    # weights) read minima 8-53% apart after one untimed run (what 3 ms of ``warm_ms`` gives),
+    # 13-21% after two, 3-17% after four, 2-6% after eight (two runs of
+    # tools/bench_session_spread.py); on Zen 4 (32 MB L3, the weights stream from memory every
+    # run) one run was enough.
     warm_runs: int = 0
 
     def __post_init__(self):
@@ -137,9 +138,9 @@ class Protocol:
 
 
 # Untimed warm-up per visit for whole models (see Protocol.warm_ms and warm_runs): 4 runs of
-# the 0.75 ms model above were enough on Zen 4, and 4 runs of the 3 ms resnet18 on the Xeon.
+# the 0.75 ms model above were enough on Zen 4; the 3 ms resnet18 on the Xeon needed 8.
 MODEL_WARM_MS = 3.0
-MODEL_WARM_RUNS = 4
+MODEL_WARM_RUNS = 8
 # Warm runs beyond warm_ms stop here: a 100 ms model is warm after one run and 30 rounds of
 # several sessions would otherwise spend minutes warming.
 MAX_WARM_RUNS_MS = 30.0

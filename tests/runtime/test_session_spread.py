@@ -140,7 +140,7 @@ def test_warm_up_counts_runs_where_one_run_outlasts_warm_ms():
 
 def test_warm_up_runs_are_capped_for_slow_models():
     proto = model_protocol()
-    assert warm_up_runs(proto, 0.5) == 6  # warm_ms decides: 3 ms of 0.5 ms runs
+    assert warm_up_runs(proto, 0.2) == 15  # warm_ms decides: 3 ms of 0.2 ms runs
     assert warm_up_runs(proto, 3.0) == proto.warm_runs
     assert warm_up_runs(proto, MAX_WARM_RUNS_MS / 2) == 2  # what fits in the cap
     assert warm_up_runs(proto, 100.0) == 1  # one run warms a 100 ms model
