@@ -28,6 +28,7 @@ session's candidates cover the interval that still holds the crossing, densest a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping
 
@@ -36,7 +37,7 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.latency.calibration import clamp_slope
 from halp_trt.pruning.schedule import scheduled_value
-from halp_trt.runtime.protocol import Protocol, measure_interleaved
+from halp_trt.runtime.protocol import Protocol, graphs_that_fit, measure_interleaved
 
 
 @dataclass
@@ -54,6 +55,8 @@ DEFAULT_BRACKET = (0.8, 0.88, 0.93, 0.96, 0.98, 1.0, 1.02, 1.04, 1.07, 1.12, 1.2
 
 # Graphs' worth of sessions the reference is timed as in each session (its reading decides).
 REFERENCE_COPIES = 3
+# Candidates a last-step bracket measures even when memory would want fewer: one on each side.
+MIN_BRACKET_CANDIDATES = 2
 
 # A second bracket around a re-aimed estimate: dense, since it starts from measurements.
 REBRACKET = (0.94, 0.97, 0.985, 1.0, 1.015, 1.03, 1.06)
@@ -159,9 +162,17 @@ class LatencyFeedback:
         # (knapsack target ms, measured ratio) of every candidate timed so far, for re-aiming
         points: list[tuple[float, float]] = []
         best: tuple[float, float, bool] | None = None  # (knapsack target ms, ratio, met)
+        # every candidate's sessions are alive at once: a big model gets fewer candidates, the
+        # ones nearest the estimate (vit_l_32, 1.2 GB of weights: 13 graphs took 24 GiB)
+        room = graphs_that_fit(len(self.original_onnx)) - 1 - (
+            REFERENCE_COPIES if self.reference_onnx is not None else 0)
+        room = max(MIN_BRACKET_CANDIDATES, room)
         for attempt in range(1 + self.rebrackets):
             candidates: dict[str, tuple[float, object]] = {}
             seen = set()
+            if len(targets) > room:
+                targets = sorted(sorted(targets, key=lambda t: abs(math.log(t / estimate_ms)))
+                                 [:room])
             for target_ms in targets:
                 plan = p.plan(target_ms)
                 widths = tuple(sorted(plan.kept.items()))

@@ -277,6 +277,14 @@ def sessions_that_fit(graph_bytes: int, n_graphs: int, wanted: int,
     return max(1, min(wanted, fits))
 
 
+def graphs_that_fit(graph_bytes: int, available_bytes: int | None = None) -> int:
+    """How many graphs of about ``graph_bytes`` one call can hold, one session each."""
+    budget = _session_memory_budget(available_bytes)
+    if budget == float("inf"):
+        return 10 ** 6
+    return int(budget // max(graph_bytes, 1))
+
+
 def memory_chunks(items: Sequence, max_count: int, bytes_of: Callable[[object], int],
                   available_bytes: int | None = None) -> list[list]:
     """``items`` in order, split into chunks of at most ``max_count`` whose graphs (``bytes_of``

@@ -271,3 +271,26 @@ def test_aim_crosses_the_goal_between_flat_noisy_points_and_the_current_model():
     estimate, low, high = _aim(pts + [(9.0, 0.6)], 0.5, anchor=(17.0, 1.0))
     assert 6.5 < estimate < 9.0 and (low, high) == (6.5, 9.0)
     assert _aim(pts, 0.5, anchor=(17.0, 0.45)) is None  # nothing measured above the goal
+
+
+def test_a_big_model_gets_as_many_bracket_candidates_as_memory_holds(monkeypatch):
+    """Every candidate's session is alive at once; on a machine whose memory holds the original
+    plus four graphs of its size, the bracket measures at most four — the nearest to the
+    estimate — and still lands on the target."""
+    import halp_trt.runtime.machine as machine
+    from halp_trt.runtime.protocol import SESSION_MEMORY_FACTOR, SESSION_MEMORY_SHARE
+
+    model, pr, fb, true_ratio = make_loop(0.45, spread=0.0)
+    graph_bytes = len(fb.original_onnx)
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda *a: int(
+        5.5 * graph_bytes * SESSION_MEMORY_FACTOR / SESSION_MEMORY_SHARE))
+    run(model, fb)
+    # (re-aimed brackets of this tiny model can collapse to one distinct width)
+    assert fb.brackets and all(len(b["candidates"]) <= 4 for b in fb.brackets)
+    assert len(fb.brackets[0]["candidates"]) >= 2
+    assert 0.45 * 0.93 <= landed(pr, true_ratio) <= 0.45 * 1.06
+    # and with memory to spare, the full bracket (more than four) as before
+    monkeypatch.undo()
+    model, pr, fb, _ = make_loop(0.45, spread=0.0)
+    run(model, fb)
+    assert len(fb.brackets[0]["candidates"]) > 4
