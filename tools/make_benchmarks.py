@@ -376,6 +376,9 @@ def main():
     lines += zoo_section(load("bench_zoo.json"))
     lines += runtimes_section(load("bench_runtimes.json"))
     lines += transfer_section(load("bench_transfer.json"))
+    xeon_transfer = load("bench_transfer_xeon.json")
+    if xeon_transfer:  # the same command on another machine class
+        lines += transfer_section(xeon_transfer)[3:]
     sys.path.insert(0, HERE)  # the benchmark scripts render their own sections
     import bench_session_spread
     import bench_vs_peers

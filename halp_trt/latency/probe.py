@@ -165,10 +165,9 @@ def probe_table(table, backend, protocol: Protocol | None = None) -> ProbeResult
     describes this machine (see the module docstring)."""
     t0 = time.perf_counter()
     if protocol is None:
-        recorded = {k: v for k, v in table.identity.get("protocol", {}).items()
-                    if k in Protocol.__dataclass_fields__}
-        recorded["rounds"] = max(MIN_ROUNDS, int(recorded.get("rounds", MIN_ROUNDS)))
-        protocol = Protocol(**recorded)
+        recorded = table.identity.get("protocol", {})
+        protocol = Protocol.from_json(recorded, rounds=max(MIN_ROUNDS, int(recorded.get(
+            "rounds", MIN_ROUNDS))))
     batch = int(table.identity.get("batch", 1))
     step_sigs = _step_signatures(table)
     graphs, sweeps = {}, []

@@ -136,6 +136,12 @@ class Protocol:
         d["name"] = "interleaved-rounds"
         return d
 
+    @classmethod
+    def from_json(cls, d: dict, **overrides) -> "Protocol":
+        """The protocol a table recorded (``to_json``), fields it lacks at their defaults."""
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, **overrides})
+
 
 # Untimed warm-up per visit for whole models (see Protocol.warm_ms and warm_runs): 4 runs of
 # the 0.75 ms model above were enough on Zen 4; the 3 ms resnet18 on the Xeon needed 8.

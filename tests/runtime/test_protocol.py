@@ -175,3 +175,10 @@ def test_summary_statistics_and_bad_samples():
         summarize([1.0, float("nan")])
     with pytest.raises(ValueError):
         Protocol(rounds=0)
+
+
+def test_a_recorded_protocol_reads_back_with_defaults_for_what_it_lacks():
+    p = Protocol(rounds=7, cold_level="l2", sessions_per_graph=2)
+    assert Protocol.from_json(p.to_json()) == p  # "name" and other extra keys ignored
+    assert Protocol.from_json({"rounds": 15, "name": "interleaved-rounds"}).cold_level == "llc"
+    assert Protocol.from_json(p.to_json(), rounds=20).rounds == 20
