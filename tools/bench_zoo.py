@@ -175,14 +175,18 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
 
 
 def load_rows(path: str) -> list[dict]:
-    """Rows of an earlier run, each naming the machine class it was measured on (rows written
-    before rows carried it take the file's one machine)."""
+    """Rows of an earlier run (``rows_with_machines``)."""
     if not (path and os.path.exists(path)):
         return []
+    with open(path) as f:
+        return rows_with_machines(json.load(f))
+
+
+def rows_with_machines(data: dict) -> list[dict]:
+    """The rows of a results file, each naming the machine class it was measured on (rows
+    written before rows carried it take the file's one machine)."""
     from halp_trt.runtime.machine import machine_class
 
-    with open(path) as f:
-        data = json.load(f)
     rows = data.get("models", [])
     for r in rows:
         if "machine" not in r and data.get("machine"):
@@ -232,8 +236,6 @@ def main() -> None:
 
     import torchvision
 
-    from halp_trt.runtime.machine import machine_class
-
     names = all_names = torchvision.models.list_models(module=torchvision.models)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -242,9 +244,7 @@ def main() -> None:
             sys.exit(f"error: not torchvision classifiers: {unknown}")
         names = wanted
     rows = {r["model"]: r for r in load_rows(args.json_path)}
-    this_machine = machine()
-    meta = {"target": args.target, "machine": this_machine,
-            "machine_class": machine_class(this_machine), "table_rounds": args.rounds,
+    meta = {"target": args.target, "machine": machine(), "table_rounds": args.rounds,
             "classifiers": len(all_names),
             "table_max_points": args.max_points,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
@@ -268,6 +268,9 @@ def main() -> None:
 def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_root: str) -> None:
     from tqdm import tqdm
 
+    from halp_trt.runtime.machine import machine_class
+
+    this_machine = machine_class(meta["machine"])  # a resumed file may hold several machines
     lock_fd = os.open(args.timing_lock, os.O_RDWR | os.O_CREAT, 0o666) if args.timing_lock \
         else None
     for name in tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True):
@@ -298,7 +301,7 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                 if lock_fd is not None:
                     fcntl.flock(lock_fd, fcntl.LOCK_UN)
             row["wall_s"] = round(time.perf_counter() - t0, 1)
-        row["machine"] = meta["machine_class"]  # a resumed file may hold several machines
+        row["machine"] = this_machine
         rows[name] = row
         save_rows(args.json_path, list(rows.values()), meta)
         tqdm.write(f"{name:22s} {'pass' if row['passed'] else 'FAIL'} "

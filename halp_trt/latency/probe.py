@@ -189,28 +189,29 @@ def probe_table(table, backend, protocol: Protocol | None = None) -> ProbeResult
     stats = measure_interleaved(backend, graphs, protocol) if graphs else {}
     est = protocol.estimator
     result = ProbeResult(fits=True, points=len(lattice))
-    readings = []  # (signature, expected, found, conclusive) per sweep
     for step_sig, sweep in zip(step_sigs, sweeps):
         counts = [k[2] for k in sweep]
         fit = detect_step(counts, suffix_min([stats[k].estimate(est) for k in sweep]))
         found = (int(fit.step), int(fit.phase) % int(fit.step)) if fit.accepted else (1, 0)
-        readings.append((step_sig.key, _expected_step(step_sig), found, bool(fit.accepted)))
-        result.step_sweeps.append({"signature": step_sig.key, "expected": list(readings[-1][1]),
+        result.step_sweeps.append({"signature": step_sig.key,
+                                   "expected": list(_expected_step(step_sig)),
                                    "found": list(found), "conclusive": bool(fit.accepted)})
-    if readings:
-        conclusive = [r for r in readings if r[3]]
-        differing = [r for r in conclusive if r[2] != r[1]]
-        # the reading shown: a disagreement if every conclusive sweep disagrees, else the
-        # first agreeing (or only inconclusive) sweep
-        shown = differing[0] if conclusive and len(differing) == len(conclusive) else \
-            next((r for r in conclusive if r[2] == r[1]), readings[0])
-        result.step_signature, result.step_expected, result.step_found, \
-            result.step_conclusive = shown
-        if conclusive and len(differing) == len(conclusive):
+    if result.step_sweeps:
+        conclusive = [r for r in result.step_sweeps if r["conclusive"]]
+        differing = [r for r in conclusive if r["found"] != r["expected"]]
+        steps_differ = bool(conclusive) and len(differing) == len(conclusive)
+        # the sweep shown: a disagreement if every conclusive sweep disagrees, else the first
+        # agreeing (or only inconclusive) one
+        shown = differing[0] if steps_differ else \
+            next((r for r in conclusive if r["found"] == r["expected"]), result.step_sweeps[0])
+        result.step_signature, result.step_conclusive = shown["signature"], shown["conclusive"]
+        result.step_expected, result.step_found = tuple(shown["expected"]), tuple(shown["found"])
+        if steps_differ:
+            (exp, exp_phase), (got, got_phase) = shown["expected"], shown["found"]
             result.reasons.append(
-                f"the latency steps differ: the table has steps of {shown[1][0]} channels "
-                f"(phase {shown[1][1]}), this machine shows {shown[2][0]} (phase {shown[2][1]}) "
-                f"on {shown[0]}"
+                f"the latency steps differ: the table has steps of {exp} channels "
+                f"(phase {exp_phase}), this machine shows {got} (phase {got_phase}) "
+                f"on {shown['signature']}"
                 + (f" and {len(differing) - 1} other signature(s)" if len(differing) > 1
                    else ""))
     if lattice:

@@ -276,10 +276,7 @@ def sessions_that_fit(graph_bytes: int, n_graphs: int, wanted: int,
     readings spread least from one session to the next."""
     if wanted <= 1:
         return wanted
-    budget = _session_memory_budget(available_bytes)
-    if budget == float("inf"):
-        return wanted
-    fits = int(budget // max(graph_bytes * max(1, n_graphs), 1))
+    fits = graphs_that_fit(graph_bytes * max(1, n_graphs), available_bytes)
     return max(1, min(wanted, fits))
 
 
