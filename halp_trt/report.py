@@ -26,9 +26,10 @@ def target_verdict(ratio: float, target_ratio: float, spread: tuple[float, float
 
 def build_report(cfg, table, table_path, table_reason, table_probe, backend, calib,
                  layers_full_ms, pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
-                 wall_s, feedback_state) -> dict:
+                 wall_s, stage_s, feedback_state) -> dict:
     """Every figure of a run. ``cmp``: the interleaved original/pruned measurement;
-    ``check``: the numeric check; ``feedback_state``: ``LatencyFeedback.state_dict()``."""
+    ``check``: the numeric check; ``stage_s``: wall seconds per pipeline stage;
+    ``feedback_state``: ``LatencyFeedback.state_dict()``."""
     from dataclasses import asdict
 
     est = cmp.estimator
@@ -76,6 +77,7 @@ def build_report(cfg, table, table_path, table_reason, table_probe, backend, cal
         "last_step_candidates": feedback_state.get("brackets", []),
         "config": cfg.to_json(),
         "wall_s": wall_s,
+        "stage_s": dict(stage_s),
     }
 
 
@@ -139,6 +141,9 @@ def write_markdown(path: str, r: dict) -> None:
     if r.get("noisy_measurement"):
         lines.append("- **Warning:** the latency measurements were noisy (median > 15% above "
                      "the minimum); re-run `halp-trt validate` on a quiet machine.")
+    if r.get("stage_s"):
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stage_s"].items())
+        lines.append(f"- Wall time: {r['wall_s']:.0f} s ({stages}).")
     lines += ["", "## Widths", "", "| group | original | kept |", "|---|---|---|"]
     for k, w in r["widths"].items():
         lines.append(f"| {k} | {w['original']} | {w['kept']} |")

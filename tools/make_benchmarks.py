@@ -396,6 +396,15 @@ def main():
               "calls of fresh sessions, pairing sessions only within a call — all sessions of "
               "one call can share an offset (a pruned resnet18 at 2.5 ms read 2.55–2.71 ms in "
               "one call and 2.90–2.97 ms in the next two, seconds apart). Not re-run since.", ""]
+    steering = load("steering_rounds_xeon.json")
+    if steering:
+        import bench_steering_rounds
+
+        lines += [bench_steering_rounds.markdown_section(steering)]
+        lines += ["Rounds bought nothing past 15 here; six sessions instead of three "
+                  "narrowed the readings a little (10 × 6). The pruning steps before the last "
+                  "use half of `--rounds` (15 of 30); the "
+                  "last step's bracket and the final comparison use all of them.", ""]
     lines += [bench_vs_peers.markdown_section(load("vs_peers_fashion.json") or {})]
     with open(OUT, "w") as fh:
         fh.write("\n".join(lines))

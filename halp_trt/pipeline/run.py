@@ -72,6 +72,7 @@ class DeployRun:
                             "runs several")
         self.cfg = cfg
         self.t_start = time.perf_counter()
+        self.stage_s: dict[str, float] = {}  # wall seconds per stage, in the report
         self.rank, self.world = dist_context()
         self.is_main = self.rank == 0
         self.show_progress = cfg.progress and self.is_main
@@ -87,18 +88,20 @@ class DeployRun:
         if self.is_main:
             self.state.save(self.ckpt_path)
 
+    def _timed(self, stage) -> None:
+        t0 = time.perf_counter()
+        stage()
+        self.stage_s[stage.__name__] = time.perf_counter() - t0
+
     def run(self) -> dict:
-        self.load()
-        self.original()
-        self.table()
-        self.calibrate()
-        self.prune()
-        self.finetune()
+        for stage in (self.load, self.original, self.table, self.calibrate, self.prune,
+                      self.finetune):
+            self._timed(stage)
         if not self.is_main:
             finish_distributed(self.world)
             return {}
-        self.deploy()
-        self.verify()
+        for stage in (self.deploy, self.verify):
+            self._timed(stage)
         report = self.report()
         finish_distributed(self.world)
         return report
@@ -389,7 +392,7 @@ class DeployRun:
 
     # ---- 5. prune ----------------------------------------------------------------------------
     def prune(self) -> None:
-        from halp_trt.pruning.feedback import LatencyFeedback
+        from halp_trt.pruning.feedback import LatencyFeedback, steering_protocol
         from halp_trt.pruning.pruner import HALPPruner
         from halp_trt.pruning.result import PruningResult, apply_result
         from halp_trt.runtime.export import export_onnx
@@ -411,11 +414,13 @@ class DeployRun:
             net.load_state_dict(model.state_dict())
             return apply_result(net, example, result).eval()
 
+        protocol = self._model_protocol()
         feedback = LatencyFeedback(
             pruner, build_arch,
             lambda net: export_onnx(net, example), self.backend,
-            export_onnx(self.original_model, example), final_ratio, self._model_protocol(),
-            log=self.log, broadcast=broadcast_object if self.world > 1 else None)
+            export_onnx(self.original_model, example), final_ratio, protocol,
+            log=self.log, broadcast=broadcast_object if self.world > 1 else None,
+            steering_protocol=steering_protocol(protocol))
         opt = self._optimizer(model.parameters())
         if st.phase == "pruning":
             model.load_state_dict(st.model)
@@ -575,7 +580,7 @@ class DeployRun:
             self.resolved_table.probe, self.backend, self.calib,
             self.layers_full_ms, self.pruned_layers_ms, self.comparison, self.check,
             self.acc_original, self.acc_pruned, self.result,
-            time.perf_counter() - self.t_start, self.state.feedback or {})
+            time.perf_counter() - self.t_start, self.stage_s, self.state.feedback or {})
         if self.int8 is not None:
             report["int8"] = self.int8
         write_bytes_atomic(os.path.join(cfg.out, "original.onnx"), self.original_onnx)

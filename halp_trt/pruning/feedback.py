@@ -29,7 +29,7 @@ session's candidates cover the interval that still holds the crossing, densest a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Mapping
 
 import torch.nn as nn
@@ -55,6 +55,20 @@ DEFAULT_BRACKET = (0.8, 0.88, 0.93, 0.96, 0.98, 1.0, 1.02, 1.04, 1.07, 1.12, 1.2
 
 # Graphs' worth of sessions the reference is timed as in each session (its reading decides).
 REFERENCE_COPIES = 3
+# Steps before the last are timed with half the rounds (at least this many): their readings
+# only aim the next step. Readings of resnet18 vs its half-width copy at 64x64 (3 fresh
+# sessions per graph; Intel Xeon family 6 model 207; tools/bench_steering_rounds.py) moved as
+# much at 30 rounds as at 15 (std 0.008 vs 0.006 of a 0.28 ratio, 10 readings each) for twice
+# the time (3.8 vs 2.0 s): what moves them is the sessions, not the rounds.
+MIN_STEERING_ROUNDS = 10
+
+
+def steering_protocol(protocol: Protocol) -> Protocol:
+    """``protocol`` with the rounds of a steering reading (see ``MIN_STEERING_ROUNDS``)."""
+    return replace(protocol, rounds=min(protocol.rounds,
+                                        max(MIN_STEERING_ROUNDS, protocol.rounds // 2)))
+
+
 # Candidates a last-step bracket measures even when memory would want fewer: one on each side.
 MIN_BRACKET_CANDIDATES = 2
 
@@ -79,6 +93,10 @@ class LatencyFeedback:
     ``export(model)`` makes its ONNX bytes. ``reference_onnx``: a model whose latency is the
     target — then each measurement session re-reads the target as reference / original, and
     ``final_ratio`` is only the first estimate. ``bracket=()`` turns bracketing off.
+    ``steering_protocol``: how the steps before the last are timed (default: ``protocol``).
+    Their readings only set the next step's target, which the following steps and the last
+    step's bracket correct again; the bracket and a last step's re-measurement always use
+    ``protocol``.
     """
 
     def __init__(self, pruner, build_arch: Callable[..., nn.Module], export: Callable, backend,
@@ -86,10 +104,11 @@ class LatencyFeedback:
                  tolerance: float = 0.01, max_extra_steps: int = 2, log=print,
                  broadcast: Callable | None = None, bracket: tuple = DEFAULT_BRACKET,
                  reference_onnx: bytes | None = None, rebrackets: int = 3,
-                 rebracket_gap: float = 0.03):
+                 rebracket_gap: float = 0.03, steering_protocol: Protocol | None = None):
         self.pruner, self.build_arch, self.export = pruner, build_arch, export
         self.backend, self.original_onnx = backend, original_onnx
         self.final_ratio, self.protocol, self.tolerance = final_ratio, protocol, tolerance
+        self.steering_protocol = steering_protocol or protocol
         self.extra_left = max_extra_steps
         self.log = log
         self.broadcast = broadcast or (lambda x: x)  # DDP: every rank uses rank 0's numbers
@@ -124,16 +143,17 @@ class LatencyFeedback:
             self._after_step(record.step)
         return record
 
-    def _measure(self, graphs: dict) -> dict[str, float]:
+    def _measure(self, graphs: dict, protocol: Protocol | None = None) -> dict[str, float]:
         """Each graph's latency over the original's, from one interleaved session (rank 0's
         numbers under DDP); updates the target when there is a reference model."""
+        protocol = protocol or self.protocol
         graphs = {"original": self.original_onnx, **graphs}
         if self.reference_onnx is not None:
             # the yardstick of every pick: timed as several graphs' worth of sessions
             for i in range(REFERENCE_COPIES):
                 graphs[f"reference#{i}"] = self.reference_onnx
-        stats = measure_interleaved(self.backend, graphs, self.protocol)
-        est = {k: st.estimate(self.protocol.estimator) for k, st in stats.items()}
+        stats = measure_interleaved(self.backend, graphs, protocol)
+        est = {k: st.estimate(protocol.estimator) for k, st in stats.items()}
         ratios = self.broadcast({k: v / est["original"] for k, v in est.items()
                                  if k != "original"})
         if self.reference_onnx is not None:
@@ -146,10 +166,12 @@ class LatencyFeedback:
                                                                    // 2])
         return ratios
 
-    def measure_current(self) -> float:
-        """Measured latency of the current widths over the original's (interleaved)."""
+    def measure_current(self, steering: bool = False) -> float:
+        """Measured latency of the current widths over the original's (interleaved), with
+        the steering protocol when the reading only aims the steps still to come."""
         arch = self.build_arch(self.pruner.result())
-        return self._measure({"current": lambda: self.export(arch)})["current"]
+        return self._measure({"current": lambda: self.export(arch)},
+                             self.steering_protocol if steering else None)["current"]
 
     def _bracket_last_step(self) -> None:
         p = self.pruner
@@ -241,10 +263,11 @@ class LatencyFeedback:
     def _after_step(self, t: int) -> None:
         p = self.pruner
         layers_ratio = p.predict_ms() / p.full_ms
+        remaining = list(range(t + 1, len(p.targets_ms) + 1))
         if self._bracket_outcome is not None:  # this architecture was just measured
             (measured, bracket_met), self._bracket_outcome = self._bracket_outcome, None
         else:
-            measured, bracket_met = self.measure_current(), False
+            measured, bracket_met = self.measure_current(steering=bool(remaining)), False
         self.points.append(FeedbackPoint(t, layers_ratio, measured, self._scheduled_ratio(t)))
         self.log(f"step {t}: measured {measured:.3f} of the original (scheduled "
                  f"{self._scheduled_ratio(t):.3f}, table layer sum {layers_ratio:.3f})")
@@ -262,7 +285,6 @@ class LatencyFeedback:
             base = self.initial_targets_ms[min(k, len(self.initial_targets_ms)) - 1]
             return min(max(want, 0.7 * base), 1.4 * base)
 
-        remaining = list(range(t + 1, len(p.targets_ms) + 1))
         if remaining:
             p.retarget([layer_target_ms(self._scheduled_ratio(k), k) for k in remaining])
         elif bracket_met:

@@ -294,3 +294,38 @@ def test_a_big_model_gets_as_many_bracket_candidates_as_memory_holds(monkeypatch
     model, pr, fb, _ = make_loop(0.45, spread=0.0)
     run(model, fb)
     assert len(fb.brackets[0]["candidates"]) > 4
+
+
+
+def test_steps_before_the_last_are_timed_with_the_steering_rounds(monkeypatch):
+    import halp_trt.pruning.feedback as feedback_module
+    from halp_trt.pruning.feedback import steering_protocol
+
+    model, pr, fb, true_ratio = make_loop(0.45, spread=0.02, steps=4)
+    full = Protocol(rounds=30, cold_above_bytes=2 ** 62, min_sample_ms=0.0,
+                    sessions_per_graph=3)
+    fb.protocol, fb.steering_protocol = full, steering_protocol(full)
+    calls = []  # (graphs besides the original, rounds) of every measurement session
+    real = feedback_module.measure_interleaved
+
+    def spy(backend, graphs, protocol):
+        calls.append((len(graphs) - 1, protocol.rounds))
+        return real(backend, graphs, protocol)
+
+    monkeypatch.setattr(feedback_module, "measure_interleaved", spy)
+    run(model, fb)
+    steering = [r for n, r in calls if n == 1]  # the current widths alone
+    bracket = [r for n, r in calls if n > 1]  # the last step's candidates
+    # the three steps before the last at 15 rounds, the bracketed last step at all 30
+    assert steering[:3] == [15, 15, 15] and bracket and set(bracket) == {30}
+    assert len(pr.history) >= 4 and fb.points[-1].step == len(pr.history)
+    assert 0.45 * 0.93 <= landed(pr, true_ratio) <= 0.45 * 1.06
+
+
+def test_steering_protocol_keeps_small_round_counts():
+    from halp_trt.pruning.feedback import steering_protocol
+
+    assert steering_protocol(Protocol(rounds=60)).rounds == 30
+    assert steering_protocol(Protocol(rounds=30)).rounds == 15
+    assert steering_protocol(Protocol(rounds=12)).rounds == 10
+    assert steering_protocol(Protocol(rounds=5)).rounds == 5

@@ -179,7 +179,8 @@ def _report_for(tmp_path, offsets, pruned_ms):
     table = SimpleNamespace(identity={})
     report = build_report(cfg, table, "t.json", "given", None, backend,
                           Calibration("ratio", 10.0, 1.0), 10.0, {"g": 3.0}, cmp,
-                          NumericCheck(0.0, 1.0, 1e-3, 2), 0.9, 0.8, result, 1.0, {})
+                          NumericCheck(0.0, 1.0, 1e-3, 2), 0.9, 0.8, result, 1.0,
+                          {"prune": 0.75, "verify": 0.25}, {})
     path = tmp_path / "report.md"
     write_markdown(str(path), report)
     return report, path.read_text()
@@ -194,6 +195,7 @@ def test_report_says_within_the_session_spread_rather_than_met(tmp_path):
     assert "within the session spread" in md and "**met**" not in md
     assert f"{lo:.3f}–{hi:.3f} over pairs of sessions" in md
     assert report["pruned"]["session_ms"] == pytest.approx([0.324, 0.3564, 0.3078] * 3)
+    assert "Wall time: 1 s (prune 1 s, verify 0 s)" in md
     json.dumps(report)  # report.json stays serializable
     # the same reading with sessions that agree is a miss, and a close one is met
     report, md = _report_for(tmp_path, (1.0, 1.01), 0.324)
