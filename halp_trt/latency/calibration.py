@@ -91,6 +91,15 @@ class Calibration:
         a, b = self.slope_intercept
         return (model_ms - b) / a
 
+    def slim_point(self) -> list[tuple[float, float]]:
+        """[(layer-sum ratio, measured ratio)] of the slimmed copy against the original (one
+        interleaved session), or [] when there is none narrower than the original."""
+        if self.layers_slim_ms is None or self.model_slim_ms is None or \
+                not 0 < self.layers_slim_ms < self.layers_full_ms:
+            return []
+        return [(self.layers_slim_ms / self.layers_full_ms,
+                 self.model_slim_ms / self.model_full_ms)]
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["slope"], d["intercept_ms"] = self.slope_intercept

@@ -21,6 +21,15 @@ def test_affine_goes_through_both_measured_points_and_inverts():
     assert c.to_json()["slope"] == pytest.approx(a)
 
 
+def test_slim_point_is_the_slimmed_copy_as_ratios_of_the_original():
+    c = Calibration("affine", layers_full_ms=8.0, model_full_ms=10.0, layers_slim_ms=4.0,
+                    model_slim_ms=6.5)
+    assert c.slim_point() == [(pytest.approx(0.5), pytest.approx(0.65))]
+    assert Calibration("ratio", 8.0, 10.0).slim_point() == []
+    # a "slim" copy no narrower than the original is no second point
+    assert Calibration("ratio", 8.0, 10.0, 8.0, 9.0).slim_point() == []
+
+
 def test_additive_and_ratio_need_only_the_original():
     add = Calibration("additive", 8.0, 10.0)
     assert add.model_ms(4.0) == pytest.approx(6.0)

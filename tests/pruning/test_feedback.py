@@ -329,3 +329,27 @@ def test_steering_protocol_keeps_small_round_counts():
     assert steering_protocol(Protocol(rounds=30)).rounds == 15
     assert steering_protocol(Protocol(rounds=12)).rounds == 10
     assert steering_protocol(Protocol(rounds=5)).rounds == 5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_prior_point_steadies_the_slope_after_one_noisy_early_reading(seed):
+    # The first step's reading comes out 0.06 high (one noisy session). Alone, the fit through
+    # the original and that point reads a shallow slope, and the next step cuts far past its
+    # schedule; with the calibration's slimmed copy in the fit the slope stays near the true
+    # one and the overshoot shrinks (what is left comes from the line through the high point).
+    overshoot = {}
+    for mode in ("alone", "with prior"):
+        model, pr, fb, _ = make_loop(0.45, spread=0.0, seed=seed, steps=4, curve=lambda x: x)
+        if mode == "with prior":
+            fb.prior_points = [(0.5, 0.5)]  # latency here is the layer sum (curve x -> x)
+        real, readings = fb.measure_current, []
+
+        def noisy_first(steering=False):
+            value = real(steering) + (0.06 if not readings else 0.0)
+            readings.append(value)
+            return value
+
+        fb.measure_current = noisy_first
+        run(model, fb)
+        overshoot[mode] = fb.points[1].target_ratio - pr.history[1].predicted_ms / pr.full_ms
+    assert overshoot["with prior"] < overshoot["alone"] - 0.03
