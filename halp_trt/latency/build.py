@@ -36,6 +36,11 @@ from halp_trt.latency.table import (LatencyTable, SignatureTable, StepInfo, now_
 
 
 
+# Bytes a deployed weight takes at each precision (the cache-level decision sizes the model
+# as the runtime holds it).
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
 @dataclass
 class BuildConfig:
     protocol: Protocol = field(default_factory=Protocol)
@@ -204,9 +209,11 @@ class TableBuilder:
     def _resolve_cold_level(config: BuildConfig, model: torch.nn.Module, backend) -> BuildConfig:
         level = config.cold_level
         if level == "auto":
-            on_cpu = backend.identity().get("device") == "cpu"
-            weight_bytes_fp32 = 4 * sum(p.numel() for p in model.parameters())
-            level = cold_level_for(weight_bytes_fp32) if on_cpu else "llc"
+            ident = backend.identity()
+            # the deployed weights' size: an int8 engine holds a quarter of the fp32 bytes
+            weight_bytes = BYTES_PER_WEIGHT.get(ident.get("precision"), 4) * sum(
+                p.numel() for p in model.parameters())
+            level = cold_level_for(weight_bytes) if ident.get("device") == "cpu" else "llc"
         return replace(config, protocol=replace(config.protocol, cold_level=level))
 
     @property

@@ -99,12 +99,6 @@ def _expected_step(sig) -> tuple[int, int]:
     return (st.step, st.phase % st.step) if st.accepted and st.step > 1 else (1, 0)
 
 
-def _step_signature(table):
-    """The signature the probe sweeps first (see ``_step_signatures``), or None."""
-    sigs = _step_signatures(table)
-    return sigs[0] if sigs else None
-
-
 def _step_signatures(table, n: int = STEP_SWEEPS) -> list:
     """Up to ``n`` signatures whose own sweeps showed the clearest output steps, among small
     layers whose step is the table's most common one. One signature's sweep can read another

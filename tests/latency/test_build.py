@@ -139,3 +139,26 @@ def test_cli_build_and_inspect(tmp_path):
     res = runner.invoke(main, ["build-table", "resnet18", "--input-shape", "1,3,a", "--out",
                                str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "--input-shape" in res.output
+
+
+def test_cold_level_sizes_the_weights_at_the_deployed_precision(monkeypatch):
+    import halp_trt.latency.build as build_module
+    from types import SimpleNamespace
+
+    from halp_trt.latency.build import TableBuilder
+
+    model = tiny_resnet()
+    n_params = sum(p.numel() for p in model.parameters())
+    llc_bytes = 3 * n_params  # holds the int8 weights twice over, not the fp32 ones
+    monkeypatch.setattr(build_module, "cold_level_for",
+                        lambda nbytes: "l2" if nbytes <= 0.5 * llc_bytes else "llc")
+    levels = {}
+    for precision, device in (("fp32", "cpu"), ("int8", "cpu"), ("int8", "gpu")):
+        backend = SimpleNamespace(identity=lambda p=precision, d=device: {"device": d,
+                                                                          "precision": p})
+        cfg = TableBuilder._resolve_cold_level(BuildConfig(), model, backend)
+        levels[precision, device] = cfg.protocol.cold_level
+    assert levels == {("fp32", "cpu"): "llc", ("int8", "cpu"): "l2", ("int8", "gpu"): "llc"}
+    # an explicit level is kept as given
+    explicit = TableBuilder._resolve_cold_level(BuildConfig(cold_level="l2"), model, backend)
+    assert explicit.protocol.cold_level == "l2"

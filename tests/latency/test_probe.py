@@ -187,33 +187,33 @@ def test_inspect_draws_and_compares_two_landscapes_of_one_model(step8_table, tmp
 
 
 def test_microsecond_layers_are_not_swept_for_steps(step8_table, tmp_path):
-    from halp_trt.latency.probe import _step_signature
+    from halp_trt.latency.probe import _step_signatures
 
-    assert _step_signature(LatencyTable.load(step8_table)) is not None
+    assert _step_signatures(LatencyTable.load(step8_table))
     d = json.load(open(step8_table))
     for sig in d["signatures"].values():  # the same landscape at 1/1000 of the time
         sig["entries"] = [[ci, co, n, mn / 1000, p25 / 1000, med / 1000, cv]
                           for ci, co, n, mn, p25, med, cv in sig["entries"]]
     (tmp_path / "tiny.json").write_text(json.dumps(d))
-    assert _step_signature(LatencyTable.load(str(tmp_path / "tiny.json"))) is None
+    assert _step_signatures(LatencyTable.load(str(tmp_path / "tiny.json"))) == []
 
 
 def test_one_signature_reading_another_step_than_its_table_does_not_decide(step8_table,
                                                                            tmp_path):
     """A coarse table can read another step on one signature than on the rest; the probe
     checks the table's consensus, so it still fits the machine the table came from."""
-    from halp_trt.latency.probe import _step_signature
+    from halp_trt.latency.probe import _step_signatures
 
     d = json.load(open(step8_table))
     own = [s for s in d["signatures"].values()
            if s["step_out"]["accepted"] and s["step_out"]["source"] == "own"]
     assert len(own) >= 3
-    picked = _step_signature(LatencyTable.load(step8_table)).key
+    picked = _step_signatures(LatencyTable.load(step8_table))[0].key
     # the signature the probe would sweep now claims 16, with the clearest sweep of all
     d["signatures"][picked]["step_out"].update(step=16, jump_to_noise=1e3)
     (tmp_path / "odd.json").write_text(json.dumps(d))
     odd = LatencyTable.load(str(tmp_path / "odd.json"))
-    assert _step_signature(odd).step_out.step == 8
+    assert _step_signatures(odd)[0].step_out.step == 8
     r = probe_table(odd, StaircaseTimedBackend(8))
     assert r.fits and r.step_expected == r.step_found == (8, 0)
     # a table whose steps are 16 nearly everywhere is still refused where the steps are 8
