@@ -145,7 +145,7 @@ def cpu_identity(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
     info = _cpuinfo_fields(cpuinfo_path)
     flags = set(info.get("flags", info.get("Features", "")).split())
     arch = platform.machine()
-    if arch in ("aarch64", "arm64") and "asimd" in flags:
+    if "asimd" in flags:  # Arm's Advanced SIMD is NEON (only Arm cpuinfo says asimd)
         flags.add("neon")
     caches = cache_sizes_bytes()
     return {

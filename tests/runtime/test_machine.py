@@ -34,6 +34,55 @@ def test_two_hosts_with_the_same_masked_name_differ_by_family_model_and_isa(tmp_
     assert "family 26 model 2" in machine_class(zen5) and "avx512f" in machine_class(zen5)
 
 
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 2
+flags\t\t: fpu sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 avx_vnni
+"""
+ZEN4 = ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace(
+    "sha_ni", "avx512f avx512bw avx512_vnni avx512_bf16")
+# Arm servers: no model name, the part number tells cores apart, flags are "Features"
+NEOVERSE_N1 = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm \
+lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+"""
+NEOVERSE_V1 = NEOVERSE_N1.replace("0xd0c", "0xd40").replace("asimddp ssbs",
+                                                            "asimddp ssbs sve svebf16")
+
+
+def test_intel_and_amd_with_the_same_vector_width_differ_by_vendor_family_model(tmp_path):
+    (tmp_path / "xeon").write_text(XEON)
+    (tmp_path / "zen4").write_text(ZEN4)
+    xeon, zen4 = cpu_identity(str(tmp_path / "xeon")), cpu_identity(str(tmp_path / "zen4"))
+    assert (xeon["cpu_vendor"], xeon["cpu_family"], xeon["cpu_model_number"]) == \
+        ("GenuineIntel", 6, 207)
+    assert "avx512_fp16" in xeon["isa"] and "avx_vnni" in xeon["isa"]
+    assert "avx512f" in zen4["isa"] and "avx512_fp16" not in zen4["isa"]
+    keys = [line.split(":")[0] for line in compare_identity(zen4, xeon).differs]
+    assert {"cpu_model", "cpu_vendor", "cpu_family", "cpu_model_number", "isa"} <= set(keys)
+
+
+def test_arm_cores_differ_by_part_and_features(tmp_path):
+    (tmp_path / "n1").write_text(NEOVERSE_N1)
+    (tmp_path / "v1").write_text(NEOVERSE_V1)
+    n1, v1 = cpu_identity(str(tmp_path / "n1")), cpu_identity(str(tmp_path / "v1"))
+    assert (n1["cpu_vendor"], n1["cpu_family"], n1["cpu_model_number"]) == ("0x41", 8, 0xd0c)
+    assert n1["isa"] == ["asimd", "asimddp", "neon"]
+    assert v1["isa"] == ["asimd", "asimddp", "sve", "neon"]
+    lines = compare_identity(n1, v1).differs
+    assert [line.split(":")[0] for line in lines] == ["cpu_model_number", "isa"]
+    assert "sve" in machine_class(v1) and "neon" in machine_class(n1)
+
+
 def test_this_machine_reports_its_cores_and_caches():
     ident = cpu_identity()
     assert ident["cpus_available"] >= 1
