@@ -17,7 +17,6 @@ Run it alone on the machine (about 2 minutes at the defaults); it says which mac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -109,9 +108,12 @@ def main(argv=None) -> int:
     import onnxruntime
 
     from bench_session_spread import build_models
+    from halp_trt.fileio import check_writable, write_json_atomic
     from halp_trt.runtime import get_backend
     from halp_trt.runtime.machine import cpu_identity, machine_class
 
+    if a.json_path:
+        check_writable(a.json_path)  # before two minutes of timing; creates the folder
     machine = machine_class(cpu_identity())
     print(f"building models on {machine}", flush=True)
     models = build_models(seed=0)
@@ -136,9 +138,7 @@ def main(argv=None) -> int:
     print()
     print(markdown_section(results))
     if a.json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json_path)), exist_ok=True)
-        with open(a.json_path, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json_atomic(a.json_path, results)
         print(f"wrote {a.json_path}")
     return 0
 

@@ -220,6 +220,13 @@ def transfer_section(r) -> list[str]:
     return lines
 
 
+def section_with_note(name: str, render, note: str) -> list[str]:
+    """A benchmark's own section of its results file and a note under it; nothing when the
+    file is not there (the benchmark was not run on that machine class)."""
+    results = load(name)
+    return [render(results), note, ""] if results else []
+
+
 def main():
     sys.path.insert(0, HERE)  # the benchmark scripts render or read their own results
     lines = ["# Benchmarks", "",
@@ -378,33 +385,28 @@ def main():
     if xeon_transfer:  # the same command on another machine class
         lines += transfer_section(xeon_transfer)[3:]
     import bench_session_spread
+    import bench_steering_rounds
     import bench_vs_peers
 
     spread = load("session_spread.json")
     lines += [bench_session_spread.markdown_section(spread) if spread else
               "## Session spread of whole-model readings\n\n(not run yet)\n"]
-    spread_xeon = load("session_spread_xeon.json")
-    if spread_xeon:
-        lines += [bench_session_spread.markdown_section(spread_xeon)]
-        lines += ["On this machine (260 MB L3: resnet18's 45 MB of weights stay in it), 3 ms of "
-                  "warm-up (one run of the 3 ms model) left sessions 34–42% apart in an "
-                  "earlier run of the same command; `MODEL_WARM_RUNS` (8) is the change. "
-                  "Two runs of the sweep minutes apart read 3% and 15% at 4 untimed runs: "
-                  "this machine's neighbours move the figures.", ""]
+    lines += section_with_note(
+        "session_spread_xeon.json", bench_session_spread.markdown_section,
+        "On this machine (260 MB L3: resnet18's 45 MB of weights stay in it), 3 ms of "
+        "warm-up (one run of the 3 ms model) left sessions 34–42% apart in an earlier run of "
+        "the same command; `MODEL_WARM_RUNS` (8) is the change. Two runs of the sweep minutes "
+        "apart read 3% and 15% at 4 untimed runs: this machine's neighbours move the figures.")
     lines += ["Measured before two later changes: sessions of a graph are now visited in "
               "shuffled order, and `compare_onnx` (final reports, `validate`) measures in 3 "
               "calls of fresh sessions, pairing sessions only within a call — all sessions of "
               "one call can share an offset (a pruned resnet18 at 2.5 ms read 2.55–2.71 ms in "
               "one call and 2.90–2.97 ms in the next two, seconds apart). Not re-run since.", ""]
-    steering = load("steering_rounds_xeon.json")
-    if steering:
-        import bench_steering_rounds
-
-        lines += [bench_steering_rounds.markdown_section(steering)]
-        lines += ["Rounds bought nothing past 15 here; six sessions instead of three "
-                  "narrowed the readings a little (10 × 6). The pruning steps before the last "
-                  "use half of `--rounds` (15 of 30); the "
-                  "last step's bracket and the final comparison use all of them.", ""]
+    lines += section_with_note(
+        "steering_rounds_xeon.json", bench_steering_rounds.markdown_section,
+        "Rounds bought nothing past 15 here; six sessions instead of three narrowed the "
+        "readings a little (10 × 6). The pruning steps before the last use half of `--rounds` "
+        "(15 of 30); the last step's bracket and the final comparison use all of them.")
     lines += [bench_vs_peers.markdown_section(load("vs_peers_fashion.json") or {})]
     with open(OUT, "w") as fh:
         fh.write("\n".join(lines))
