@@ -91,11 +91,14 @@ class Calibration:
         a, b = self.slope_intercept
         return (model_ms - b) / a
 
-    def slim_point(self) -> list[tuple[float, float]]:
-        """[(layer-sum ratio, measured ratio)] of the slimmed copy against the original (one
-        interleaved session), or [] when there is none narrower than the original."""
-        if self.layers_slim_ms is None or self.model_slim_ms is None or \
-                not 0 < self.layers_slim_ms < self.layers_full_ms:
+    def prior_points(self) -> list[tuple[float, float]]:
+        """[(layer-sum ratio, measured ratio)] against the original (one interleaved session)
+        that a feedback slope fit may lean on: the slimmed copy, for the affine kind, when it
+        is narrower and measured faster than the original and no floor was measured (then the
+        calibration itself no longer follows the line through it below the copy)."""
+        if self.kind != "affine" or self.layers_floor_ms is not None or \
+                not 0 < self.layers_slim_ms < self.layers_full_ms or \
+                not 0 < self.model_slim_ms < self.model_full_ms:
             return []
         return [(self.layers_slim_ms / self.layers_full_ms,
                  self.model_slim_ms / self.model_full_ms)]

@@ -420,7 +420,7 @@ class DeployRun:
             lambda net: export_onnx(net, example), self.backend,
             export_onnx(self.original_model, example), final_ratio, protocol,
             log=self.log, broadcast=broadcast_object if self.world > 1 else None,
-            steering_protocol=steering_protocol(protocol), prior_points=self.calib.slim_point())
+            steering_protocol=steering_protocol(protocol), prior_points=self.calib.prior_points())
         opt = self._optimizer(model.parameters())
         if st.phase == "pruning":
             model.load_state_dict(st.model)

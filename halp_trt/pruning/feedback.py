@@ -58,9 +58,11 @@ DEFAULT_BRACKET = (0.8, 0.88, 0.93, 0.96, 0.98, 1.0, 1.02, 1.04, 1.07, 1.12, 1.2
 REFERENCE_COPIES = 3
 # Steps before the last are timed with half the rounds (at least this many): their readings
 # only aim the next step. Readings of resnet18 vs its half-width copy at 64x64 (3 fresh
-# sessions per graph; Intel Xeon family 6 model 207; tools/bench_steering_rounds.py) moved as
-# much at 30 rounds as at 15 (std 0.008 vs 0.006 of a 0.28 ratio, 10 readings each) for twice
-# the time (3.8 vs 2.0 s): what moves them is the sessions, not the rounds.
+# sessions per graph; Intel Xeon family 6 model 207; tools/bench_steering_rounds.py, 10
+# readings each) had std 0.008 / 0.006 / 0.008 of a 0.28 ratio at 10 / 15 / 30 rounds, for
+# 1.5 / 2.0 / 3.8 s: rounds past 15 did not narrow them here. Fewer rounds read the smaller
+# model a little high (means 0.284 / 0.281 / 0.280), so the next step cuts a little deeper;
+# the last step's bracket starts again from its own readings.
 MIN_STEERING_ROUNDS = 10
 
 
@@ -278,12 +280,13 @@ class LatencyFeedback:
                  f"{self._scheduled_ratio(t):.3f}, table layer sum {layers_ratio:.3f})")
         # Slope of measured vs layer-sum ratio: least squares through the original (1, 1) and
         # every measured point, the prior points included, bounded so that one noisy
-        # measurement cannot swing the targets. A point weighs by its distance from the
-        # original: the first steps cut ~10% of the layer sum and read within a few percent of
-        # noise (seen: 0.991 for a layer sum of 0.903, resnet18 on the Xeon; alone it made a
-        # slope of 0.55 and the next step cut to 0.73 of the original for a scheduled 0.84),
-        # while the calibration's slimmed copy sits near half and holds the slope until the
-        # steps' own points outweigh it.
+        # measurement cannot swing the targets. A point weighs by its squared distance from
+        # the original: the first steps cut ~10% of the layer sum and sit where the whole model
+        # follows its layers least (seen: 0.991 for a layer sum of 0.903, resnet18 on the Xeon,
+        # in three runs; alone it made a slope of 0.55 and the next step cut to 0.73 of the
+        # original for a scheduled 0.84). The calibration's slimmed copy sits near half and
+        # weighs more than the steps' points until late in the schedule, so its slope largely
+        # decides; the line still goes through the latest reading.
         fit = [(q.layers_ratio, q.measured_ratio) for q in self.points] + self.prior_points
         num = sum((1 - lr) * (1 - mr) for lr, mr in fit)
         den = sum((1 - lr) ** 2 for lr, _ in fit)

@@ -21,13 +21,16 @@ def test_affine_goes_through_both_measured_points_and_inverts():
     assert c.to_json()["slope"] == pytest.approx(a)
 
 
-def test_slim_point_is_the_slimmed_copy_as_ratios_of_the_original():
+def test_prior_points_are_the_slimmed_copy_of_an_affine_calibration_without_a_floor():
     c = Calibration("affine", layers_full_ms=8.0, model_full_ms=10.0, layers_slim_ms=4.0,
                     model_slim_ms=6.5)
-    assert c.slim_point() == [(pytest.approx(0.5), pytest.approx(0.65))]
-    assert Calibration("ratio", 8.0, 10.0).slim_point() == []
-    # a "slim" copy no narrower than the original is no second point
-    assert Calibration("ratio", 8.0, 10.0, 8.0, 9.0).slim_point() == []
+    assert c.prior_points() == [(pytest.approx(0.5), pytest.approx(0.65))]
+    # the other kinds need only the original; a measured floor overrides the line below the
+    # copy; a copy measured no faster than the original is no point to lean on
+    assert Calibration("ratio", 8.0, 10.0, 4.0, 6.5).prior_points() == []
+    assert Calibration("additive", 8.0, 10.0, 4.0, 6.5).prior_points() == []
+    assert Calibration("affine", 8.0, 10.0, 4.0, 6.5, 2.0, 3.0).prior_points() == []
+    assert Calibration("affine", 8.0, 10.0, 4.0, 10.5).prior_points() == []
 
 
 def test_additive_and_ratio_need_only_the_original():

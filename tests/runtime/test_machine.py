@@ -72,6 +72,8 @@ def test_intel_and_amd_with_the_same_vector_width_differ_by_vendor_family_model(
 
 
 def test_arm_cores_differ_by_part_and_features(tmp_path):
+    # cpu_model (no "model name" on Arm), caches and cores come from the host running the
+    # test, the same for both: only what the files say can differ
     (tmp_path / "n1").write_text(NEOVERSE_N1)
     (tmp_path / "v1").write_text(NEOVERSE_V1)
     n1, v1 = cpu_identity(str(tmp_path / "n1")), cpu_identity(str(tmp_path / "v1"))
