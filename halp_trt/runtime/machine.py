@@ -79,8 +79,9 @@ def last_level_cache_bytes(default: int = 32 << 20) -> int:
 
 
 COLD_LEVELS = ("llc", "l2")
-# A model whose fp32 weights take at most this share of the last-level cache keeps them there
-# from one inference to the next (the rest of the cache is other tenants' and activations').
+# A model whose weights (as the runtime holds them) take at most this share of the last-level
+# cache keeps them there from one inference to the next (the rest of the cache is other
+# tenants' and activations').
 LLC_SHARE_FOR_WEIGHTS = 0.5
 
 

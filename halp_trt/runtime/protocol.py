@@ -15,6 +15,8 @@ from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from halp_trt.runtime.machine import COLD_LEVELS
+
 # Median more than this far above the minimum: the estimate is suspect (bursty machine).
 NOISY_SPREAD = 0.15
 
@@ -119,8 +121,9 @@ class Protocol:
                              "must be >= 1")
         if self.min_sample_ms < 0 or self.warm_ms < 0 or self.warm_runs < 0:
             raise ValueError("min_sample_ms, warm_ms and warm_runs must be >= 0")
-        if self.cold_level not in ("llc", "l2"):
-            raise ValueError(f"cold_level must be llc or l2, not {self.cold_level!r}")
+        if self.cold_level not in COLD_LEVELS:
+            raise ValueError(f"cold_level must be one of {COLD_LEVELS}, not "
+                             f"{self.cold_level!r}")
         if self.estimator not in ("min", "p25", "median"):
             raise ValueError(f"estimator must be min, p25 or median, not {self.estimator!r}")
 
