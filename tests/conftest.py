@@ -21,6 +21,22 @@ def _children_find_test_models():
         os.environ["PYTHONPATH"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_timing_lock(tmp_path_factory):
+    """The suite times on its own lock file: run beside a benchmark as ``flock -s
+    ~/.cache/halp-trt/timing.lock make test``, it would otherwise wait for its own shared
+    hold. Tests of the lock set their own."""
+    from halp_trt.runtime.timing_lock import LOCK_ENV
+
+    old = os.environ.get(LOCK_ENV)
+    os.environ[LOCK_ENV] = str(tmp_path_factory.mktemp("lock") / "timing.lock")
+    yield
+    if old is None:
+        os.environ.pop(LOCK_ENV, None)
+    else:
+        os.environ[LOCK_ENV] = old
+
+
 HEAVY_WORK = ("halp_trt.train.train_epoch", "halp_trt.train.evaluate",
               "halp_trt.runtime.protocol.measure_interleaved", "halp_trt.latency.build.TableBuilder.run",
               "halp_trt.runtime.deploy.compare_onnx")

@@ -103,6 +103,35 @@ def test_make_loader_and_check_sample(tmp_path, sets):
         check_sample(d, (1, 3, 64, 64))
 
 
+@pytest.mark.parametrize("subset", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_in_memory_batches_equal_what_a_dataloader_collates(tmp_path, sets, subset, shuffle):
+    """The same batches, in the same order for a seed, as DataLoader over the items."""
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    d = load_data(f"fashion-mnist:{write_dir(tmp_path / 'fm', sets)}", (24, 20))
+    tensors = TensorDataset(torch.randn(N_TRAIN, 3, 4, 4), torch.arange(N_TRAIN))
+    for ds in (d.train, tensors):
+        if subset:
+            ds = Subset(ds, list(range(1, N_TRAIN, 2)))
+        fast = make_loader(ds, 3, shuffle, seed=5)
+        assert type(fast).__name__ == "InMemoryBatches"
+        g = torch.Generator()
+        g.manual_seed(5)
+        slow = DataLoader(ds, batch_size=3, shuffle=shuffle, generator=g)
+        for epoch in range(2):  # re-seeded per epoch as the training loops do
+            fast.generator.manual_seed(epoch)
+            slow.generator.manual_seed(epoch)
+            a, b = list(fast), list(slow)
+            assert len(a) == len(b) == len(fast)
+            for (xa, ya), (xb, yb) in zip(a, b):
+                assert torch.equal(ya, yb)
+                torch.testing.assert_close(xa, xb, rtol=0, atol=1e-6)
+        if shuffle:  # a different seed is a different order
+            fast.generator.manual_seed(99)
+            assert [y.tolist() for _, y in fast] != [y.tolist() for y in (b[1] for b in a)]
+
+
 def test_plain_spec_uses_the_debian_folder(tmp_path, sets, monkeypatch):
     monkeypatch.setattr(data_mod, "FASHION_MNIST_DIR", str(write_dir(tmp_path / "deb", sets)))
     d = load_data("fashion-mnist", (28, 28))

@@ -1,4 +1,5 @@
 """File helpers: atomic writes and writability checks."""
+import errno
 import json
 import os
 import time
@@ -80,3 +81,46 @@ def test_check_writable_fails_before_any_work(tmp_path):
         ro.mkdir(mode=0o500)
         with pytest.raises(HalpError, match="choose a writable location"):
             check_writable(str(ro / "t.json"))
+
+
+@pytest.mark.parametrize("err, fragment", [
+    (errno.ENOSPC, "free some space"), (errno.EROFS, "read-only"), (errno.EACCES, "permissions")])
+def test_operating_system_refusals_are_one_clear_error_and_keep_the_old_file(
+        tmp_path, monkeypatch, err, fragment):
+    path = tmp_path / "table.json"
+    write_bytes_atomic(str(path), b"complete save")
+
+    def refuse(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(fileio.os, "fsync", refuse)
+    with pytest.raises(HalpError, match=fragment) as info:
+        write_json_atomic(str(path), {"x": 1})
+    assert str(path) in str(info.value) and "rerun resumes" in str(info.value)
+    assert path.read_bytes() == b"complete save" and os.listdir(tmp_path) == ["table.json"]
+
+
+def test_a_folder_that_cannot_be_created_is_named(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(fileio.os, "makedirs", refuse)
+    with pytest.raises(HalpError, match=r"cannot create the folder .*new.*Permission denied"):
+        write_bytes_atomic(str(tmp_path / "new" / "x.bin"), b"x")
+
+
+def test_build_table_on_a_full_disk_exits_cleanly(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from halp_trt.cli import main
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio.os, "fsync", full)
+    out = tmp_path / "t.json"
+    res = CliRunner().invoke(main, ["build-table", "tiny_models:tiny_resnet", "--input-shape",
+                                    "1,3,16,16", "--out", str(out), "--rounds", "2"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "No space left on device" in res.output and str(out) in res.output
+    assert not isinstance(res.exception, OSError)

@@ -1,77 +1,17 @@
 #!/usr/bin/env python
-"""halp-trt against Torch-Pruning and NVIDIA ModelOpt FastNAS at equal *measured* latency, on a
-model trained here on Fashion-MNIST (ONNX Runtime CPU).
+"""halp-trt against Torch-Pruning and NVIDIA ModelOpt FastNAS at equal *measured* latency, one
+level per run, on a resnet18 trained here on Fashion-MNIST at 32x32 (ONNX Runtime CPU, batch 16).
 
-One resnet18 (10 classes) is trained once on Fashion-MNIST at 32x32 until its accuracy stops
-moving (AdamW, one-cycle; the per-epoch test accuracy is recorded) and cached. Then, for every
-latency level (measured latency / the original's, default 0.5, 0.3, 0.15) and seed:
-
-* ``halp-trt``: the prune-and-deploy stages (``DeployRun``: calibrate, then Taylor importance,
-  two-sided contributions, progressive pruning with its schedule during training, closed loop on
-  measured latency with a bracketed last step) aim at the level.
-* Torch-Pruning 1.6.1 (``tp-{l2,taylor}-{uniform,global}-r{8,16}``): one-shot ``MetaPruner``
-  with L2-magnitude or Taylor importance (Taylor from 8 batches), uniform or global, round_to 8 or
-  16, the classifier kept — the variants a Torch-Pruning user would try by hand on this machine
-  (its ORT kernels step by 16 channels on AVX-512, by 8 on AVX2).
-* ModelOpt FastNAS (``modelopt-fastnas``): ``modelopt.torch.prune.prune(mode="fastnas",
-  constraints={"flops": ...})`` with its default search space (channel ratios in 5% steps,
-  divisor 32), BatchNorm calibration on 10 training batches and a score of accuracy on 1,024
-  held-out *training* images (never the test set); the sensitivity map is computed once per seed
-  and reused from its checkpoint.
-
-How latencies are matched, and why that direction: halp-trt is the method under test and the only
-one that aims at a latency by itself, so it prunes to the level with its own closed loop; each
-peer is then bisected over its one knob (Torch-Pruning's ``pruning_ratio``; FastNAS's FLOPs
-fraction) until its model measures within 2% of *that seed's halp-trt model*, both timed
-interleaved with the original in the same session (``model_protocol``: 30 rounds, minimum
-estimator, 3 ORT sessions per graph). Matching every peer to one concrete model read side by side
-with it is steadier than matching each method to the nominal level across sessions (between
-sessions the same model's ratio moves by a few percent; within one it moves by ~1%). A peer whose
-knob cannot land within 2% (e.g. round_to steps) keeps its closest reading, and the row says so.
-Every method's ratio to the original is reported as measured.
-
-Why 32x32 with latency measured at batch 16: training at 64x64 costs ~15 min per epoch on this
-2-core machine and a full run needs ~250 fine-tuning epochs, so the model trains at 32x32
-(~4-5 min per epoch); at batch 1, resnet18 at 32x32 takes ~0.8-0.9 ms on ORT CPU, where one
-session's reading is ±5-10% off another's. At batch 16 it takes ~10 ms (measured here: 0.75-0.91 ms
-at batch 1, 5.0-5.3 ms at 8, 9.6-10.1 ms at 16, two sessions), so the whole model is well above
-5 ms, the 0.5 level sits at ~5 ms, and ratios between graphs of one session repeat within ~0.5%.
-The latency table is built at batch 16 (``halp-trt build-table --input-shape 16,3,32,32``; tables
-record their batch, and prune-and-deploy times every graph at ``--batch-size``), so every method
-is judged on batch-16 throughput latency. The channel structure (and the step sizes) are the same
-as at batch 1 on this machine class.
-
-Scores: accuracy on the 10,000 test images right after pruning with BatchNorm statistics
-recalibrated (20 training batches, no weight update), and after fine-tuning. Every method gets
-the same number of SGD steps after the base model (``--ft-epochs`` full epochs, batch 64, SGD
-lr 0.01 momentum 0.9 as prune-and-deploy fine-tunes): halp-trt's pruning phase (one epoch of
-training during which its steps are taken) counts against that budget, so it fine-tunes
-``--ft-epochs`` − 1 epochs after ``finalize()``; its "BN" accuracy is therefore read after its
-pruning epoch, not one-shot. Seeds change the data order, the importance batches and halp-trt's
-run seed. Mean ± std over seeds.
-
-The run is resumable: each (level, method, seed) row is appended to ``--rows`` (JSON lines) as
-it finishes, with the setup it belongs to; a rerun skips the rows it has, and halp-trt's pruned
-architecture is kept in its row, so peers can be matched to it in a later session. The trained
-base model (``torch.save`` state dict, loaded ``weights_only=True``), the latency table and
-FastNAS's checkpoints are cached in ``--cache-dir``.
-
-ModelOpt is not a dependency of halp-trt. ``pip install nvidia-modelopt`` (0.47.0) installs beside
-torch 2.14.1 but does not import as installed: ``import modelopt.torch.prune`` fails with
-"ModuleNotFoundError: No module named 'requests'", then "... 'huggingface_hub'" (neither is
-declared), and the FLOPs constraint needs the undeclared ``torchprofile`` at exactly 0.0.4 (the
-current 0.1.0 fails: "AttributeError: module 'torchprofile.profile' has no attribute
-'handlers'"). It therefore runs in its own virtualenv, called as a subprocess:
+Every row of a level (all methods, all seeds) comes from one machine, one session and one base
+model; ``--json`` keeps each level's entry with its machine class. halp-trt prunes to the level
+with its own closed loop; each peer is bisected over its one knob to within 2% of that seed's
+halp-trt model, timed in the same session, or fine-tuned at a bracketing pair and interpolated.
+Rows resume from ``--rows``. ModelOpt runs in its own virtualenv (``--modelopt-python``):
 
     python3 -m venv /tmp/mo && /tmp/mo/bin/pip install torch==2.14.1 torchvision==0.29.1 \
         nvidia-modelopt requests huggingface_hub torchprofile==0.0.4
-
-and is given as ``--modelopt-python /tmp/mo/bin/python``. Without it (or when the search fails)
-the method is listed under "excluded" in the results with the reason.
-
-    python tools/bench_vs_peers.py --modelopt-python /tmp/mo/bin/python \
-        --json tools/results/vs_peers_fashion.json --png tools/results/vs_peers_fashion.png
-    python tools/bench_vs_peers.py --quick     # smoke run: results stay in /tmp
+    python tools/bench_vs_peers.py --level 0.15 --modelopt-python /tmp/mo/bin/python \
+        --json tools/results/vs_peers_fashion.json
 """
 import argparse
 import copy
@@ -87,7 +27,7 @@ import time
 import torch
 import torch.nn as nn
 
-LEVELS = (0.5, 0.3, 0.15)
+LEVELS = (0.15, 0.3, 0.5)  # the order to run them in: the most aggressive first
 INPUT_SIZE = 32
 TIMING_BATCH = 16
 TRAIN_BATCH = 64
@@ -101,8 +41,16 @@ FASTNAS_SCORE_IMAGES = 1024
 FASTNAS_CALIB_BATCHES = 10
 TP_METHODS = {f"tp-{imp}-{scope}-r{r}": (imp, scope == "global", r)
               for imp in ("l2", "taylor") for scope in ("uniform", "global") for r in (8, 16)}
-METHODS = ("halp-trt", *TP_METHODS, "modelopt-fastnas")
-QUICK_METHODS = ("halp-trt", "tp-taylor-global-r16")
+FT_STEPS = 938  # one epoch of the 60,000 training images at batch 64
+BUDGET_NOTE = """\
+Budget of one level, 2 vCPUs (Zen 4 figures, 2026-12-06): <= 100 min.
+  base model   10 epochs x 469 steps of batch 128 at ~3.7 steps/s = ~21 min (<= 25)
+  table        resnet18 at batch 16, 15 rounds                     = ~3 min
+  rows         a fine-tuning is 938 steps of batch 64 at ~6.5 steps/s = ~2.4 min; a peer's
+               latency match ~1 min (<= 8 sessions); halp-trt's pruning epoch is its budget
+               15 rows: halp-trt x3, 4 Torch-Pruning variants at seed 0 and the best 2 at
+               seeds 1-2, FastNAS x3, the other round_to for the best variant x1
+               = ~15 x 3.5 min = ~55 min, ~70 with a few bracketed peers (two fine-tunings)"""
 QUICK_TRAIN_IMAGES = 2000
 # what `pip install nvidia-modelopt` (0.47.0) beside torch 2.14.1 gives, as measured here
 MODELOPT_NOT_IMPORTABLE = (
@@ -136,49 +84,6 @@ def _batches(loader, n):
         yield b
 
 
-# ---- sharing the machine: exclusive while timing, shared while training ------------------------
-class TimingLock:
-    """With ``--timing-lock FILE``: hold FILE shared (flock) while training, as other CPU-heavy
-    work on the machine does, and exclusively during every timing session, so that nothing
-    else runs on the cores while latencies are read and this run's training never disturbs
-    another's timing. Run the command itself outside any wrapper that holds the same lock."""
-
-    def __init__(self, path: str | None):
-        self.fd = None
-        if path:
-            import fcntl
-
-            self.fcntl = fcntl
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(self.fd, fcntl.LOCK_SH)
-
-    def wrap(self, measure):
-        if self.fd is None:
-            return measure
-
-        def exclusive(*args, **kw):
-            self.fcntl.flock(self.fd, self.fcntl.LOCK_EX)
-            try:
-                return measure(*args, **kw)
-            finally:
-                self.fcntl.flock(self.fd, self.fcntl.LOCK_SH)
-
-        return exclusive
-
-    def install(self) -> None:
-        """Every timing session of this process, halp-trt's own (calibration, closed loop)
-        included, goes through ``measure_interleaved``."""
-        if self.fd is None:
-            return
-        import halp_trt.latency.probe as probe
-        import halp_trt.pruning.feedback as feedback
-        import halp_trt.runtime.protocol as protocol
-
-        wrapped = self.wrap(protocol.measure_interleaved)
-        for module in (protocol, feedback, probe):  # the names they call it by
-            module.measure_interleaved = wrapped
-
-
 # ---- the setup: data, base model, table -------------------------------------------------------
 class Setup:
     """Everything shared by the rows of one run: data, the cached base model and the table."""
@@ -188,8 +93,6 @@ class Setup:
         from halp_trt.models import create_model
 
         self.a = a
-        self.lock = TimingLock(a.timing_lock)
-        self.lock.install()
         os.makedirs(a.cache_dir, exist_ok=True)
         data = load_data("fashion-mnist", (INPUT_SIZE, INPUT_SIZE))
         self.full_train, self.val = data.train, data.val
@@ -204,7 +107,7 @@ class Setup:
         self.base, self.base_info = self._base_model()
         self.table_path = os.path.join(a.cache_dir,
                                        f"resnet18_{TIMING_BATCH}x3x{INPUT_SIZE}x{INPUT_SIZE}.json")
-        self._table()
+        self.table_wall_s = self._table()
         from halp_trt.runtime import get_backend
         from halp_trt.runtime.export import export_onnx
 
@@ -219,7 +122,7 @@ class Setup:
         self.signature = {"base_recipe": self.base_info.get("recipe"),
                           "base_epochs": self.base_info.get("epochs"),
                           "machine": machine_class(cpu_identity()), "input_size": INPUT_SIZE,
-                          "timing_batch": TIMING_BATCH, "ft_epochs": a.ft_epochs,
+                          "timing_batch": TIMING_BATCH, "ft_steps": a.ft_steps,
                           "quick": bool(a.quick)}
 
     def loader(self, seed: int, batch: int = TRAIN_BATCH, dataset=None):
@@ -245,13 +148,14 @@ class Setup:
         opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3,
                                                     total_steps=epochs * len(loader))
-        curve = []
+        curve, t_base = [], time.perf_counter()
         for e in range(epochs):
             loader.generator.manual_seed(e)
             train_epoch(model, _progress(loader, desc=f"base epoch {e + 1}/{epochs}"), opt,
                         scheduler=sched, clip_grad_norm=2.0)
             curve.append(evaluate(model, val_loader))
-            print(f"base epoch {e + 1}: test accuracy {curve[-1]:.4f}", flush=True)
+            print(f"base epoch {e + 1}: test accuracy {curve[-1]:.4f} "
+                  f"({(time.perf_counter() - t_base) / 60:.1f} min)", flush=True)
         recalibrate_bn(model, loader, max_batches=BN_BATCHES)
         acc = evaluate(model, val_loader)
         torch.save(model.state_dict(), self.base_path)
@@ -260,7 +164,8 @@ class Setup:
         info = {"accuracy": acc, "epochs": epochs, "test_accuracy_per_epoch": curve,
                 # plateau: the last epoch moved test accuracy by under half a point
                 "plateau": len(curve) > 1 and abs(curve[-1] - curve[-2]) < 0.005,
-                "sha256": sha, "recipe": "AdamW lr 2e-3 one-cycle, batch 128, clip 2.0"}
+                "sha256": sha, "recipe": "AdamW lr 2e-3 one-cycle, batch 128, clip 2.0",
+                "wall_s": time.perf_counter() - t_base, "torch_threads": torch.get_num_threads()}
         with open(info_path, "w") as f:
             json.dump(info, f, indent=1)
         return model.eval(), info
@@ -270,17 +175,24 @@ class Setup:
 
         return make_loader(self.val, 256, False)
 
-    def _table(self):
+    def _table(self) -> float:
+        """Builds the table unless cached; returns the build's wall time in seconds."""
+        wall_path = self.table_path + ".wall_s"
         if os.path.exists(self.table_path):
-            return
+            with open(wall_path) if os.path.exists(wall_path) else open(os.devnull) as f:
+                return float(f.read() or "nan")
+        t0 = time.perf_counter()
         from halp_trt.latency.build import BuildConfig, build_table
         from halp_trt.runtime import get_backend
         from halp_trt.runtime.protocol import Protocol
 
         print(f"building the latency table at {tuple(self.example.shape)} into "
               f"{self.table_path}", flush=True)
-        self.lock.wrap(build_table)(self.new_model(), tuple(self.example.shape), get_backend("onnxruntime"),
+        build_table(self.new_model(), tuple(self.example.shape), get_backend("onnxruntime"),
                     self.table_path, "resnet18", BuildConfig(protocol=Protocol(rounds=15)))
+        with open(wall_path, "w") as f:
+            f.write(str(time.perf_counter() - t0))
+        return time.perf_counter() - t0
 
     def measure(self, graphs: dict) -> dict:
         """Each graph's latency over the original's, from one interleaved session."""
@@ -312,9 +224,6 @@ class Setup:
             done, epoch = done + n, epoch + 1
         return evaluate(model.eval(), self._val_loader())
 
-    def budget_batches(self) -> int:
-        return self.a.ft_epochs * len(self.loader(0))
-
 
 # ---- halp-trt -----------------------------------------------------------------------------------
 def run_halp(s: Setup, level: float, seed: int) -> dict:
@@ -341,7 +250,7 @@ def run_halp(s: Setup, level: float, seed: int) -> dict:
     per_epoch = min(len(run.train_loader), cfg.max_batches or len(run.train_loader))
     prune_batches = run.state.prune_epochs_done * per_epoch
     acc_bn = s.score_bn(model, seed)
-    ft_batches = max(0, s.budget_batches() - prune_batches)
+    ft_batches = max(0, s.a.ft_steps - prune_batches)
     acc_ft = s.finetune(model, ft_batches, seed)
     ratio = s.measure({"halp-trt": export_onnx(model, s.example)})["halp-trt"]
     ckpt = os.path.join(out, "checkpoint.pt")
@@ -478,16 +387,14 @@ def match_latency(s: Setup, prune, bounds, reference_onnx: bytes, guess: float,
     """Bisect ``amount`` (more = faster) until the pruned model measures within
     ``MATCH_TOLERANCE`` of the reference, both timed in one session with the original. Each
     next amount is where latency ∝ (1 − amount)^``exponent`` through the last reading puts the
-    reference, if that lies inside the bracket (plain bisection from the first guess spent most
-    sessions far from the answer); otherwise the bracket's midpoint."""
+    reference, if that lies inside the bracket; otherwise the bracket's midpoint."""
     from halp_trt.runtime.export import export_onnx
 
     lo, hi = bounds
-    amount, best, sessions = min(max(guess, lo), hi), None, []
+    amount, sessions = min(max(guess, lo), hi), []
     for _ in range(MAX_MATCH_SESSIONS):
         try:
-            model = prune(amount)
-            onnx_bytes = export_onnx(model, s.example)
+            onnx_bytes = export_onnx(prune(amount), s.example)
         except Exception as exc:  # noqa: BLE001 - too much pruning breaks some variants
             sessions.append({"amount": amount, "error": f"{type(exc).__name__}: {exc}"[:200]})
             hi = amount
@@ -497,8 +404,6 @@ def match_latency(s: Setup, prune, bounds, reference_onnx: bytes, guess: float,
         vs_ref = r["candidate"] / r["reference"]
         sessions.append({"amount": amount, "latency_ratio": r["candidate"],
                          "reference_ratio": r["reference"], "latency_vs_halp": vs_ref})
-        if best is None or abs(vs_ref - 1) < abs(best[1]["latency_vs_halp"] - 1):
-            best = (model, sessions[-1])
         if abs(vs_ref - 1) <= MATCH_TOLERANCE:
             break
         if vs_ref > 1:
@@ -507,15 +412,36 @@ def match_latency(s: Setup, prune, bounds, reference_onnx: bytes, guess: float,
             hi = amount
         aimed = 1 - (1 - amount) * vs_ref ** (-1 / exponent)
         amount = aimed if lo < aimed < hi else (lo + hi) / 2
-    if best is None:
+    readings = [x for x in sessions if "latency_vs_halp" in x]
+    if not readings:
         raise RuntimeError(f"every pruning attempt failed: {sessions[-1]['error']}")
-    model, pick = best
-    return {"model": model, "amount": pick["amount"], "latency_ratio": pick["latency_ratio"],
-            "latency_vs_halp": pick["latency_vs_halp"],
-            "matched": abs(pick["latency_vs_halp"] - 1) <= MATCH_TOLERANCE, "sessions": sessions}
+    return {"sessions": sessions, "points": match_points(readings)}
 
 
-def run_peer(s: Setup, method: str, level: float, seed: int, halp_row: dict) -> dict:
+def match_points(readings: list[dict]) -> list[dict]:
+    """The readings to fine-tune: the closest one if it is within ``MATCH_TOLERANCE`` of the
+    reference, else the closest faster and the closest slower one (a bracketing pair, whose
+    accuracies are interpolated at the reference's latency), else the closest one alone."""
+    best = min(readings, key=lambda x: abs(x["latency_vs_halp"] - 1))
+    if abs(best["latency_vs_halp"] - 1) <= MATCH_TOLERANCE:
+        return [best]
+    faster = [x for x in readings if x["latency_vs_halp"] < 1]
+    slower = [x for x in readings if x["latency_vs_halp"] > 1]
+    if faster and slower:
+        return [max(faster, key=lambda x: x["latency_vs_halp"]),
+                min(slower, key=lambda x: x["latency_vs_halp"])]
+    return [best]
+
+
+def at_reference(points: list[dict], key: str) -> float:
+    """``key`` at latency_vs_halp = 1: linear between a bracketing pair, else the one point's."""
+    if len(points) == 1:
+        return points[0][key]
+    (v0, a0), (v1, a1) = ((p["latency_vs_halp"], p[key]) for p in points)
+    return a0 + (a1 - a0) * (1 - v0) / (v1 - v0)
+
+
+def run_peer(s: Setup, method: str, seed: int, halp_row: dict) -> dict:
     prune, bounds = (fastnas_pruner(s, seed) if method == "modelopt-fastnas"
                      else tp_pruner(s, method, seed))
     ref = halp_row["latency_ratio"]
@@ -523,16 +449,68 @@ def run_peer(s: Setup, method: str, level: float, seed: int, halp_row: dict) -> 
     guess = 1 - ref if method == "modelopt-fastnas" else 1 - math.sqrt(ref)
     m = match_latency(s, prune, bounds, halp_arch_onnx(s, halp_row), guess,
                       exponent=1.0 if method == "modelopt-fastnas" else 2.0)
-    model = m.pop("model")
-    acc_bn = s.score_bn(model, seed)
-    acc_ft = s.finetune(model, s.budget_batches(), seed)
-    return {**m, "acc_bn": acc_bn, "acc_ft": acc_ft, "prune_batches": 0,
-            "ft_batches": s.budget_batches(),
-            "params": sum(p.numel() for p in model.parameters())}
+    points = []
+    for p in m["points"]:
+        model = prune(p["amount"])
+        points.append({**p, "params": sum(q.numel() for q in model.parameters()),
+                       "acc_bn": s.score_bn(model, seed),
+                       "acc_ft": s.finetune(model, s.a.ft_steps, seed)})
+    vs_halp = at_reference(points, "latency_vs_halp") if len(points) == 1 else 1.0
+    return {"latency_ratio": ref * vs_halp, "latency_vs_halp": vs_halp,
+            "matched": abs(vs_halp - 1) <= MATCH_TOLERANCE, "interpolated": len(points) == 2,
+            "acc_bn": at_reference(points, "acc_bn"), "acc_ft": at_reference(points, "acc_ft"),
+            "points": points, "sessions": m["sessions"], "prune_batches": 0,
+            "ft_batches": s.a.ft_steps * len(points)}
+
+
+# ---- which rows a level runs ---------------------------------------------------------------------
+def tp_name(imp: str, scope: str, round_to: int) -> str:
+    return f"tp-{imp}-{scope}-r{round_to}"
+
+
+def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
+    """(method, seed) still to run, in order. Seed 0 runs halp-trt, every Torch-Pruning variant
+    at ``round_to`` = the table's step and FastNAS, then the other ``round_to`` for the best
+    variant (the one-seed ablation); later seeds carry the best ``a.carry`` variants of seed 0
+    (all of them with ``--no-screen``)."""
+    other = 8 if step == 16 else 16
+    variants = [tp_name(i, sc, step) for i in ("l2", "taylor") for sc in ("uniform", "global")]
+    if getattr(a, "quick", False):
+        variants = variants[-1:]
+    done = {(r["method"], r["seed"]): r for r in rows}
+    seed0 = [v for v in variants if (v, 0) in done]
+    ranked = sorted(seed0, key=lambda v: -done[(v, 0)]["acc_ft"])
+    plan = [("halp-trt", 0), *((v, 0) for v in variants)]
+    if a.with_fastnas:
+        plan.append(("modelopt-fastnas", 0))
+    if ranked and a.ablation:
+        plan.append((ranked[0].rsplit("-r", 1)[0] + f"-r{other}", 0))
+    carried = variants if not a.screen else ranked[:a.carry]
+    for seed in range(1, a.seeds):
+        plan += [("halp-trt", seed), *((v, seed) for v in carried)]
+        if a.with_fastnas:
+            plan.append(("modelopt-fastnas", seed))
+    if a.screen and len(seed0) < len(variants):
+        # the carried variants are known once seed 0 is done: stop the plan there
+        plan = plan[:plan.index(("halp-trt", 1))] if a.seeds > 1 else plan
+    return [(m, sd) for m, sd in plan if (m, sd) not in done]
+
+
+def table_step(path: str) -> int:
+    """The step most signatures of the table show (ONNX Runtime's channel block here)."""
+    from collections import Counter
+
+    from halp_trt.latency.table import LatencyTable
+
+    t = LatencyTable.load(path, require_complete=False)
+    steps = Counter(sig.step_out.step for sig in t.signatures.values() if sig.step_out.step > 1)
+    return steps.most_common(1)[0][0] if steps else 16
 
 
 # ---- rows, summary, outputs ---------------------------------------------------------------------
-def read_rows(path: str, signature: dict) -> list[dict]:
+def read_rows(path: str, level: float, signature: dict) -> list[dict]:
+    """This level's rows of this setup. Rows of the level from another machine class or base
+    model are not mixed in: a level cut off on one machine is re-run on another."""
     if not os.path.exists(path):
         return []
     rows, other = [], 0
@@ -540,13 +518,15 @@ def read_rows(path: str, signature: dict) -> list[dict]:
         for line in f:
             if line.strip():
                 r = json.loads(line)
+                if r.get("level") != level:
+                    continue
                 if r.get("setup") == signature:
                     rows.append(r)
                 else:
                     other += 1
     if other:
-        print(f"{path}: {other} rows of another setup (base model, budget or timing batch) "
-              "are ignored", flush=True)
+        print(f"{path}: {other} rows of level {level} from another machine, base model or "
+              "budget are ignored (this level is re-run here)", flush=True)
     return rows
 
 
@@ -558,99 +538,116 @@ def append_row(path: str, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def summarize(rows: list[dict], levels, methods, excluded: dict, setup_info: dict) -> dict:
-    out = {"levels": [], "excluded": excluded, **setup_info}
-    for level in levels:
-        entry = {"target": level, "methods": {}}
-        for method in methods:
-            rs = [r for r in rows if r["level"] == level and r["method"] == method]
-            if not rs:
-                continue
-            e = {"n_seeds": len(rs)}
-            for key, name in (("latency_ratio", "latency_ratio"), ("acc_bn", "acc_bn"),
-                              ("acc_ft", "acc_ft"), ("latency_vs_halp", "latency_vs_halp")):
-                vals = [r[key] for r in rs]
-                e[f"{name}_mean"] = statistics.mean(vals)
-                e[f"{name}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            e["matched_within_tolerance"] = sum(bool(r.get("matched")) for r in rs)
-            entry["methods"][method] = e
-        out["levels"].append(entry)
-    return out
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def _pm(e: dict, key: str, digits: int = 3) -> str:
+def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> dict:
+    """One level's entry: per method mean ± std over seeds; peers at halp-trt's latency."""
+    entry = {"target": level, **info, "round_to": step, "methods": {}, "ablations": {}}
+    for method in sorted({r["method"] for r in rows}):
+        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
+        e = {"n_seeds": len(rs)}
+        for key in ("latency_ratio", "latency_vs_halp", "acc_bn", "acc_ft"):
+            e[f"{key}_mean"], e[f"{key}_std"] = _mean_std([r[key] for r in rs])
+        e["matched_within_tolerance"] = sum(bool(r.get("matched")) for r in rs)
+        e["interpolated"] = sum(bool(r.get("interpolated")) for r in rs)
+        e["raw_points"] = [{"seed": r["seed"], **{k: p[k] for k in (
+            "amount", "latency_ratio", "latency_vs_halp", "acc_bn", "acc_ft") if k in p}}
+            for r in rs for p in r.get("points", [])]
+        e["wall_s_mean"] = statistics.mean(r["wall_s"] for r in rs)
+        is_ablation = method.startswith("tp-") and not method.endswith(f"-r{step}")
+        (entry["ablations"] if is_ablation else entry["methods"])[method] = e
+    return entry
+
+
+def merge_level(results: dict, entry: dict) -> dict:
+    """``results`` with ``entry`` in place of any earlier entry for its target (a level is
+    measured whole on one machine; levels may come from different machine classes)."""
+    levels = [lv for lv in results.get("levels", []) if lv["target"] != entry["target"]]
+    return {**results, "levels": sorted(levels + [entry], key=lambda lv: lv["target"])}
+
+
+def best_peer(lv: dict) -> str | None:
+    peers = [k for k in lv["methods"] if k != "halp-trt"]
+    return max(peers, key=lambda k: lv["methods"][k]["acc_ft_mean"]) if peers else None
+
+
+def _pm(e: dict, key: str, digits: int = 4) -> str:
     return f"{e[key + '_mean']:.{digits}f} ± {e[key + '_std']:.{digits}f}"
 
 
 def markdown_section(results: dict) -> str:
     """The BENCHMARKS.md section for ``results`` (the JSON this script writes)."""
-    base = results.get("base", {})
     lines = ["## Against Torch-Pruning and ModelOpt FastNAS at equal measured latency "
-             "(resnet18, Fashion-MNIST)", "", f"`{results.get('command', COMMAND)}`", ""]
+             "(resnet18, Fashion-MNIST)", ""]
     if not results.get("levels"):
         return "\n".join(lines + ["(not run yet)", ""])
-    lines += [f"Machine: {results.get('machine', '(unknown)')}. resnet18 (10 classes) trained "
-              f"here at {INPUT_SIZE}×{INPUT_SIZE} ({base.get('epochs')} epochs, test accuracy "
-              f"{base.get('accuracy', float('nan')):.4f}); latency is ONNX Runtime CPU at batch "
-              f"{results.get('timing_batch', TIMING_BATCH)} (the original takes "
-              f"{results.get('original_ms', float('nan')):.1f} ms), measured / original. Every "
-              "peer is bisected over its pruning knob to within 2% of that seed's halp-trt model, "
-              "timed in the same session; accuracy on the 10,000 test images after BatchNorm "
-              f"recalibration (no fine-tuning) and after {results.get('ft_epochs')} epochs' worth "
-              "of SGD steps (halp-trt's pruning epoch included); mean ± std over seeds.", "",
-              "| level | method | latency / original | vs halp-trt (same session) | acc, BN recal | "
-              "acc, fine-tuned | seeds | matched ±2% |", "|---|---|---|---|---|---|---|---|"]
+    lines += [BUDGET_NOTE, ""]
     for lv in results["levels"]:
-        for name, e in sorted(lv["methods"].items(),
-                              key=lambda kv: (kv[0] != "halp-trt", -kv[1]["acc_ft_mean"])):
-            bold = "**" if name == "halp-trt" else ""
-            lines.append(f"| {lv['target']} | {bold}{name}{bold} | {_pm(e, 'latency_ratio')} | "
-                         f"{'reference' if name == 'halp-trt' else _pm(e, 'latency_vs_halp')} | "
-                         f"{_pm(e, 'acc_bn')} | "
-                         f"{_pm(e, 'acc_ft')} | {e['n_seeds']} | "
-                         f"{e.get('matched_within_tolerance', '-')}/{e['n_seeds']} |")
-    lines.append("")
-    for lv in results["levels"]:
-        ms = lv["methods"]
-        if "halp-trt" not in ms or len(ms) < 2:
-            continue
-        best = max((k for k in ms if k != "halp-trt"), key=lambda k: ms[k]["acc_ft_mean"])
-        gap = 100 * (ms["halp-trt"]["acc_ft_mean"] - ms[best]["acc_ft_mean"])
-        lines.append(f"- level {lv['target']}: halp-trt {ms['halp-trt']['acc_ft_mean']:.4f} vs "
-                     f"the best peer ({best}) {ms[best]['acc_ft_mean']:.4f} after fine-tuning: "
-                     f"{gap:+.1f} points")
-    for name, why in (results.get("excluded") or {}).items():
-        lines.append(f"- {name} excluded: {why}")
-    if results.get("png"):
-        lines += ["", f"![accuracy vs measured latency]({results['png']})"]
-    return "\n".join(lines + [""])
+        base = lv.get("base", {})
+        wall = lv.get("wall_s", {})
+        lines += [f"### Level {lv['target']} — {lv['machine']}, {lv.get('date', '')}", "",
+                  f"`{lv.get('command', '')}`", "",
+                  f"Base: {base.get('epochs')} epochs, test accuracy "
+                  f"{base.get('accuracy', float('nan')):.4f} (per epoch: "
+                  + ", ".join(f"{v:.3f}" for v in base.get("test_accuracy_per_epoch", []))
+                  + f"). Original {lv.get('original_ms', float('nan')):.1f} ms at batch "
+                  f"{TIMING_BATCH}; Torch-Pruning round_to {lv['round_to']} (the table's step); "
+                  f"{lv.get('ft_steps')} SGD steps of batch {TRAIN_BATCH} per method. Wall time: "
+                  + ", ".join(f"{k} {v / 60:.0f} min" for k, v in wall.items()) + ".", "",
+                  "| method | latency / original | vs halp-trt | acc, BN recal | acc, fine-tuned "
+                  "| seeds | matched ±2% / interpolated |", "|---|---|---|---|---|---|---|"]
+        for group in ("methods", "ablations"):
+            for name, e in sorted(lv[group].items(),
+                                  key=lambda kv: (kv[0] != "halp-trt", -kv[1]["acc_ft_mean"])):
+                bold = "**" if name == "halp-trt" else ""
+                label = f"{bold}{name}{bold}" + (" (ablation)" if group == "ablations" else "")
+                lines.append(
+                    f"| {label} | {_pm(e, 'latency_ratio', 3)} | "
+                    f"{'reference' if name == 'halp-trt' else _pm(e, 'latency_vs_halp', 3)} | "
+                    f"{_pm(e, 'acc_bn')} | {_pm(e, 'acc_ft')} | {e['n_seeds']} | "
+                    f"{e['matched_within_tolerance']} / {e['interpolated']} |")
+        best = best_peer(lv)
+        if best and "halp-trt" in lv["methods"]:
+            h, p = lv["methods"]["halp-trt"], lv["methods"][best]
+            lines += ["", f"halp-trt {h['acc_ft_mean']:.4f} vs the best peer ({best}) "
+                      f"{p['acc_ft_mean']:.4f} after fine-tuning: "
+                      f"{100 * (h['acc_ft_mean'] - p['acc_ft_mean']):+.2f} points."]
+        for name, why in (lv.get("excluded") or {}).items():
+            lines.append(f"- {name} excluded: {why}")
+        if lv.get("png"):
+            lines += ["", f"![level {lv['target']}]({lv['png']})"]
+        lines.append("")
+    return "\n".join(lines)
 
 
-def plot(results: dict, path: str) -> None:
+def plot_level(lv: dict, path: str) -> None:
+    """Accuracy against measured latency for one level: every seed's points (a bracketed
+    peer's raw pair joined by a line) and each method's mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    names = sorted({m for lv in results["levels"] for m in lv["methods"]})
+    entries = {**lv["methods"], **lv["ablations"]}
     for ax, key, title in ((axes[0], "acc_bn", "BN recalibrated, no fine-tuning"),
                            (axes[1], "acc_ft", "after fine-tuning")):
-        for name in names:
-            es = [lv["methods"][name] for lv in results["levels"] if name in lv["methods"]]
-            style = dict(fmt="s-", color="k", lw=2, ms=7) if name == "halp-trt" else \
-                dict(fmt="o--" if "fastnas" in name else "o:", lw=0.8, ms=4)
-            ax.errorbar([e["latency_ratio_mean"] for e in es], [e[f"{key}_mean"] for e in es],
-                        xerr=[e["latency_ratio_std"] for e in es],
-                        yerr=[e[f"{key}_std"] for e in es], label=name, capsize=2, **style)
-        base = results.get("base", {}).get("accuracy")
-        if base:
-            ax.axhline(base, color="0.6", ls="--", lw=0.8)
-        ax.set_title(title)
-        ax.set_xlabel(f"measured latency / original (ORT CPU, batch "
-                      f"{results.get('timing_batch', TIMING_BATCH)})")
+        for i, (name, e) in enumerate(sorted(entries.items())):
+            color = "k" if name == "halp-trt" else f"C{i}"
+            ax.errorbar([e["latency_ratio_mean"]], [e[f"{key}_mean"]],
+                        xerr=[e["latency_ratio_std"]], yerr=[e[f"{key}_std"]],
+                        fmt="s" if name == "halp-trt" else "o", color=color, capsize=3,
+                        label=name, ms=8 if name == "halp-trt" else 5)
+            for seed in {p["seed"] for p in e["raw_points"]}:
+                pts = [p for p in e["raw_points"] if p["seed"] == seed]
+                ax.plot([p["latency_ratio"] for p in pts], [p[key] for p in pts], ".:",
+                        color=color, lw=0.7, alpha=0.6)
+        ax.set_title(f"level {lv['target']}: {title}")
+        ax.set_xlabel(f"measured latency / original (ORT CPU, batch {TIMING_BATCH})")
         ax.set_ylabel("Fashion-MNIST test accuracy")
-    axes[1].legend(fontsize=7, ncol=2)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -658,57 +655,56 @@ def plot(results: dict, path: str) -> None:
 
 # ---- main ---------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--levels", default=",".join(map(str, LEVELS)),
-                    help="measured latency / original, comma-separated")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog=BUDGET_NOTE,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--level", type=float, required=True,
+                    help=f"measured latency / original for this run; levels in order "
+                         f"{', '.join(map(str, LEVELS))}, one per session")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", default=",".join(METHODS),
-                    help=f"comma-separated, from: {', '.join(METHODS)}")
-    ap.add_argument("--ft-epochs", type=int, default=2,
-                    help="fine-tuning budget in epochs of SGD steps after the base model")
+    ap.add_argument("--ft-steps", type=int, default=FT_STEPS,
+                    help="SGD steps of batch 64 after the base model, the same for every "
+                         "method (halp-trt's pruning steps counted in it)")
     ap.add_argument("--base-epochs", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds")
+    ap.add_argument("--no-screen", dest="screen", action="store_false",
+                    help="run every Torch-Pruning variant at every seed (default: all at seed "
+                         "0, the best --carry at the later seeds)")
+    ap.add_argument("--carry", type=int, default=2)
+    ap.add_argument("--no-ablation", dest="ablation", action="store_false",
+                    help="skip the one-seed run of the best variant at the other round_to")
     ap.add_argument("--modelopt-python", default=None,
                     help="python of a virtualenv with nvidia-modelopt (see the docstring)")
     ap.add_argument("--cache-dir", default=_default_cache())
-    ap.add_argument("--timing-lock", default=None,
-                    help="lock file taken exclusively (flock) around every timing session and "
-                         "shared otherwise, for machines where others time and train too")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 level, 1 seed, 2 methods, 2,000 images, 1 epoch; "
-                         "nothing written to tools/results")
-    ap.add_argument("--json", dest="json_path", default=None)
-    ap.add_argument("--png", dest="png_path", default=None)
+                    help="smoke run: 1 seed, 2,000 images, 1 base epoch, 50 fine-tuning steps, "
+                         "one Torch-Pruning variant; nothing written to tools/results")
+    ap.add_argument("--base-only", action="store_true",
+                    help="train (or load) the base model and build the table, then stop")
+    ap.add_argument("--json", dest="json_path", default=None,
+                    help="results of every level; this level's entry is replaced")
+    ap.add_argument("--png", dest="png_path", default=None,
+                    help="this level's figure (default: beside --json, with the level in "
+                         "its name)")
     ap.add_argument("--rows", default=None,
                     help="JSON lines, one per finished (level, method, seed); a rerun resumes "
                          "(default tools/results/vs_peers_fashion_rows.jsonl)")
     a = ap.parse_args(argv)
-    try:
-        a.level_list = [float(v) for v in a.levels.split(",")]
-    except ValueError:
-        ap.error(f"--levels must be numbers separated by commas, got {a.levels!r}")
-    if not all(0 < v < 1 for v in a.level_list):
-        ap.error("--levels must each be between 0 and 1 (a fraction of the original's latency)")
-    a.method_list = [m.strip() for m in a.methods.split(",") if m.strip()]
-    unknown = [m for m in a.method_list if m not in METHODS]
-    if unknown:
-        ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if a.seeds < 1 or a.ft_epochs < 1 or a.base_epochs < 1 or a.rounds < 15:
-        ap.error("--seeds, --ft-epochs and --base-epochs must be >= 1, --rounds >= 15")
+    if not 0 < a.level < 1:
+        ap.error("--level must be between 0 and 1 (a fraction of the original's latency)")
+    if a.seeds < 1 or a.ft_steps < 1 or a.base_epochs < 1 or a.rounds < 15 or a.carry < 1:
+        ap.error("--seeds, --ft-steps, --base-epochs and --carry must be >= 1, --rounds >= 15")
+    a.with_fastnas = True
     if a.quick:
-        a.level_list = a.level_list[:1]
-        a.seeds, a.ft_epochs = 1, 1
-        if a.methods == ",".join(METHODS):
-            a.method_list = list(QUICK_METHODS)
-        a.method_list = a.method_list[:2]
+        a.seeds, a.ft_steps, a.ablation = 1, 50, False
         quick_dir = "/tmp/halp_vs_peers_quick"
         a.rows = a.rows or os.path.join(quick_dir, "rows.jsonl")
         a.json_path = os.path.join(quick_dir, "vs_peers_quick.json")
-        a.png_path = os.path.join(quick_dir, "vs_peers_quick.png")
+        a.png_path = None
     else:
         a.rows = a.rows or os.path.join(RESULTS_DIR, "vs_peers_fashion_rows.jsonl")
-    if "halp-trt" not in a.method_list:
-        a.method_list.insert(0, "halp-trt")  # every peer is matched to its model
+    if a.json_path and not a.png_path:
+        a.png_path = os.path.splitext(a.json_path)[0] + f"_{a.level}.png"
     return a
 
 
@@ -717,6 +713,15 @@ def main(argv=None):
         fastnas_worker(*sys.argv[2:6])
         return
     a = parse_args(argv)
+    from halp_trt.runtime.timing_lock import sharing_the_machine
+
+    # shared while training, exclusive while timing (every timing session takes the lock):
+    # no other halp-trt process times while this one trains, nor runs while it times
+    with sharing_the_machine():
+        _main(a)
+
+
+def _main(a):
     from halp_trt.errors import HalpError
     from halp_trt.runtime.machine import cpu_identity, machine_class
 
@@ -725,61 +730,80 @@ def main(argv=None):
         s = Setup(a)
     except HalpError as exc:
         sys.exit(f"error: {exc}")
-    rows = read_rows(a.rows, s.signature)
-    done = {(r["level"], r["method"], r["seed"]) for r in rows}
+    if a.base_only:
+        print(f"base model and table ready ({(time.perf_counter() - t0) / 60:.1f} min)")
+        return
+    step = table_step(s.table_path)
+    machine = machine_class(cpu_identity())
+    signature = {**s.signature, "base_sha256": s.base_info.get("sha256")}
+    rows = read_rows(a.rows, a.level, signature)
     excluded = {}
-    if "modelopt-fastnas" in a.method_list and not a.modelopt_python:
+    if not a.modelopt_python:
         excluded["modelopt-fastnas"] = MODELOPT_NOT_IMPORTABLE
-    todo = [(lv, m, seed) for lv in a.level_list for seed in range(a.seeds)
-            for m in a.method_list if (lv, m, seed) not in done]
-    print(f"{len(done)} rows done in {a.rows}, {len(todo)} to run", flush=True)
-    bar = _progress(todo, desc="rows", leave=True)
-    for level, method, seed in bar:
-        bar.set_postfix_str(f"{method} level {level} seed {seed}")
-        if method in excluded:
-            continue
+        a.with_fastnas = False
+    print(f"level {a.level} on {machine}: round_to {step}; {len(rows)} rows done in {a.rows}",
+          flush=True)
+    while True:
+        todo = level_plan(a, step, rows)
+        if not todo:
+            break
+        method, seed = todo[0]
         t_row = time.perf_counter()
+        print(f"-- level {a.level} seed {seed} {method}", flush=True)
         try:
             if method == "halp-trt":
-                row = run_halp(s, level, seed)
+                row = run_halp(s, a.level, seed)
             else:
-                halp_row = next((r for r in rows if (r["level"], r["method"], r["seed"]) ==
-                                 (level, "halp-trt", seed)), None)
+                halp_row = next((r for r in rows if (r["method"], r["seed"]) ==
+                                 ("halp-trt", seed)), None)
                 if halp_row is None:
-                    continue  # halp-trt failed at this level and seed; said above
-                row = run_peer(s, method, level, seed, halp_row)
+                    raise RuntimeError("halp-trt has no row at this seed")
+                row = run_peer(s, method, seed, halp_row)
         except (HalpError, RuntimeError) as exc:
-            print(f"{method} level {level} seed {seed}: {exc}", flush=True)
+            print(f"{method} level {a.level} seed {seed}: {exc}", flush=True)
+            row = {"failed": str(exc)[:500]}
             if method == "modelopt-fastnas":
-                excluded[method] = str(exc)
-            continue
-        row.update(level=level, method=method, seed=seed, setup=s.signature,
-                   base_sha256=s.base_info.get("sha256"),
+                excluded[method] = str(exc)[:500]
+                a.with_fastnas = False
+        row.update(level=a.level, method=method, seed=seed, setup=signature,
                    wall_s=time.perf_counter() - t_row)
+        if "failed" in row:
+            if method == "halp-trt":
+                sys.exit(f"error: halp-trt failed at seed {seed}; the level cannot go on")
+            continue
         append_row(a.rows, row)
         rows.append(row)
-        print(f"level {level} seed {seed} {method:24s} latency {row['latency_ratio']:.3f} "
+        print(f"level {a.level} seed {seed} {method:24s} latency {row['latency_ratio']:.3f} "
               f"(vs halp-trt {row['latency_vs_halp']:.3f}) acc BN {row['acc_bn']:.4f} "
               f"FT {row['acc_ft']:.4f} ({row['wall_s'] / 60:.1f} min)", flush=True)
     from halp_trt.runtime.protocol import measure_interleaved, model_protocol
 
     st = measure_interleaved(s.backend, {"original": s.original_onnx}, model_protocol(a.rounds))
-    setup_info = {"command": COMMAND, "machine": machine_class(cpu_identity()) +
-                  f", {os.cpu_count()} vCPUs", "timing_batch": TIMING_BATCH,
-                  "input_size": INPUT_SIZE, "ft_epochs": a.ft_epochs, "seeds": a.seeds,
-                  "original_ms": st["original"].min_ms,
-                  "base": s.base_info, "rows_file": os.path.relpath(a.rows),
-                  "png": os.path.relpath(a.png_path) if a.png_path else None,
-                  "wall_s_this_run": time.perf_counter() - t0,
-                  "wall_s_rows": sum(r["wall_s"] for r in rows), "quick": bool(a.quick)}
-    results = summarize(rows, a.level_list, a.method_list, excluded, setup_info)
-    print(markdown_section(results))
+    info = {"machine": machine + f", {os.cpu_count()} vCPUs", "date": time.strftime("%Y-%m-%d"),
+            "command": level_command(a), "base": s.base_info, "original_ms": st["original"].min_ms,
+            "ft_steps": a.ft_steps, "seeds": a.seeds, "excluded": excluded,
+            "png": os.path.relpath(a.png_path) if a.png_path else None,
+            "wall_s": {"base": s.base_info.get("wall_s", 0.0),
+                       "table": s.table_wall_s,
+                       "rows": sum(r["wall_s"] for r in rows)}}
+    entry = summarize_level(rows, a.level, step, info)
+    results = {}
+    if a.json_path and os.path.exists(a.json_path):
+        with open(a.json_path) as f:
+            results = json.load(f)
+    results = merge_level(results, entry)
+    print(markdown_section({"levels": [entry]}))
     if a.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(a.json_path)), exist_ok=True)
         with open(a.json_path, "w") as f:
             json.dump(results, f, indent=1)
-    if a.png_path and any(lv["methods"] for lv in results["levels"]):
-        plot(results, a.png_path)
+    if a.png_path and entry["methods"]:
+        plot_level(entry, a.png_path)
+
+
+def level_command(a) -> str:
+    return (f"python tools/bench_vs_peers.py --level {a.level} --modelopt-python "
+            f"/tmp/mo/bin/python --json tools/results/vs_peers_fashion.json")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from halp_trt.fileio import write_atomic_with
+from halp_trt.fileio import make_dirs, write_atomic_with
 from halp_trt.graph.layers import LayerSpec
 from halp_trt.latency.table import LatencyTable, SignatureTable
 
@@ -223,7 +223,7 @@ def inspect_table(table: LatencyTable, out_dir: str | None = None, pattern: str 
     each PNG draws both tables' curves."""
     pngs = []
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
+        make_dirs(out_dir)
         for sig in table.signatures.values():
             if _matches(sig, pattern) and sig.entries:
                 path = os.path.join(out_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", sig.key) + ".png")

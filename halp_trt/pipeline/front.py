@@ -17,7 +17,7 @@ import json
 import os
 
 from halp_trt.errors import HalpError
-from halp_trt.fileio import write_atomic_with, write_json_atomic
+from halp_trt.fileio import make_dirs, write_atomic_with, write_json_atomic
 from halp_trt.pipeline.config import DeployConfig
 from halp_trt.pipeline.run import CHECKPOINT, DeployRun
 from halp_trt.pipeline.state import RunState
@@ -39,7 +39,7 @@ def prune_and_deploy_front(cfg: DeployConfig) -> dict:
     """One pruned model per target of ``cfg.target`` (comma-separated); returns the front."""
     if len(cfg.parsed_targets) < 2:
         raise HalpError("prune_and_deploy_front needs several targets, e.g. target='0.7,0.5'")
-    os.makedirs(cfg.out, exist_ok=True)
+    make_dirs(cfg.out)
     shared_path = os.path.join(cfg.out, SHARED)
     reports, table_path = {}, None
     for i, target in enumerate(_order(cfg)):
@@ -57,7 +57,7 @@ def prune_and_deploy_front(cfg: DeployConfig) -> dict:
             print(f"[halp-trt] target {target}: done earlier, report in {report_path}")
             continue
         if i > 0:
-            os.makedirs(out, exist_ok=True)
+            make_dirs(out)
             ckpt = os.path.join(out, CHECKPOINT)
             if not os.path.exists(ckpt):  # start from the shared original and calibration
                 RunState.load(shared_path).save(ckpt)

@@ -205,8 +205,15 @@ def measure_sessions(backend, graphs: Mapping[Hashable, Callable[[], bytes] | by
                      protocol: Protocol | None = None,
                      on_round: Callable[[int], None] | None = None
                      ) -> dict[Hashable, SessionStats]:
-    """``measure_interleaved`` keeping each session's samples as well (SessionStats per key)."""
-    protocol = protocol or Protocol()
+    """``measure_interleaved`` keeping each session's samples as well (SessionStats per key).
+    Every timing session of halp-trt passes here and holds the machine-wide timing lock."""
+    from halp_trt.runtime.timing_lock import timing_exclusive
+
+    with timing_exclusive():
+        return _measure_sessions(backend, graphs, protocol or Protocol(), on_round)
+
+
+def _measure_sessions(backend, graphs, protocol: Protocol, on_round) -> dict:
     keys = list(graphs)
     handles, repeats, cold, untimed = {}, {}, {}, {}
     per_graph = None

@@ -1,0 +1,87 @@
+"""The Fashion-MNIST comparison's bookkeeping: one level per run, levels from different
+machines side by side, a level cut off on another machine re-run rather than mixed, peers
+interpolated at halp-trt's latency from a bracketing pair, and the screening plan."""
+import importlib.util
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "bench_vs_peers.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_vs_peers", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def row(method, seed, acc_ft, machine="zen4", level=0.15, ratio=0.15, vs=1.0, points=()):
+    return {"method": method, "seed": seed, "level": level, "acc_ft": acc_ft, "acc_bn": 0.5,
+            "latency_ratio": ratio, "latency_vs_halp": vs, "matched": abs(vs - 1) <= 0.02,
+            "interpolated": len(points) == 2, "points": list(points), "wall_s": 60.0,
+            "setup": {"machine": machine, "base_sha256": "abc"}}
+
+
+def test_rows_of_the_level_from_another_machine_are_not_mixed_in(bench, tmp_path, capsys):
+    path = str(tmp_path / "rows.jsonl")
+    for r in (row("halp-trt", 0, 0.85, "xeon"), row("halp-trt", 0, 0.86, "zen4"),
+              row("halp-trt", 0, 0.87, "zen4", level=0.3)):
+        bench.append_row(path, r)
+    here = bench.read_rows(path, 0.15, {"machine": "zen4", "base_sha256": "abc"})
+    assert [r["acc_ft"] for r in here] == [0.86]
+    assert "1 rows of level 0.15 from another machine" in capsys.readouterr().out
+    # a half-finished level on a new machine starts over: nothing of the Xeon's is kept
+    assert bench.read_rows(path, 0.15, {"machine": "zen3", "base_sha256": "abc"}) == []
+
+
+def test_levels_from_two_machine_classes_live_in_one_json(bench):
+    a = bench.summarize_level([row("halp-trt", 0, 0.85), row("tp-l2-global-r16", 0, 0.84)],
+                              0.15, 16, {"machine": "zen4"})
+    b = bench.summarize_level([row("halp-trt", 0, 0.88, "xeon", level=0.3)], 0.3, 16,
+                              {"machine": "xeon"})
+    merged = bench.merge_level(bench.merge_level({}, b), a)
+    assert [(lv["target"], lv["machine"]) for lv in merged["levels"]] == [(0.15, "zen4"),
+                                                                          (0.3, "xeon")]
+    redo = bench.summarize_level([row("halp-trt", 0, 0.9, "zen3")], 0.15, 8, {"machine": "zen3"})
+    merged = bench.merge_level(json.loads(json.dumps(merged)), redo)  # survives a JSON trip
+    assert [(lv["target"], lv["machine"]) for lv in merged["levels"]] == [(0.15, "zen3"),
+                                                                          (0.3, "xeon")]
+    lv = merged["levels"][0]
+    assert set(lv["methods"]["halp-trt"]) >= {
+        "latency_ratio_mean", "latency_ratio_std", "acc_bn_mean", "acc_bn_std", "acc_ft_mean",
+        "acc_ft_std", "n_seeds"}
+
+
+def test_a_peer_that_cannot_land_is_interpolated_from_a_bracketing_pair(bench):
+    readings = [{"amount": 0.5, "latency_vs_halp": 1.12}, {"amount": 0.6, "latency_vs_halp": 0.93},
+                {"amount": 0.55, "latency_vs_halp": 1.05}, {"amount": 0.7, "latency_vs_halp": 0.8}]
+    pair = bench.match_points(readings)
+    assert [p["amount"] for p in pair] == [0.6, 0.55]  # the closest on each side
+    pair[0]["acc_ft"], pair[1]["acc_ft"] = 0.80, 0.90
+    # 1.0 lies 7/12 of the way from 0.93 to 1.05
+    assert bench.at_reference(pair, "acc_ft") == pytest.approx(0.80 + 0.10 * 7 / 12)
+    # within 2%: that one reading alone; all on one side: the closest alone
+    assert bench.match_points(readings + [{"amount": 0.57, "latency_vs_halp": 1.015}]) == [
+        {"amount": 0.57, "latency_vs_halp": 1.015}]
+    assert [p["amount"] for p in bench.match_points(readings[1::2] + readings[3:])] == [0.6]
+
+
+def test_the_plan_screens_variants_at_seed_0_and_carries_the_best_two(bench):
+    a = SimpleNamespace(seeds=3, screen=True, carry=2, ablation=True, with_fastnas=True)
+    plan = bench.level_plan(a, 16, [])
+    assert plan[0] == ("halp-trt", 0) and ("modelopt-fastnas", 0) in plan
+    assert all(seed == 0 for _, seed in plan)  # later seeds wait for the screening
+    accs = {"tp-l2-uniform-r16": 0.80, "tp-l2-global-r16": 0.84, "tp-taylor-uniform-r16": 0.82,
+            "tp-taylor-global-r16": 0.86}
+    done = [row("halp-trt", 0, 0.85), row("modelopt-fastnas", 0, 0.8)] + [
+        row(m, 0, acc) for m, acc in accs.items()]
+    plan = bench.level_plan(a, 16, done)
+    assert plan[0] == ("tp-taylor-global-r8", 0)  # the other round_to, best variant, one seed
+    assert plan[1:] == [(m, s) for s in (1, 2) for m in (
+        "halp-trt", "tp-taylor-global-r16", "tp-l2-global-r16", "modelopt-fastnas")]
+    a.screen = False
+    assert sum(1 for m, _ in bench.level_plan(a, 8, []) if m.startswith("tp-")) == 4 * 3
