@@ -11,6 +11,7 @@ import sys
 import click
 
 from halp_trt.errors import ConfigError, HalpError
+from halp_trt.pipeline.config import CHOICES, DeployConfig
 
 
 def _friendly(fn):
@@ -46,6 +47,20 @@ def _backend(gpu: bool, name: str | None, precision: str, threads: int = 1,
     return backend_for(gpu, precision, backend=name, **opts)
 
 
+def config_option(flag: str, **kw):
+    """A prune-and-deploy option whose default and choices are DeployConfig's (one source)."""
+    from dataclasses import MISSING, fields
+
+    name = flag.lstrip("-").replace("-", "_")
+    field = {f.name: f for f in fields(DeployConfig)}[name]
+    if field.default is not MISSING:
+        kw.setdefault("default", field.default)
+        kw.setdefault("show_default", field.default is not None)
+    if name in CHOICES:
+        kw.setdefault("type", click.Choice(list(CHOICES[name])))
+    return click.option(flag, **kw)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="halp-trt")
 def main():
@@ -61,10 +76,10 @@ def main():
 @click.option("--num-classes", type=click.IntRange(1), default=None,
               help="Classifier outputs for torchvision models (default: the model's own).")
 @click.option("--gpu", is_flag=True, help="Time TensorRT engines on the GPU (needs halp-trt[trt]).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+@click.option("--backend", type=click.Choice(list(CHOICES["backend"])),
               default=None, help="Runtime to time on (default onnxruntime; --gpu = tensorrt; "
               "openvino needs halp-trt[openvino]).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+@click.option("--precision", type=click.Choice(list(CHOICES["precision"])), default="fp32",
               show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
               help="ONNX Runtime intra-op threads (1 is stable on shared machines).")
@@ -210,51 +225,45 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @main.command("prune-and-deploy")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for the report, model.onnx, pruning.json, weights and PNGs.")
-@click.option("--model", default="resnet18", show_default=True,
+@config_option("--model",
               help="torchvision model name or module:factory.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="State dict to start from (weights-only load); without it the model is "
                    "trained briefly on --data.")
-@click.option("--data", default="digits", show_default=True,
+@config_option("--data",
               help="digits (embedded) | imagefolder:DIR (DIR/train, DIR/val) | cifar10:DIR | "
                    "fashion-mnist[:DIR] (idx files, default /usr/share/datasets/fashion-mnist)")
-@click.option("--input-size", type=int, default=64, show_default=True)
-@click.option("--batch-size", type=int, default=1, show_default=True,
+@config_option("--input-size", type=int)
+@config_option("--batch-size", type=int,
               help="Batch the latency is measured and optimized at.")
-@click.option("--train-batch-size", type=int, default=64, show_default=True)
-@click.option("--table", default="auto", show_default=True,
+@config_option("--train-batch-size", type=int)
+@config_option("--table",
               help="Latency table path, or auto (shipped profile, cache, or build one).")
-@click.option("--target", default="0.5", show_default=True,
+@config_option("--target",
               help="Latency target: fraction of the measured original (0.5, 50%) or 12ms; "
               "several (0.7,0.5,0.3) give one model each and a Pareto front.")
-@click.option("--steps", type=int, default=8, show_default=True, help="Pruning steps (m).")
-@click.option("--interval", type=int, default=5, show_default=True,
+@config_option("--steps", type=int, help="Pruning steps (m).")
+@config_option("--interval", type=int,
               help="Minibatches between pruning steps (r).")
-@click.option("--epochs", type=int, default=2, show_default=True,
+@config_option("--epochs", type=int,
               help="Fine-tuning epochs after the last pruning step.")
-@click.option("--pretrain-lr", type=float, default=2e-3, show_default=True,
+@config_option("--pretrain-lr", type=float,
               help="Peak learning rate of the pre-training (AdamW, one-cycle).")
-@click.option("--pretrain-batch-size", type=int, default=16, show_default=True)
-@click.option("--pretrain-epochs", type=int, default=4, show_default=True,
+@config_option("--pretrain-batch-size", type=int)
+@config_option("--pretrain-epochs", type=int,
               help="Training epochs when no --weights are given.")
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--contribution", type=click.Choice(["two_sided", "one_sided"]),
-              default="two_sided", show_default=True,
+@config_option("--lr", type=float)
+@config_option("--contribution",
               help="Latency contribution rule (one_sided is the paper's).")
-@click.option("--importance", type=click.Choice(["taylor", "magnitude"]), default="taylor",
-              show_default=True)
-@click.option("--calibration", type=click.Choice(["affine", "additive", "ratio"]),
-              default="affine",
-              show_default=True, help="How the rest of the model (outside the table) scales.")
+@config_option("--importance")
+@config_option("--calibration", help="How the rest of the model (outside the table) scales.")
 @click.option("--gpu", is_flag=True, help="Deploy with TensorRT (needs halp-trt[trt]).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
-              default="onnxruntime", help="Runtime to time on (--gpu = tensorrt; "
+@config_option("--backend", help="Runtime to time on (--gpu = tensorrt; "
               "openvino needs halp-trt[openvino]).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
-              show_default=True)
-@click.option("--rounds", type=int, default=30, show_default=True,
+@config_option("--precision")
+@config_option("--rounds", type=int,
               help="Interleaved rounds when measuring original and pruned.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@config_option("--seed", type=click.IntRange(0))
 @click.option("--allow-table-mismatch", is_flag=True,
               help="Use a table measured on another device/runtime/precision/batch anyway.")
 @click.option("--no-table-transfer", "table_transfer", flag_value=False, default=True,
@@ -265,7 +274,7 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
                    "weights); non-finite outputs are still refused.")
 @click.option("--exclude", multiple=True,
               help="Module whose output channels must not change (repeatable).")
-@click.option("--max-batches", type=int, default=None, hidden=True)
+@config_option("--max-batches", type=int, hidden=True)
 @_friendly
 def prune_and_deploy_cmd(out_dir, **options):
     """Prune a model to a latency target, deploy it, and measure the result."""
@@ -284,10 +293,10 @@ def prune_and_deploy_cmd(out_dir, **options):
 @click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
               help="Latency table: also report predicted vs measured for each model.")
 @click.option("--gpu", is_flag=True, help="Measure TensorRT engines (needs halp-trt[trt]).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+@click.option("--backend", type=click.Choice(list(CHOICES["backend"])),
               default=None, help="Runtime to time on (default onnxruntime; --gpu = tensorrt; "
               "openvino needs halp-trt[openvino]).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+@click.option("--precision", type=click.Choice(list(CHOICES["precision"])), default="fp32",
               show_default=True)
 @click.option("--rounds", type=click.IntRange(3), default=30, show_default=True,
               help="Interleaved rounds in each of the 3 measurement calls.")

@@ -7,12 +7,6 @@ import torch.nn as nn
 
 from halp_trt.errors import HalpError
 
-# The embedded default: torchvision's resnet18 on the 10-class digits task at 64x64.
-DEFAULT_MODEL = "resnet18"
-DEFAULT_NUM_CLASSES = 10
-DEFAULT_INPUT_SHAPE = (1, 3, 64, 64)
-
-
 # torchvision builders whose architecture depends on the input size: built for the run's size
 _SIZE_KWARG = {"vit_": "image_size", "maxvit": "input_size"}
 

@@ -226,18 +226,25 @@ class Setup:
 
 
 # ---- halp-trt -----------------------------------------------------------------------------------
-def run_halp(s: Setup, level: float, seed: int) -> dict:
+# halp-trt with one schedule change, run at seed 0 after the level's rows: the default takes
+# its 8 steps 5 batches apart (all pruning in the first 40 of 938 batches, importance from
+# 320 images a step); HALP's reference recipe waits 40 iterations between steps
+HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40}}
+
+
+def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
     from halp_trt.pipeline.config import DeployConfig
     from halp_trt.pipeline.run import DeployRun
     from halp_trt.runtime.export import export_onnx
 
     out = os.path.join(s.a.cache_dir, "halp_runs", f"{'quick_' if s.a.quick else ''}"
-                       f"level{level}_seed{seed}")
+                       f"level{level}_seed{seed}" + "".join(f"_{k}{v}" for k, v in
+                                                           schedule.items()))
     cfg = DeployConfig(out=out, model="resnet18", weights=s.base_path, data="fashion-mnist",
                        input_size=INPUT_SIZE, batch_size=TIMING_BATCH,
                        train_batch_size=TRAIN_BATCH, table=s.table_path, target=str(level),
                        epochs=0, lr=LR, rounds=s.a.rounds, seed=seed,
-                       importance="taylor", contribution="two_sided",
+                       importance="taylor", contribution="two_sided", **schedule,
                        max_batches=math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
                        else None)
     run = DeployRun(cfg)
@@ -490,6 +497,8 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
         plan += [("halp-trt", seed), *((v, seed) for v in carried)]
         if a.with_fastnas:
             plan.append(("modelopt-fastnas", seed))
+    if a.ablation:
+        plan += [(name, 0) for name in HALP_ABLATIONS]
     if a.screen and len(seed0) < len(variants):
         # the carried variants are known once seed 0 is done: stop the plan there
         plan = plan[:plan.index(("halp-trt", 1))] if a.seeds > 1 else plan
@@ -556,7 +565,8 @@ def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> di
             "amount", "latency_ratio", "latency_vs_halp", "acc_bn", "acc_ft") if k in p}}
             for r in rs for p in r.get("points", [])]
         e["wall_s_mean"] = statistics.mean(r["wall_s"] for r in rs)
-        is_ablation = method.startswith("tp-") and not method.endswith(f"-r{step}")
+        is_ablation = method in HALP_ABLATIONS or (method.startswith("tp-") and
+                                                   not method.endswith(f"-r{step}"))
         (entry["ablations"] if is_ablation else entry["methods"])[method] = e
     return entry
 
@@ -751,8 +761,8 @@ def _main(a):
         t_row = time.perf_counter()
         print(f"-- level {a.level} seed {seed} {method}", flush=True)
         try:
-            if method == "halp-trt":
-                row = run_halp(s, a.level, seed)
+            if method == "halp-trt" or method in HALP_ABLATIONS:
+                row = run_halp(s, a.level, seed, **HALP_ABLATIONS.get(method, {}))
             else:
                 halp_row = next((r for r in rows if (r["method"], r["seed"]) ==
                                  ("halp-trt", seed)), None)

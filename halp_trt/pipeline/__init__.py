@@ -8,16 +8,31 @@ the stages (load, original, table, calibrate, prune, fine-tune, deploy, verify, 
 ``front.py`` several targets from one run and their Pareto front.
 """
 from halp_trt.pipeline.config import DeployConfig
-from halp_trt.pipeline.front import prune_and_deploy_front
-from halp_trt.pipeline.run import DeployRun
 
 
 def prune_and_deploy(cfg: DeployConfig) -> dict:
     """Run the whole job; returns the report (also written to ``cfg.out``). With several
     targets, one pruned model per target and their Pareto front."""
+    from halp_trt.pipeline.front import prune_and_deploy_front
+    from halp_trt.pipeline.run import DeployRun
+
     if len(cfg.parsed_targets) > 1:
         return prune_and_deploy_front(cfg)
     return DeployRun(cfg).run()
+
+
+def __getattr__(name: str):
+    # the stages import torch: loaded on first use, so the CLI's option table (DeployConfig)
+    # stays light
+    if name == "DeployRun":
+        from halp_trt.pipeline.run import DeployRun
+
+        return DeployRun
+    if name == "prune_and_deploy_front":
+        from halp_trt.pipeline.front import prune_and_deploy_front
+
+        return prune_and_deploy_front
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["DeployConfig", "DeployRun", "prune_and_deploy", "prune_and_deploy_front"]

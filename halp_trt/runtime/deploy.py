@@ -187,13 +187,6 @@ class Comparison:
             return self.ratio, self.ratio
         return min(pairs), max(pairs)
 
-    def session_range_ms(self, which: str) -> tuple[float, float]:
-        """(min, max) over sessions of one model's estimate; ``which``: original or pruned."""
-        sessions = {"original": self.original_sessions, "pruned": self.pruned_sessions}[which]
-        main = {"original": self.original, "pruned": self.pruned}[which]
-        ests = [s.estimate(self.estimator) for s in sessions] or [main.estimate(self.estimator)]
-        return min(ests), max(ests)
-
 
 # Separate measurement calls (fresh sessions each) per comparison. Sessions of one call share
 # an offset that their spread does not show: a pruned resnet18 at 2.5 ms (Zen 4) read

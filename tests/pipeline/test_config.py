@@ -36,3 +36,37 @@ def test_a_valid_config_parses_its_target_as_a_fraction_of_the_measured_original
     assert cfg.parsed_target.of == "measured" and cfg.exclude == ("fc",)
     assert DeployConfig(out="o", target="4ms").target_ms == 4.0
     assert cfg.to_json()["exclude"] == ["fc"] and "parsed_target" not in cfg.to_json()
+
+
+def test_cli_defaults_and_choices_are_deploy_configs():
+    """Every prune-and-deploy option has DeployConfig's default and choice list; a retyped
+    default that drifts fails here."""
+    from dataclasses import MISSING, fields
+
+    import click
+
+    from halp_trt.cli import main
+    from halp_trt.pipeline.config import CHOICES, DeployConfig
+
+    by_name = {f.name: f for f in fields(DeployConfig)}
+    command = main.commands["prune-and-deploy"]
+    ctx = click.Context(command)
+    params = {p.name: p for p in command.params}
+    assert set(params) - {"out_dir", "help"} <= set(by_name)
+    checked = 0
+    for name, p in params.items():
+        if name not in by_name or by_name[name].default is MISSING:
+            continue
+        default, cli_default = by_name[name].default, p.get_default(ctx)
+        if p.multiple:
+            unset = not isinstance(cli_default, (list, tuple))  # click 8.2+: a sentinel
+            default, cli_default = tuple(default), () if unset else tuple(cli_default)
+        assert cli_default == default, name
+        if name in CHOICES:
+            assert isinstance(p.type, click.Choice) and tuple(p.type.choices) == CHOICES[name]
+        checked += 1
+    assert checked >= 25
+    for command in ("build-table", "validate"):  # the runtimes and precisions offered there too
+        opts = {p.name: p for p in main.commands[command].params}
+        assert tuple(opts["backend"].type.choices) == CHOICES["backend"]
+        assert tuple(opts["precision"].type.choices) == CHOICES["precision"]
