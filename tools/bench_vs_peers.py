@@ -464,7 +464,8 @@ def run_peer(s: Setup, method: str, seed: int, halp_row: dict) -> dict:
                        "acc_ft": s.finetune(model, s.a.ft_steps, seed)})
     vs_halp = at_reference(points, "latency_vs_halp") if len(points) == 1 else 1.0
     return {"latency_ratio": ref * vs_halp, "latency_vs_halp": vs_halp,
-            "matched": abs(vs_halp - 1) <= MATCH_TOLERANCE, "interpolated": len(points) == 2,
+            "matched": len(points) == 1 and abs(vs_halp - 1) <= MATCH_TOLERANCE,
+            "interpolated": len(points) == 2,
             "acc_bn": at_reference(points, "acc_bn"), "acc_ft": at_reference(points, "acc_ft"),
             "points": points, "sessions": m["sessions"], "prune_batches": 0,
             "ft_batches": s.a.ft_steps * len(points)}
