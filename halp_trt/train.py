@@ -105,6 +105,65 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, prun
     return total / max(n, 1)
 
 
+def capped(loader, max_batches: int | None):
+    """The first ``max_batches`` batches of ``loader`` (all of them for None)."""
+    for i, b in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield b
+
+
+def progress_bar(iterable, enabled: bool = True, **kw):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, dynamic_ncols=True, leave=False, **kw)
+
+
+def train_epochs(net: nn.Module, loader, optimizer: torch.optim.Optimizer, n_epochs: int = 0, *,
+                 seed: int = 0, first_epoch: int = 0, pruner=None, scheduler=None, until=None,
+                 on_epoch=None, clip_grad_norm: float | None = None,
+                 max_batches: int | None = None, desc: str = "train",
+                 progress: bool = True) -> None:
+    """``n_epochs`` epochs, or with ``until`` as many as it takes until it returns True. Each
+    epoch's data order is seeded by (``seed``, ``first_epoch`` + epoch), so a resumed run sees
+    the batches the uninterrupted run would have seen; ``on_epoch(epochs_done)`` after each."""
+    epoch = 0
+    while (epoch < n_epochs) if until is None else not until():
+        global_epoch = first_epoch + epoch
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(global_epoch + 1000 * seed)
+        else:
+            loader.generator.manual_seed(seed * 100_003 + global_epoch)
+        n = min(len(loader), max_batches or len(loader))
+        bar = progress_bar(capped(loader, max_batches), progress, total=n,
+                           desc=f"{desc} epoch {epoch + 1}" + (f"/{n_epochs}" if until is None
+                                                               else ""))
+        train_epoch(net, bar, optimizer, pruner, scheduler=scheduler,
+                    clip_grad_norm=clip_grad_norm)
+        epoch += 1
+        if on_epoch:
+            on_epoch(epoch)
+
+
+def pretrain(model: nn.Module, loader, epochs: int, lr: float = 2e-3, *, seed: int = 0,
+             net: nn.Module | None = None, on_epoch=None, max_batches: int | None = None,
+             progress: bool = True) -> None:
+    """Train ``model`` from scratch: AdamW, one-cycle to ``lr``, gradients clipped at 2, then
+    BatchNorm statistics re-estimated. Measured on digits at 64x64: SGD at batch 64 left RegNetY,
+    GoogLeNet and MNASNet at chance after one epoch (MNASNet's BN momentum of 3e-4 barely moves
+    its statistics) and diverged ResNeXt (logits 1e5); this recipe reached 0.53-0.89 for all of
+    them. ``net``: what to run forward (a DDP wrapper of ``model``)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    per_epoch = min(len(loader), max_batches or len(loader))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
+    train_epochs(net or model, loader, opt, epochs, seed=seed, scheduler=sched,
+                 clip_grad_norm=2.0, on_epoch=on_epoch, max_batches=max_batches,
+                 desc="pre-train", progress=progress)
+    recalibrate_bn(model, capped(loader, max_batches), max_batches=20)
+
+
 def load_weights(model: nn.Module, path: str) -> None:
     """Load a state dict, refusing anything but tensors (a pickle can run code)."""
     if not os.path.isfile(path):

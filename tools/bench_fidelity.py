@@ -27,24 +27,16 @@ from halp_trt.runtime.protocol import measure_interleaved, model_protocol
 from halp_trt.models import create_model, parse_input_shape
 from halp_trt.latency.calibration import slimmed_copy
 from halp_trt.pruning.pruner import HALPConfig, HALPPruner
+import halp_trt
 from halp_trt.latency.table import LatencyTable
 from halp_trt.runtime.machine import cpu_identity, machine_class
 
 
 def prune_one_shot(model, example, table, loader, layers_target_ms, rule, batches):
-    net = copy.deepcopy(model)
-    pr = HALPPruner(net, example, table, HALPConfig(target=f"{layers_target_ms}ms", steps=1,
-                                                    interval=batches, contribution=rule))
-    loss_fn = torch.nn.CrossEntropyLoss()
-    net.train()
-    for i, (x, y) in enumerate(loader):
-        if i >= batches:
-            break
-        net.zero_grad()
-        loss_fn(net(x), y).backward()
-        pr.accumulate()
-        pr.step()
-    return pr.predict_ms(), pr.finalize().eval()
+    """One Taylor pruning step of a copy to a layer-sum target (``halp_trt.prune``)."""
+    net, result = halp_trt.prune(copy.deepcopy(model), example, f"{layers_target_ms}ms", table,
+                                 loader, batches=batches, contribution=rule)
+    return result.predicted_ms, net.eval()
 
 
 def main():

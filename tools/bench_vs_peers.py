@@ -131,32 +131,28 @@ class Setup:
         return make_loader(dataset or self.train, batch, True, seed)
 
     def _base_model(self):
-        from halp_trt.train import evaluate, load_weights, recalibrate_bn, train_epoch
+        from halp_trt.train import evaluate, load_weights, pretrain
 
         info_path = self.base_path + ".json"
-        model = self.new_model()
         if os.path.exists(self.base_path) and os.path.exists(info_path):
+            model = self.new_model()
             load_weights(model, self.base_path)
             with open(info_path) as f:
                 return model.eval(), json.load(f)
         epochs = 1 if self.a.quick else self.a.base_epochs
         print(f"training the base resnet18 on Fashion-MNIST at {INPUT_SIZE}x{INPUT_SIZE} for "
               f"{epochs} epochs (cached in {self.base_path})", flush=True)
-        torch.manual_seed(0)
-        loader = self.loader(0, 128)
+        torch.manual_seed(0)  # the initial weights too
+        model = self.new_model()
         val_loader = self._val_loader()
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3,
-                                                    total_steps=epochs * len(loader))
         curve, t_base = [], time.perf_counter()
-        for e in range(epochs):
-            loader.generator.manual_seed(e)
-            train_epoch(model, _progress(loader, desc=f"base epoch {e + 1}/{epochs}"), opt,
-                        scheduler=sched, clip_grad_norm=2.0)
+
+        def record(epochs_done: int) -> None:
             curve.append(evaluate(model, val_loader))
-            print(f"base epoch {e + 1}: test accuracy {curve[-1]:.4f} "
+            print(f"base epoch {epochs_done}: test accuracy {curve[-1]:.4f} "
                   f"({(time.perf_counter() - t_base) / 60:.1f} min)", flush=True)
-        recalibrate_bn(model, loader, max_batches=BN_BATCHES)
+
+        pretrain(model, self.loader(0, 128), epochs, 2e-3, seed=0, on_epoch=record)
         acc = evaluate(model, val_loader)
         torch.save(model.state_dict(), self.base_path)
         with open(self.base_path, "rb") as f:
@@ -164,7 +160,8 @@ class Setup:
         info = {"accuracy": acc, "epochs": epochs, "test_accuracy_per_epoch": curve,
                 # plateau: the last epoch moved test accuracy by under half a point
                 "plateau": len(curve) > 1 and abs(curve[-1] - curve[-2]) < 0.005,
-                "sha256": sha, "recipe": "AdamW lr 2e-3 one-cycle, batch 128, clip 2.0",
+                "sha256": sha, "recipe": "halp_trt.train.pretrain: AdamW lr 2e-3 one-cycle, "
+                                          "batch 128, clip 2.0",
                 "wall_s": time.perf_counter() - t_base, "torch_threads": torch.get_num_threads()}
         with open(info_path, "w") as f:
             json.dump(info, f, indent=1)

@@ -21,7 +21,6 @@ the benchmark's), and its row is written as soon as it finishes: the same comman
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -222,16 +221,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="table timing rounds (coarse)")
     ap.add_argument("--max-points", type=int, default=3, help="table lattice points per axis")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per model")
-    ap.add_argument("--timing-lock", default=None,
-                    help="lock file held exclusively (flock) while each model runs and released "
-                         "between models, so other CPU-heavy work holding it shared waits for "
-                         "the timing and gets the machine in between")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: run one model
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("ROW " + json.dumps(run_one(args.one, args.target, args.rounds, args.max_points,
-                                         args.work)), flush=True)
+        from halp_trt.runtime.timing_lock import sharing_the_machine
+
+        # other halp-trt processes do not time while this model is built, trained or exported
+        # (its own timing sessions take the machine-wide lock exclusively)
+        with sharing_the_machine():
+            row = run_one(args.one, args.target, args.rounds, args.max_points, args.work)
+        print("ROW " + json.dumps(row), flush=True)
         return
 
     import torchvision
@@ -271,14 +271,9 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
     from halp_trt.runtime.machine import machine_class
 
     this_machine = machine_class(meta["machine"])  # a resumed file may hold several machines
-    lock_fd = os.open(args.timing_lock, os.O_RDWR | os.O_CREAT, 0o666) if args.timing_lock \
-        else None
     for name in tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True):
         row = size_gate(name, params[name], args.skip_over_params)
         if row is None:
-            if lock_fd is not None:
-                time.sleep(1.0)  # a waiting heavy job gets the machine between two models
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
             t0 = time.perf_counter()
             work = tempfile.mkdtemp(prefix=f"{name}-", dir=work_root)
             try:
@@ -298,8 +293,6 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                        "reason": f"over the {args.timeout:.0f} s budget per model"}
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-                if lock_fd is not None:
-                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
             row["wall_s"] = round(time.perf_counter() - t0, 1)
         row["machine"] = this_machine
         rows[name] = row

@@ -32,6 +32,7 @@ from halp_trt.pipeline.config import DeployConfig
 from halp_trt.pipeline.state import RunState
 from halp_trt.pruning.surgery import check_masked_equals_pruned
 from halp_trt.sanity import check_model_is_sane
+from halp_trt.train import capped
 
 CHECKPOINT = "checkpoint.pt"
 # A target whose predicted floor is within this factor of it is tried (and measured), not
@@ -43,21 +44,6 @@ MEASURE_FLOOR_WITHIN = 2.0
 # the INT8 model is compared with PyTorch on (top-1 agreement needs ~100 to mean something)
 INT8_CALIBRATION_BATCHES = 32
 INT8_CHECK_INPUTS = 128
-
-
-def _progress(iterable, enabled: bool, **kw):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, dynamic_ncols=True, leave=False, **kw)
-
-
-def _capped(loader, max_batches):
-    for i, b in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        yield b
 
 
 class DeployRun:
@@ -183,50 +169,30 @@ class DeployRun:
     def _run_epochs(self, net, optimizer, n_epochs, desc, pruner=None, scheduler=None,
                     until=None, on_epoch=None, first_epoch: int = 0, loader=None,
                     clip_grad_norm: float | None = None):
-        """``n_epochs`` epochs, or with ``until`` as many as it takes until it returns True.
-        Each epoch's data order is seeded by (seed, ``first_epoch`` + epoch), so a resumed run
-        sees the batches the uninterrupted run would have seen."""
+        """``train.train_epochs`` on this run's loader, seed and batch cap, under DDP when
+        several ranks run."""
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from halp_trt.train import train_epoch
+        from halp_trt.train import train_epochs
 
-        cfg, loader = self.cfg, loader or self.train_loader
         wrapped = DDP(net) if self.world > 1 else net
-        epoch = 0
-        while (epoch < n_epochs) if until is None else not until():
-            global_epoch = first_epoch + epoch
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(global_epoch + 1000 * cfg.seed)
-            else:
-                loader.generator.manual_seed(cfg.seed * 100_003 + global_epoch)
-            n = min(len(loader), cfg.max_batches or len(loader))
-            bar = _progress(_capped(loader, cfg.max_batches), self.show_progress, total=n,
-                            desc=f"{desc} epoch {epoch + 1}" + (f"/{n_epochs}" if until is None
-                                                                 else ""))
-            train_epoch(wrapped, bar, optimizer, pruner, scheduler=scheduler,
-                        clip_grad_norm=clip_grad_norm)
-            epoch += 1
-            if on_epoch:
-                on_epoch(epoch)
+        train_epochs(wrapped, loader or self.train_loader, optimizer, n_epochs, seed=self.cfg.seed,
+                     first_epoch=first_epoch, pruner=pruner, scheduler=scheduler, until=until,
+                     on_epoch=on_epoch, clip_grad_norm=clip_grad_norm,
+                     max_batches=self.cfg.max_batches, desc=desc, progress=self.show_progress)
 
     def _pretrain(self, model) -> None:
-        """AdamW, one-cycle, clipped gradients, small batches, then BN statistics re-estimated:
-        measured on digits at 64x64, SGD at batch 64 left RegNetY, GoogLeNet and MNASNet at
-        chance after one epoch (MNASNet's BN momentum of 3e-4 barely moves its statistics) and
-        diverged ResNeXt (logits 1e5); this recipe reached 0.53-0.89 for all of them."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
         from halp_trt.data import make_loader
-        from halp_trt.train import recalibrate_bn
+        from halp_trt.train import pretrain
 
         cfg = self.cfg
         loader = make_loader(self.data.train, cfg.pretrain_batch_size, True, cfg.seed,
                              self.world > 1)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=1e-4)
-        per_epoch = min(len(loader), cfg.max_batches or len(loader))
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.pretrain_lr, total_steps=cfg.pretrain_epochs * per_epoch)
-        self._run_epochs(model, opt, cfg.pretrain_epochs, "pre-train", scheduler=sched,
-                         loader=loader, clip_grad_norm=2.0)
-        recalibrate_bn(model, _capped(loader, cfg.max_batches), max_batches=20)
+        pretrain(model, loader, cfg.pretrain_epochs, cfg.pretrain_lr, seed=cfg.seed,
+                 net=DDP(model) if self.world > 1 else None, max_batches=cfg.max_batches,
+                 progress=self.show_progress)
         if self.world > 1:  # every rank starts pruning from rank 0's weights and statistics
             model.load_state_dict(broadcast_object(model.state_dict()))
 
@@ -491,7 +457,7 @@ class DeployRun:
 
         cfg = self.cfg
         val_x = [x[: cfg.batch_size] for x, _ in
-                 _capped(make_loader(self.data.val, cfg.batch_size, False), 8)]
+                 capped(make_loader(self.data.val, cfg.batch_size, False), 8)]
         self.original_onnx = export_onnx(self.original_model, self.example)
         self.pruned_onnx = export_onnx(self.pruned_model, self.example)
         sane = not cfg.allow_untrained  # random weights may give huge (finite) outputs
@@ -510,7 +476,7 @@ class DeployRun:
 
         cfg = self.cfg
         return [x.numpy() for x, _ in
-                _capped(make_loader(self.data.train, cfg.batch_size, True, cfg.seed),
+                capped(make_loader(self.data.train, cfg.batch_size, True, cfg.seed),
                         INT8_CALIBRATION_BATCHES) if x.shape[0] == cfg.batch_size]
 
     def _deploy_int8(self) -> dict:
