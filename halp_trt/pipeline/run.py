@@ -257,12 +257,12 @@ class DeployRun:
         # pruner accepts, checked before calibrating and training towards it) and the slimmed
         # calibration model: each construction traces the dependency graph.
         pruning_ahead = st.phase in ("original", "pruning")
-        probe = (self._throwaway_pruner()
-                 if pruning_ahead or st.calibration is None else None)
-        layers_min_ms = probe.min_ms if pruning_ahead else None
+        sizing_pruner = (self._throwaway_pruner()
+                         if pruning_ahead or st.calibration is None else None)
+        layers_min_ms = sizing_pruner.min_ms if pruning_ahead else None
         if st.calibration is None:
             factor = min(0.9, max(0.25, math.sqrt(cfg.target_fraction or 0.5)))
-            slim, slim_layers_ms = slimmed_copy(probe, factor)
+            slim, slim_layers_ms = slimmed_copy(sizing_pruner, factor)
             self.log(f"measuring the original and a {factor:.2f}-width copy on "
                      f"{self.backend.identity().get('runtime')} ({cfg.rounds} interleaved "
                      "rounds) to calibrate whole-model predictions")
@@ -286,23 +286,23 @@ class DeployRun:
                                  c["layers_slim_ms"], c["model_slim_ms"],
                                  c.get("layers_floor_ms"), c.get("model_floor_ms"))
         original_ms = st.original_ms
-        self.target_ms = cfg.parsed_target.to_ms(original_ms)
-        if self.target_ms >= original_ms:
+        self.measured_goal_ms = cfg.parsed_target.to_ms(original_ms)
+        if self.measured_goal_ms >= original_ms:
             raise ConfigError("target", f"{{field}} {cfg.target} is not below the original's "
                               f"measured {original_ms:.3f} ms: nothing to prune; give a lower "
                               "target")
         floor_ms = None if layers_min_ms is None else self.calib.model_ms(layers_min_ms)
         if floor_ms is not None and c.get("model_floor_ms") is None and \
-                floor_ms * MEASURE_FLOOR_WITHIN >= self.target_ms:
+                floor_ms * MEASURE_FLOOR_WITHIN >= self.measured_goal_ms:
             self._measure_floor()
             c = st.calibration
             self.calib = Calibration(kind, c["layers_full_ms"], c["model_full_ms"],
                                      c["layers_slim_ms"], c["model_slim_ms"],
                                      c["layers_floor_ms"], c["model_floor_ms"])
             floor_ms = self.calib.model_ms(layers_min_ms)
-        layers_target_ms = self.calib.layers_ms(self.target_ms)
+        layers_target_ms = self.calib.layers_ms(self.measured_goal_ms)
         if floor_ms is not None and layers_target_ms < layers_min_ms and \
-                floor_ms <= self.target_ms * NEAR_FLOOR:
+                floor_ms <= self.measured_goal_ms * NEAR_FLOOR:
             # The floor is a two-point calibration's prediction, a few percent either way from
             # one run to the next (seen: MNASNet and EfficientNet at 64x64 refused in one run,
             # met the target in the next): near it, the measurements decide.
@@ -311,15 +311,15 @@ class DeployRun:
             layers_target_ms = layers_min_ms
         if floor_ms is not None and layers_target_ms < layers_min_ms:
             raise ConfigError(
-                "target", f"{{field}} {cfg.target} ({self.target_ms:.3f} ms) is infeasible with "
+                "target", f"{{field}} {cfg.target} ({self.measured_goal_ms:.3f} ms) is infeasible with "
                 f"this table: its smallest model (every prunable group at its minimum width) is "
                 f"predicted at {floor_ms:.3f} ms, {floor_ms / original_ms:.3f} of the original's "
                 f"{original_ms:.3f} ms measured. Use {{field}} "
                 f"{math.ceil(1000 * floor_ms / original_ms) / 1000:.3f} or more.")
         if layers_target_ms <= 0:
-            raise ConfigError("target", f"target {self.target_ms:.3f} ms is infeasible: the part "
+            raise ConfigError("target", f"target {self.measured_goal_ms:.3f} ms is infeasible: the part "
                               "of the model the table does not hold alone takes "
-                              f"{self.target_ms - layers_target_ms:.3f} ms (original "
+                              f"{self.measured_goal_ms - layers_target_ms:.3f} ms (original "
                               f"{original_ms:.3f} ms measured)")
         self.halp_config = HALPConfig(target=f"{layers_target_ms}ms", steps=cfg.steps,
                                       interval=cfg.interval, contribution=cfg.contribution,
@@ -371,7 +371,7 @@ class DeployRun:
             self.pruned_model.load_state_dict(st.model if st.phase == "finetune" else st.pruned)
             return
         pruner = HALPPruner(model, example, self.latency_table, self.halp_config)
-        final_ratio = self.target_ms / st.original_ms
+        final_ratio = self.measured_goal_ms / st.original_ms
         def build_arch(result):
             # with the current weights: INT8 latency depends on them through the activation
             # ranges (seen on resnet18: randomly initialised copies read a 0.93-width model at
@@ -396,7 +396,7 @@ class DeployRun:
             torch.set_rng_state(st.rng)
         pruner.attach_optimizer(opt)
         self.log(f"pruning to {final_ratio:.3f} of the original's latency "
-                 f"({self.target_ms:.3f} ms of {st.original_ms:.3f} ms measured) in {cfg.steps} "
+                 f"({self.measured_goal_ms:.3f} ms of {st.original_ms:.3f} ms measured) in {cfg.steps} "
                  f"steps every {cfg.interval} batches, measuring after each step")
 
         done_before = st.prune_epochs_done if st.phase == "pruning" else 0

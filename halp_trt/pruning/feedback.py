@@ -1,31 +1,14 @@
 """Closed-loop latency targets: measure the pruned architecture after each pruning step and
 correct the targets of the steps that remain.
 
-The table predicts each layer to within a few percent, but the whole model is not the sum of
-its layers: measured on resnet18 at 64x64 (ORT CPU), two pruned models with the same per-layer
-sum ratio differed by 10–40% from any one-formula calibration, because which layers shrink
-changes the in-graph overheads (layout conversions, per-node dispatch). So after each step the
-current widths are built as a real model, exported and timed interleaved with the original; a
-line through the latest (layer sum, measured) point, its slope fitted through the original,
-every step's point and the calibration's slimmed copy, maps the remaining measured-latency
-schedule back to layer-sum targets for the knapsack. Pruning only removes
-channels, so an undershoot cannot be undone; approaching the target over several steps keeps
-the last correction small.
-
-The last step is bracketed: whole models under a millisecond repeat only within ±5% between
-measurement sessions here, so a target read off one session and hit in another lands 10–30%
-low or high. Before the last step, the knapsack is solved for several layer-sum targets around
-the estimate, every distinct candidate is built and timed in one interleaved session with the
-original (and the reference model, when the target is "as fast as this model"), and the step
-takes the candidate that keeps the most latency while measuring at or under the target. A
-further step is added only if no candidate met it.
-
-When the calibration is far off (near the table's floor it extrapolates from one slimmed model:
-shufflenet_v2 at 128 put its floor at 0.63 of the original, measured 0.23), the whole bracket
-can measure under the target. The bracket then searches on measurements: the current model
-(the original, for a one-shot step) is a known point above the target, a monotone fit through
-every candidate measured so far and that point gives where the target is crossed, and the next
-session's candidates cover the interval that still holds the crossing, densest at the estimate.
+The whole model is not the sum of its layers: which layers shrink changes the in-graph overheads
+(layout conversions, per-node dispatch), so two models with the same layer-sum ratio can measure
+10–40% apart. After each step the current widths are exported and timed interleaved with the
+original, and a line through the latest (layer sum, measured) point maps the remaining schedule
+back to layer-sum targets. Pruning cannot undo an undershoot, so the targets are approached over
+several steps. Sub-millisecond models repeat only within ±5% between sessions, so the last step
+times several candidate widths in one session and takes the one keeping the most latency at or
+under the target; when all measure well under it, a monotone fit through them re-aims the bracket.
 """
 from __future__ import annotations
 
@@ -50,19 +33,17 @@ class FeedbackPoint:
 
 
 # Layer-sum targets tried for the last step, as factors of the estimated one: dense near 1,
-# where the pick lands (7 factors 7% apart left 5-10% gaps between neighbouring candidates).
+# where the pick lands (factors 7% apart leave 5-10% gaps between neighbouring candidates).
 DEFAULT_BRACKET = (0.8, 0.88, 0.93, 0.96, 0.98, 1.0, 1.02, 1.04, 1.07, 1.12, 1.2, 1.3)
 
 
 # Graphs' worth of sessions the reference is timed as in each session (its reading decides).
 REFERENCE_COPIES = 3
 # Steps before the last are timed with half the rounds (at least this many): their readings
-# only aim the next step. Readings of resnet18 vs its half-width copy at 64x64 (3 fresh
-# sessions per graph; Intel Xeon family 6 model 207; tools/bench_steering_rounds.py, 10
-# readings each) had std 0.008 / 0.006 / 0.008 of a 0.28 ratio at 10 / 15 / 30 rounds, for
-# 1.5 / 2.0 / 3.8 s: rounds past 15 did not narrow them here. Fewer rounds read the smaller
-# model a little high (means 0.284 / 0.281 / 0.280), so the next step cuts a little deeper;
-# the last step's bracket starts again from its own readings.
+# only aim the next step, and rounds past 15 do not narrow them (std 0.008 / 0.006 / 0.008 of
+# a 0.28 ratio at 10 / 15 / 30 rounds; tools/bench_steering_rounds.py). Fewer rounds read the
+# smaller model slightly high, so the next step cuts slightly deeper; the last step's bracket
+# corrects that from its own readings.
 MIN_STEERING_ROUNDS = 10
 
 
@@ -192,7 +173,7 @@ class LatencyFeedback:
         points: list[tuple[float, float]] = []
         best: tuple[float, float, bool] | None = None  # (knapsack target ms, ratio, met)
         # every candidate's sessions are alive at once: a big model gets fewer candidates, the
-        # ones nearest the estimate (vit_l_32, 1.2 GB of weights: 13 graphs took 24 GiB)
+        # ones nearest the estimate (13 graphs of vit_l_32, 1.2 GB of weights, need 24 GiB)
         room = graphs_that_fit(len(self.original_onnx)) - 1 - (
             REFERENCE_COPIES if self.reference_onnx is not None else 0)
         room = max(MIN_BRACKET_CANDIDATES, room)
@@ -216,8 +197,7 @@ class LatencyFeedback:
             ratios = self._measure(graphs)
             # With a reference, compare with its reading in this same session: every ratio of
             # a session shares its reading of the original (a few % off between sessions), so
-            # a target carried over from other sessions biased picks (measured: a reference
-            # read at 0.122 of the original over the feedback sessions, 0.128 next to it).
+            # a target carried over from other sessions biases the pick.
             goal_ratio = self._goal_ratio()
             meeting = [k for k in candidates if self._meets(ratios[k], goal_ratio)]
             # most latency kept (the knapsack then keeps the most importance) within the
@@ -237,8 +217,8 @@ class LatencyFeedback:
             best = _better_pick(best, (candidates[pick][0], ratios[pick], bool(meeting)))
             # Undershooting cannot be undone after the commit: when even the best candidate
             # under the target is well below it (the calibration put the whole bracket too
-            # low — seen: densenet121, all twelve at 0.12-0.25 for 0.5), aim again from what
-            # was measured, with a denser bracket, and keep the best of all sessions' picks.
+            # low), aim again from the measurements with a denser bracket, and keep the best
+            # of all sessions' picks.
             best_ms, best_ratio, best_met = best
             if not best_met or best_ratio >= goal_ratio * (1 - self.rebracket_gap) or \
                     attempt == self.rebrackets or best_ms >= ceiling_ms:
@@ -281,12 +261,11 @@ class LatencyFeedback:
         # Slope of measured vs layer-sum ratio: least squares through the original (1, 1) and
         # every measured point, the prior points included, bounded so that one noisy
         # measurement cannot swing the targets. A point weighs by its squared distance from
-        # the original: the first steps cut ~10% of the layer sum and sit where the whole model
-        # follows its layers least (seen: 0.991 for a layer sum of 0.903, resnet18 on the Xeon,
-        # in three runs; alone it made a slope of 0.55 and the next step cut to 0.73 of the
-        # original for a scheduled 0.84). The calibration's slimmed copy sits near half and
-        # weighs more than the steps' points until late in the schedule, so its slope largely
-        # decides; the line still goes through the latest reading.
+        # the original: the first steps cut ~10% of the layer sum, where the whole model follows
+        # its layers least (a layer sum of 0.903 can measure 0.991, which alone would make the
+        # next step cut far too deep), so the calibration's slimmed copy, near half, largely
+        # decides the slope until late in the schedule; the line still goes through the latest
+        # reading.
         fit = [(q.layers_ratio, q.measured_ratio) for q in self.points] + self.prior_points
         num = sum((1 - lr) * (1 - mr) for lr, mr in fit)
         den = sum((1 - lr) ** 2 for lr, _ in fit)
@@ -306,8 +285,8 @@ class LatencyFeedback:
             return  # measured at or under the target next to it, in one session
         elif not self._meets(measured, self._goal_ratio()) and self.extra_left > 0:
             # A correction only ever prunes more, so deciding on one noisy reading biases
-            # results low (seen: 10–30% under the target on sub-millisecond models). Measure
-            # again and act only if the better of the two readings is still above the target.
+            # results low (10–30% under the target on sub-millisecond models): measure again
+            # and act only if the better of the two readings is still above the target.
             measured = min(measured, self.measure_current())
             self.points[-1].measured_ratio = measured
             goal_ratio = self._goal_ratio()
@@ -387,9 +366,8 @@ def _rebracket_targets(estimate_ms: float, low_ms: float, high_ms: float, floor_
 def _monotone_fit(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Least-squares non-decreasing fit of ratio over target (pool adjacent violators): one
     (mean target, mean ratio) per pooled block. Candidates of one session differ by a few
-    percent of noise, often more than their true difference near a flat part of the curve;
-    a slope read off two or three of them pointed anywhere (seen: re-aimed at the full model,
-    or given up on, which committed 0.33 for a target of 0.5)."""
+    percent of noise, often more than their true difference near a flat part of the curve,
+    so a slope read off two or three of them can point anywhere."""
     blocks: list[list[float]] = []  # [sum t, sum r, n]
     for t, r in sorted(points):
         blocks.append([t, r, 1])

@@ -1,20 +1,15 @@
-"""Channel importance (HALP's first-order Taylor importance on the BN after each conv, or on
-the weights without BN), accumulated over the minibatches between two pruning steps.
+"""Channel importance, accumulated over the minibatches between two pruning steps.
 
-Scores are per coupled channel group, indexed in the group's root order (``ChannelGroup``), so all
-channels tied by a residual add, depthwise conv or concat share one score.
+Scores are per coupled channel group, in the group's root order (``ChannelGroup``), so channels
+tied by a residual add, depthwise conv or concat share one score.
 
-* ``TaylorImportance``: first-order Taylor estimate of the loss change when a channel is removed,
-  taken on the BatchNorm scale and shift: |Σ_BN (γ·∂L/∂γ + β·∂L/∂β)| over every BN of the group.
-  A group without BN uses the filters instead: |Σ w·∂L/∂w| over each channel's out-side conv/linear
-  weights and bias. The absolute value is taken per batch, then averaged: averaging signed values
-  first would cancel towards zero as training converges.
+* ``TaylorImportance``: HALP's first-order estimate of the loss change, |Σ_BN (γ·∂L/∂γ + β·∂L/∂β)|
+  over the group's BNs, or |Σ w·∂L/∂w| over each channel's out-side filters without BN; absolute per
+  batch, then averaged, since signed values would cancel towards zero as training converges.
 * ``MagnitudeImportance``: L2 norm of each channel's out-side filters (no gradients needed).
 * Any callable ``fn(model, group) -> tensor[group.size]``.
 
-Under ``torch.distributed`` the sums and batch counts are all-reduced before averaging, and rank
-0's result is broadcast, so every rank takes bit-identical pruning decisions.
-"""
+Under ``torch.distributed`` sums and counts are all-reduced, so every rank decides identically."""
 from __future__ import annotations
 
 import warnings
@@ -94,11 +89,9 @@ class MagnitudeImportance:
     """L2 norm of each channel's out-side conv/linear filters (weights and bias), divided by the
     group's mean norm.
 
-    Raw filter norms have per-layer scales (fan-in, initialisation, BN after the conv), so a
-    knapsack across layers would compare incomparable numbers: measured on resnet18/digits,
-    raw norms kept 0.10–0.13 accuracy where Taylor kept 0.23–0.32 at the same pruning.
-    Normalising by the group mean (as Torch-Pruning's "mean" normaliser does) ranks channels
-    within a group exactly as before and makes groups comparable."""
+    Raw filter norms have per-layer scales (fan-in, initialisation, BN after the conv), which a
+    knapsack across layers cannot compare. Dividing by the group mean (as Torch-Pruning's "mean"
+    normaliser does) keeps the ranking within a group and makes groups comparable."""
 
     needs_grad = False
     name = "magnitude"

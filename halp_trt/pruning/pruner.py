@@ -2,28 +2,14 @@
 
     pruner = HALPPruner(model, example_input, latency_table, HALPConfig(target="0.5"))
     for x, y in loader:
-        loss = criterion(model(x), y)
-        optimizer.zero_grad(); loss.backward()
+        optimizer.zero_grad(); criterion(model(x), y).backward()
         pruner.accumulate()          # importance from this batch's gradients
         optimizer.step()
         pruner.step()                # every `interval` calls: one pruning step, up to `steps`
-    ...                              # keep fine-tuning; masks stay applied
     pruned = pruner.finalize()       # physical removal (torch-pruning); rebuild the optimizer
 
-Attention heads are groups too (``halp_trt.graph.attention``): indexed by head, a knapsack item
-is a whole head (or the table's step in heads), at least one head stays, and ``finalize()``
-swaps in modules that compute with the heads left.
-
-A pruning step averages the importance since the previous step, sorts each coupled group's
-channels, bundles them into neuron groups of the latency step size (the remainder, least
-important, last), offers the knapsack every prefix length, and solves at the scheduled target.
-Pruning is monotone: a removed channel never comes back.
-
-Until ``finalize()`` channels are removed by masking: their weights, biases, BN parameters and
-statistics, and the consumers' input slices are zero, gradients are zeroed by hooks, and the masks
-are re-applied at every ``step()`` (and in the state of optimizers passed to ``attach_optimizer``)
-so momentum, Adam moments or weight decay cannot revive them.
-"""
+Each step solves a knapsack over importance-ordered neuron groups (attention heads: whole heads).
+Until ``finalize()`` removed channels are masked, re-applied each ``step()`` so nothing revives them."""
 from __future__ import annotations
 
 import copy
@@ -362,10 +348,9 @@ class HALPPruner:
         scores = self.accumulator.scores()
         widths = self.widths
         # Ties in importance go to the wider option: each kept channel is worth a millionth of
-        # the mean channel importance on top. Without it, groups whose importance is all zero
+        # the mean channel importance on top. Without it, a group whose importance is all zero
         # (a zero-initialised classifier, as torchvision's ViT has, gives every Taylor score 0)
-        # fell to their minimum width whatever the budget: a random ViT-B/16 went to 0.05 of
-        # the original for a target of 0.5.
+        # falls to its minimum width whatever the budget.
         total = float(sum(float(s.sum()) for s in scores))
         channels = sum(g.size for g in self.prunable)
         per_channel_tiebreak = (total if total > 0 else 1.0) * _TIE_SHARE / max(channels, 1)
