@@ -256,6 +256,9 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @config_option("--contribution",
               help="Latency contribution rule (one_sided is the paper's).")
 @config_option("--importance")
+@config_option("--importance-normalizer",
+               help="none: raw importance values groups in the knapsack (HALP); mean: each "
+                    "group's scores over their mean (Torch-Pruning's default).")
 @config_option("--calibration", help="How the rest of the model (outside the table) scales.")
 @click.option("--gpu", is_flag=True, help="Deploy with TensorRT (needs halp-trt[trt]).")
 @config_option("--backend", help="Runtime to time on (--gpu = tensorrt; "

@@ -223,10 +223,12 @@ class Setup:
 
 
 # ---- halp-trt -----------------------------------------------------------------------------------
-# halp-trt with one schedule change, run at seed 0 after the level's rows: the default takes
-# its 8 steps 5 batches apart (all pruning in the first 40 of 938 batches, importance from
-# 320 images a step); HALP's reference recipe waits 40 iterations between steps
-HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40}}
+# halp-trt with one change each, run at seed 0 after the level's rows. The default takes its 8
+# steps 5 batches apart (all pruning in the first 40 of 938 batches, importance from 320
+# images a step); HALP's reference recipe waits 40 iterations between steps
+HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
+                  # each group's importance over its mean, as Torch-Pruning's Taylor does
+                  "halp-trt-norm-mean": {"importance_normalizer": "mean"}}
 
 
 def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:

@@ -19,6 +19,7 @@ MAX_BATCH_SIZE = 1024
 CHOICES = {
     "contribution": ("two_sided", "one_sided"),
     "importance": ("taylor", "magnitude"),
+    "importance_normalizer": ("none", "mean"),
     "calibration": ("affine", "additive", "ratio"),
     "precision": ("fp32", "fp16", "int8"),
     "backend": ("onnxruntime", "openvino", "tensorrt"),
@@ -49,6 +50,7 @@ class DeployConfig:
     lr: float = 0.01  # pruning and fine-tuning (SGD with momentum)
     contribution: str = "two_sided"
     importance: str = "taylor"
+    importance_normalizer: str = "none"
     calibration: str = "affine"
     gpu: bool = False  # shorthand for backend="tensorrt"
     backend: str = "onnxruntime"  # the runtime the model is deployed on and timed with

@@ -323,7 +323,9 @@ class DeployRun:
                               f"{original_ms:.3f} ms measured)")
         self.halp_config = HALPConfig(target=f"{layers_target_ms}ms", steps=cfg.steps,
                                       interval=cfg.interval, contribution=cfg.contribution,
-                                      importance=cfg.importance, exclude=tuple(cfg.exclude))
+                                      importance=cfg.importance,
+                                      importance_normalizer=cfg.importance_normalizer,
+                                      exclude=tuple(cfg.exclude))
 
     def _throwaway_pruner(self):
         """A pruner on a copy of the original at full width: the table's floor and the

@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 from halp_trt.errors import HalpError
 from halp_trt.pruning.contributions import RULES
-from halp_trt.pruning.importance import make_importance
+from halp_trt.pruning.importance import NORMALIZERS, make_importance
 from halp_trt.pruning.schedule import SCHEDULES
 from halp_trt.pruning.targets import Target, parse_target
 
@@ -22,6 +22,9 @@ class HALPConfig:
     schedule: str = "exp"  # "exp" | "linear"
     importance: str | Callable = "taylor"  # "taylor" | "magnitude" | fn(model, group) -> tensor
     contribution: str = "two_sided"  # "two_sided" | "one_sided" (the paper's)
+    # "none": raw scores are the knapsack's values (HALP); "mean": each group's scores over
+    # the mean of its kept channels' (Torch-Pruning's default), so groups count by rank
+    importance_normalizer: str = "none"
     group_size: int | Mapping[str, int] | None = None  # None: the table's latency step
     min_groups_kept: int = 1  # neuron groups every channel group keeps
     max_prune_ratio: float = 1.0  # at most this fraction of a group's original channels removed
@@ -45,6 +48,9 @@ class HALPConfig:
             raise HalpError(f"contribution must be one of {', '.join(RULES)}, "
                             f"got {self.contribution!r}")
         make_importance(self.importance)  # validates
+        if self.importance_normalizer not in NORMALIZERS:
+            raise HalpError(f"importance_normalizer must be one of {', '.join(NORMALIZERS)}, "
+                            f"got {self.importance_normalizer!r}")
         gs = self.group_size
         if gs is not None:
             values = list(gs.values()) if isinstance(gs, Mapping) else [gs]
@@ -69,6 +75,7 @@ class HALPConfig:
                 "importance": imp if isinstance(imp, str) else getattr(imp, "__name__",
                                                                        type(imp).__name__),
                 "contribution": self.contribution,
+                "importance_normalizer": self.importance_normalizer,
                 "group_size": dict(gs) if isinstance(gs, Mapping) else gs,
                 "min_groups_kept": self.min_groups_kept,
                 "max_prune_ratio": float(self.max_prune_ratio),

@@ -22,6 +22,18 @@ from halp_trt.distributed import all_reduce_sum_then_broadcast
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import ChannelGroup
 
+NORMALIZERS = ("none", "mean")
+
+
+def normalize_scores(scores: torch.Tensor, kept: torch.Tensor, how: str) -> torch.Tensor:
+    """One group's scores as the knapsack values them: raw, or over the mean of its ``kept``
+    channels' scores (a group whose kept scores are all zero stays zero)."""
+    if how == "none":
+        return scores
+    mean = float(scores[kept].mean()) if bool(kept.any()) else 0.0
+    return scores / mean if mean > 0 else scores
+
+
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FILTER = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

@@ -28,7 +28,7 @@ from halp_trt.pruning.config import HALPConfig
 from halp_trt.pruning.contributions import (LatencyModel, neuron_group_size, option_costs,
                                             predict_model_ms)
 from halp_trt.pruning.heads import HeadAwareImportance
-from halp_trt.pruning.importance import ImportanceAccumulator
+from halp_trt.pruning.importance import ImportanceAccumulator, normalize_scores
 from halp_trt.pruning.knapsack import KnapsackGroup, solve_knapsack
 from halp_trt.pruning.masker import ChannelMasker
 from halp_trt.pruning.result import PruningResult
@@ -345,7 +345,8 @@ class HALPPruner:
         """What a pruning step at ``target_ms`` would keep, from the importance accumulated so
         far; changes nothing (e.g. to measure candidate architectures before committing).
         Under DDP every rank must call it (the scores are all-reduced)."""
-        scores = self.accumulator.scores()
+        scores = [normalize_scores(s, self.keep[g.id], self.config.importance_normalizer)
+                  for g, s in zip(self.prunable, self.accumulator.scores())]
         widths = self.widths
         # Ties in importance go to the wider option: each kept channel is worth a millionth of
         # the mean channel importance on top. Without it, a group whose importance is all zero

@@ -70,3 +70,12 @@ def test_cli_defaults_and_choices_are_deploy_configs():
         opts = {p.name: p for p in main.commands[command].params}
         assert tuple(opts["backend"].type.choices) == CHOICES["backend"]
         assert tuple(opts["precision"].type.choices) == CHOICES["precision"]
+
+
+def test_choice_lists_match_the_pruning_layer():
+    from halp_trt.pipeline.config import CHOICES
+    from halp_trt.pruning.contributions import RULES
+    from halp_trt.pruning.importance import NORMALIZERS
+
+    assert CHOICES["importance_normalizer"] == NORMALIZERS
+    assert set(CHOICES["contribution"]) == set(RULES)

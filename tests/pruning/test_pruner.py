@@ -455,3 +455,25 @@ def test_all_zero_importance_keeps_the_widest_model_within_the_budget():
     assert plan.predicted_ms <= 0.5 * pruner.full_ms + 1e-9
     # within one 4-channel step of the budget, far above the floor
     assert plan.predicted_ms > 0.45 * pruner.full_ms > 2 * floor_ms
+
+
+def test_mean_normalised_importance_counts_groups_by_rank_not_scale():
+    """conv1's scores 1000x the other groups': raw values let it keep everything and thin the
+    rest; over each group's mean, every group is worth its channel count and conv1, the most
+    expensive group, is cut too."""
+
+    def scaled(model, group):
+        base = torch.linspace(1.0, 2.0, group.size, dtype=torch.float64)
+        return base * (1000.0 if group.root == "conv1" else 1.0)
+
+    kept = {}
+    for how in ("none", "mean"):
+        pruner, _ = _run(HALPConfig(target=0.5, steps=1, interval=1, importance=scaled,
+                                    importance_normalizer=how))
+        kept[how] = {g.root: int(pruner.keep[g.id].sum()) / g.size for g in pruner.prunable}
+    quiet = [r for r in kept["none"] if r != "conv1"]
+    assert kept["none"]["conv1"] == 1.0  # raw: the loud group is never cut
+    assert kept["mean"]["conv1"] < 1.0
+    assert sum(kept["mean"][r] for r in quiet) > sum(kept["none"][r] for r in quiet)
+    with pytest.raises(HalpError, match="importance_normalizer"):
+        HALPConfig(target=0.5, importance_normalizer="max")
