@@ -85,6 +85,21 @@ def runs_section(r) -> list[str]:
     return lines + [""]
 
 
+def train_speed_section(t) -> list[str]:
+    """Training throughput of the Fashion-MNIST comparison's fine-tuning, per change."""
+    if not t:
+        return []
+    lines = ["## Training throughput (resnet18, Fashion-MNIST 32×32, 2 vCPUs)", "",
+             f"`{t['command']}` — {t['machine']}, {t['date']}, {t['torch_threads']} torch "
+             f"threads, best of {t['rounds']} interleaved rounds of {t['steps']} SGD steps.", "",
+             "| variant | steps/s | images/s | one epoch of 60,000 |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['steps_per_s']:.2f} | {r['images_per_s']:.0f} | "
+              f"{r['epoch_min']:.1f} min |" for r in t["rows"]]
+    lines += ["", "Evaluation (no gradients): " + ", ".join(
+        f"{v:.0f} images/s at batch {b}" for b, v in t["eval_images_per_s"].items()) + ".", ""]
+    return lines
+
+
 def zoo_section(z) -> list[str]:
     lines = ["## Every torchvision classifier (random weights, one-shot to a measured 0.5)", "",
              f"`{COMMANDS['zoo']}`", ""]
@@ -440,6 +455,7 @@ def main(argv=None):
         "little high (mean ratio 0.284 at 10 rounds, 0.281 at 15, 0.280 at 30). The pruning "
         "steps before the last use half of `--rounds` (15 of 30); the last step's bracket and "
         "the final comparison use all of them.")
+    lines += train_speed_section(load("train_speed_zen4.json"))
     lines += [bench_vs_peers.markdown_section(load("vs_peers_fashion.json") or {})]
     with open(out, "w") as fh:
         fh.write("\n".join(lines))
