@@ -18,6 +18,7 @@ _LAZY = {
     "prune": "halp_trt.api",
     "HALPConfig": "halp_trt.pruning.config",
     "HALPPruner": "halp_trt.pruning.pruner",
+    "Importance": "halp_trt.pruning.importance",
     "PruningResult": "halp_trt.pruning.result",
     "apply_result": "halp_trt.pruning.result",
     "LatencyTable": "halp_trt.latency.table",

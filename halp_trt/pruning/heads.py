@@ -125,12 +125,13 @@ class HeadAwareImportance:
     of the attention module. A user's function scores every group, heads included."""
 
     def __init__(self, spec):
-        from halp_trt.pruning.importance import (MagnitudeImportance, TaylorImportance,
-                                                 make_importance)
+        from halp_trt.pruning.importance import (BNScaleImportance, MagnitudeImportance,
+                                                 TaylorImportance, make_importance)
 
         self.base = make_importance(spec)
-        builtin = isinstance(self.base, (TaylorImportance, MagnitudeImportance))
-        self.kind = self.base.name if builtin else None
+        # heads have no BatchNorm of their own: the norm-based rules score them by weight norm
+        self.kind = ("taylor" if isinstance(self.base, TaylorImportance) else "magnitude"
+                     if isinstance(self.base, (MagnitudeImportance, BNScaleImportance)) else None)
         self.needs_grad = bool(self.base.needs_grad)
         self.__name__ = self.base.name
         self._modules: tuple[int, dict] | None = None

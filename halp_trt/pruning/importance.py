@@ -57,7 +57,26 @@ def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).flatten()
 
 
-class TaylorImportance:
+class Importance:
+    """How much each channel of a coupled group matters: ``__call__(model, group, modules)``
+    returns one non-negative score per channel of ``group`` (root order). Subclass it for your
+    own criterion; ``needs_grad`` says whether scores read gradients (then they are accumulated
+    after each backward). A plain callable ``fn(model, group)`` is accepted as well."""
+
+    needs_grad = False
+    name = "importance"
+
+    def __call__(self, model: nn.Module, group: ChannelGroup,
+                 modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _over_group_mean(scores: torch.Tensor) -> torch.Tensor:
+    mean = scores.mean()
+    return scores / mean if mean > 0 else scores
+
+
+class TaylorImportance(Importance):
     """First-order Taylor importance on BN (γ, β), falling back to filters without BN."""
 
     needs_grad = True
@@ -97,21 +116,26 @@ class TaylorImportance:
         return score.abs()
 
 
-class MagnitudeImportance:
-    """L2 norm of each channel's out-side conv/linear filters (weights and bias), divided by the
-    group's mean norm.
+class MagnitudeImportance(Importance):
+    """Lp norm (``p`` 2 or 1) of each channel's out-side conv/linear filters (weights and
+    bias), divided by the group's mean norm.
 
     Raw filter norms have per-layer scales (fan-in, initialisation, BN after the conv), which a
     knapsack across layers cannot compare. Dividing by the group mean (as Torch-Pruning's "mean"
     normaliser does) keeps the ranking within a group and makes groups comparable."""
 
     needs_grad = False
-    name = "magnitude"
+
+    def __init__(self, p: int = 2):
+        if p not in (1, 2):
+            raise HalpError(f"magnitude importance takes p = 1 or 2, got {p!r}")
+        self.p = p
+        self.name = "magnitude" if p == 2 else "l1"
 
     def __call__(self, model: nn.Module, group: ChannelGroup,
                  modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
         modules = modules if modules is not None else dict(model.named_modules())
-        sq = torch.zeros(group.size, dtype=torch.float64)
+        acc = torch.zeros(group.size, dtype=torch.float64)
         for m in group.members:
             mod = modules[m.module_name]
             if m.side != "out" or not isinstance(mod, _FILTER):
@@ -120,13 +144,39 @@ class MagnitudeImportance:
             for p in (mod.weight, mod.bias):
                 if p is not None:
                     rows = _filter_rows(mod, p.detach())[idx].double()
-                    sq.index_add_(0, root, (rows ** 2).sum(dim=1).cpu())
-        norms = sq.sqrt()
-        mean = norms.mean()
-        return norms / mean if mean > 0 else norms
+                    acc.index_add_(0, root, rows.abs().pow(self.p).sum(dim=1).cpu())
+        return _over_group_mean(acc.sqrt() if self.p == 2 else acc)
 
 
-class _UserImportance:
+class BNScaleImportance(Importance):
+    """|γ| of the group's BatchNorms, summed over them and divided by the group's mean (the
+    network-slimming criterion); groups without an affine BN score by filter L2 norm."""
+
+    needs_grad = False
+    name = "bn_scale"
+
+    def __call__(self, model: nn.Module, group: ChannelGroup,
+                 modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+        modules = modules if modules is not None else dict(model.named_modules())
+        acc = torch.zeros(group.size, dtype=torch.float64)
+        found = False
+        for m in group.members:
+            mod = modules[m.module_name]
+            if m.side != "out" or not isinstance(mod, _BN) or not mod.affine:
+                continue
+            found = True
+            idx, root = _root_index(m, mod.weight.device)
+            acc.index_add_(0, root, mod.weight.detach()[idx].abs().double().cpu())
+        return _over_group_mean(acc) if found else MagnitudeImportance()(model, group, modules)
+
+
+# The importances named by string (HALPConfig.importance, --importance).
+IMPORTANCES: dict[str, Callable[[], Importance]] = {
+    "taylor": TaylorImportance, "magnitude": MagnitudeImportance,
+    "l1": lambda: MagnitudeImportance(p=1), "bn_scale": BNScaleImportance}
+
+
+class _UserImportance(Importance):
     def __init__(self, fn: Callable):
         self.fn = fn
         self.needs_grad = bool(getattr(fn, "needs_grad", True))
@@ -143,19 +193,19 @@ class _UserImportance:
         return out
 
 
-def make_importance(spec) -> Callable:
-    """'taylor', 'magnitude', an importance object, or a callable fn(model, group)."""
+def make_importance(spec) -> Importance:
+    """A name from ``IMPORTANCES``, an ``Importance`` object, or a callable fn(model, group)."""
     if isinstance(spec, str):
-        table = {"taylor": TaylorImportance, "magnitude": MagnitudeImportance}
-        if spec not in table:
-            raise HalpError(f"unknown importance {spec!r}; choose taylor, magnitude or pass a "
-                            "callable fn(model, group) -> tensor")
-        return table[spec]()
-    if isinstance(spec, (TaylorImportance, MagnitudeImportance, _UserImportance)):
+        if spec not in IMPORTANCES:
+            raise HalpError(f"unknown importance {spec!r}; choose {', '.join(IMPORTANCES)} or "
+                            "pass an Importance object or a callable fn(model, group) -> tensor")
+        return IMPORTANCES[spec]()
+    if isinstance(spec, Importance):
         return spec
     if callable(spec):
         return _UserImportance(spec)
-    raise HalpError(f"importance must be 'taylor', 'magnitude' or a callable, got {spec!r}")
+    raise HalpError(f"importance must be one of {', '.join(IMPORTANCES)}, an Importance or a "
+                    f"callable, got {spec!r}")
 
 
 class ImportanceAccumulator:

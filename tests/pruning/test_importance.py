@@ -217,3 +217,36 @@ def test_nan_batch_is_skipped_with_warning():
         warnings.simplefilter("error")
         assert acc.accumulate() is True
     assert acc.count == 2
+
+
+def test_l1_and_bn_scale_rules_and_a_user_importance_subclass():
+    from halp_trt.pruning.importance import IMPORTANCES, BNScaleImportance, Importance
+
+    model, groups = _setup(NoBN)
+    g = _group_of(groups, "conv2")
+    w, b = model.conv2.weight.detach(), model.conv2.bias.detach()
+    l1 = (w.abs().sum((1, 2, 3)) + b.abs()).double()
+    torch.testing.assert_close(make_importance("l1")(model, g), l1 / l1.mean())
+    # no BN in the group: BN-scale falls back to the L2 rule
+    torch.testing.assert_close(BNScaleImportance()(model, g), MagnitudeImportance()(model, g))
+    model, groups = _setup(Residual)  # one group, two BNs tied by the add: |γ| summed
+    with torch.no_grad():
+        model.bn0.weight.copy_(torch.tensor([1.0, -2.0, 3.0, 0.5, 1.0]))
+        model.bn.weight.copy_(torch.tensor([1.0, 1.0, -1.0, 0.5, 0.0]))
+    g = _group_of(groups, "stem")
+    gamma = torch.tensor([2.0, 3.0, 4.0, 1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(make_importance("bn_scale")(model, g), gamma / gamma.mean())
+
+    class Reversed(Importance):  # a user's rule: the last channels matter most
+        name = "reversed"
+
+        def __call__(self, model, group, modules=None):
+            return torch.arange(group.size, dtype=torch.float64)
+
+    rule = Reversed()
+    assert make_importance(rule) is rule
+    acc = ImportanceAccumulator(model, groups, rule)
+    assert acc.scores()[0].tolist() == list(range(groups[0].size))
+    from halp_trt.pipeline.config import CHOICES
+
+    assert set(CHOICES["importance"]) == set(IMPORTANCES)  # the CLI offers every named rule
