@@ -19,6 +19,7 @@ _LAZY = {
     "HALPConfig": "halp_trt.pruning.config",
     "HALPPruner": "halp_trt.pruning.pruner",
     "Importance": "halp_trt.pruning.importance",
+    "register_surgery": "halp_trt.graph.custom",
     "PruningResult": "halp_trt.pruning.result",
     "apply_result": "halp_trt.pruning.result",
     "LatencyTable": "halp_trt.latency.table",

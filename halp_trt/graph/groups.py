@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from halp_trt.graph.custom import surgery_for, torch_pruning_pruners
 from halp_trt.errors import HalpError
 
 # Parameterised modules whose channels a group may touch; anything else (adds, concats) is a
@@ -301,7 +302,8 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
         model.eval()
         with quiet_torch_pruning():
             graph = dependency_graph.build_dependency(
-                model, example_inputs=example_input, forward_fn=forward, verbose=False)
+                model, example_inputs=example_input, forward_fn=forward, verbose=False,
+                customized_pruners=torch_pruning_pruners() or None)
     except Exception as exc:  # tracing failures come from the user's architecture
         raise HalpError(f"torch-pruning could not trace this model's channel couplings "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); its "
@@ -361,7 +363,8 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
         for item in tp_group.items:
             dep, idxs = item.dep, item.idxs
             module = dep.target.module
-            if not isinstance(module, _MASKABLE) or module not in name_of:
+            if module not in name_of or not (isinstance(module, _MASKABLE) or
+                                             surgery_for(module) is not None):
                 continue
             depthwise = dep.handler is tp_fn.prune_depthwise_conv_out_channels
             if depthwise or graph.is_out_channel_pruning_fn(dep.handler):

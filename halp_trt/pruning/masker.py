@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from halp_trt.errors import HalpError
+from halp_trt.graph.custom import channel_tensors, surgery_for
 from halp_trt.graph.groups import ChannelGroup
 from halp_trt.graph.layers import is_depthwise
 
@@ -24,6 +25,8 @@ GROUPED_IN = "grouped_in"
 def _zero_targets(mod: nn.Module, side: str) -> list[tuple[torch.Tensor, int | str]]:
     """(tensor, dim) pairs holding a channel of ``mod`` on ``side`` (dim ``GROUPED_IN``: the
     input side of a grouped conv)."""
+    if surgery_for(mod) is not None:
+        return channel_tensors(mod, side)
     if isinstance(mod, _CONV):
         depthwise = is_depthwise(mod.groups, mod.in_channels, mod.out_channels)
         out_dim = 1 if mod.transposed else 0
