@@ -7,6 +7,7 @@ Phases, in order: ``start`` → ``original`` (weights fixed, original measured) 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 import torch
@@ -46,8 +47,11 @@ class RunState:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise HalpError(f"cannot resume from {path}: {exc}. Delete it to start over.") \
-                from None
+            # torch's weights-only refusal spans many lines with terminal colour codes
+            first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+            reason = f"{type(exc).__name__}: {first[0][:200]}" if first else type(exc).__name__
+            raise HalpError(f"cannot resume from {path} ({reason}): it is not a checkpoint "
+                            "halp-trt can load safely. Delete it to start over.") from None
         known = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or "run" not in d or d.get("phase") not in PHASES or \
                 set(d) - known:

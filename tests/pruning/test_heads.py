@@ -13,7 +13,8 @@ from halp_trt.pruning.heads import HeadAwareImportance, head_importance, remove_
 from halp_trt.pruning.importance import MagnitudeImportance
 
 
-def _vit():
+@pytest.fixture(scope="module")
+def traced_vit():
     torch.manual_seed(0)
     model = tiny_models.vit_heads().eval()  # 2 blocks of 4 heads of 16 channels
     x = torch.randn(2, 3, 32, 32)
@@ -21,10 +22,17 @@ def _vit():
     return model, x, groups
 
 
-def test_removing_heads_computes_what_zeroing_them_did():
+@pytest.fixture
+def vit(traced_vit):
+    """A fresh copy of the traced ViT (groups name modules, so they hold for the copy)."""
+    model, x, groups = traced_vit
+    return copy.deepcopy(model), x, groups
+
+
+def test_removing_heads_computes_what_zeroing_them_did(vit):
     """A head whose q, k, v rows and output columns are zero contributes nothing; removing it
     must give the same outputs, with a smaller attention module in its place."""
-    model, x, groups = _vit()
+    model, x, groups = vit
     g = next(g for g in groups if g.heads_of)
     masked = copy.deepcopy(model)
     attn = masked.get_submodule(g.heads_of)
@@ -45,9 +53,9 @@ def test_removing_heads_computes_what_zeroing_them_did():
     assert tuple(new.out_proj.weight.shape) == (64, 32)
 
 
-def test_at_least_one_head_must_stay():
+def test_at_least_one_head_must_stay(vit):
     """Removing every head (or a head that does not exist) would leave no attention: refused."""
-    model, _, groups = _vit()
+    model, _, groups = vit
     g = next(g for g in groups if g.heads_of)
     for drop in ([0, 1, 2, 3], [4]):
         with pytest.raises(HalpError, match="at least one of its heads must stay"):
@@ -55,10 +63,10 @@ def test_at_least_one_head_must_stay():
     assert model.get_submodule(g.heads_of).num_heads == 4  # refused before any change
 
 
-def test_built_in_rules_score_head_groups_by_whole_heads_and_user_rules_score_everything():
+def test_built_in_rules_score_head_groups_by_whole_heads_and_user_rules_score_everything(vit):
     """The built-in rules only see a group's conv/linear rows, so head groups get
     head_importance; a user's function is trusted with every group, heads included."""
-    model, _, groups = _vit()
+    model, _, groups = vit
     heads = next(g for g in groups if g.heads_of)
     channels = next(g for g in groups if not g.heads_of)
     imp = HeadAwareImportance("magnitude")

@@ -1,4 +1,5 @@
 import json
+import errno
 import os
 
 import pytest
@@ -78,11 +79,11 @@ def test_save_is_atomic(tmp_path, monkeypatch, pruned_run):
     assert os.listdir(tmp_path) == ["r.json"]  # no temporary file left behind
 
     def fail(*a, **k):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)
     before = path.read_text()
-    with pytest.raises(OSError):
+    with pytest.raises(HalpError, match="No space left"):  # one clear error naming the path
         result.save(str(path))
     assert path.read_text() == before and os.listdir(tmp_path) == ["r.json"]
 
