@@ -223,6 +223,30 @@ class Setup:
 
 
 # ---- halp-trt -----------------------------------------------------------------------------------
+METHOD_NOTE = """\
+How a level is run. One resnet18 (10 classes) is trained here on Fashion-MNIST at 32×32 and \
+every method starts from it. Latency is ONNX Runtime CPU (one thread) at batch 16, where the \
+whole model takes ~10 ms (at batch 1, ~0.8 ms, one session reads ±5–10% off another; at 16, \
+ratios between graphs of one session repeat within ~0.5%). halp-trt is the only method that \
+aims at a latency itself: it prunes to the level with its closed loop (Taylor importance, \
+two-sided costs, 8 steps 5 batches apart in its first epoch, bracketed last step). Each peer \
+is then bisected over its one knob (Torch-Pruning's `pruning_ratio`; FastNAS's FLOPs \
+fraction) until its model measures within 2% of that seed's halp-trt model, both timed \
+interleaved with the original in one session (30 rounds, minimum, 3 sessions per graph); a \
+peer whose knob cannot land there (round_to steps, FastNAS's channel choices) is fine-tuned \
+at the closest faster and slower readings and its accuracy interpolated at halp-trt's \
+latency (raw points in the JSON). Every method gets the same SGD steps (lr 0.01, momentum \
+0.9, batch 64; halp-trt's pruning epoch counted in them); accuracy is on the 10,000 test \
+images, after BatchNorm recalibration on 20 batches (no weight update) and after \
+fine-tuning. Torch-Pruning 1.6.1: `MetaPruner`, L2 magnitude or Taylor (8 batches), \
+uniform or global, classifier kept, `round_to` = the table's step on this machine; the four \
+variants run at seed 0 and the best two at seeds 1–2, the other `round_to` once. ModelOpt \
+0.47 FastNAS (`mtp.prune(mode="fastnas", constraints={"flops": ...})`, default search space, \
+BN calibration on 10 training batches, scored on 1,024 training images) runs in its own \
+virtualenv: as installed beside torch 2.14.1 it does not import without the undeclared \
+`requests`, `huggingface_hub` and `torchprofile==0.0.4`."""
+
+
 # halp-trt with one change each, run at seed 0 after the level's rows. The default takes its 8
 # steps 5 batches apart (all pruning in the first 40 of 938 batches, importance from 320
 # images a step); HALP's reference recipe waits 40 iterations between steps
@@ -593,7 +617,7 @@ def markdown_section(results: dict) -> str:
              "(resnet18, Fashion-MNIST)", ""]
     if not results.get("levels"):
         return "\n".join(lines + ["(not run yet)", ""])
-    lines += [BUDGET_NOTE, ""]
+    lines += [METHOD_NOTE, "", "```text", BUDGET_NOTE, "```", ""]
     for lv in results["levels"]:
         base = lv.get("base", {})
         wall = lv.get("wall_s", {})
