@@ -2,21 +2,11 @@
 is tested in runtime/test_deploy.py.)"""
 import pytest
 import torch
-import torch.nn as nn
+from tiny_models import Scaled
 
 from halp_trt.errors import HalpError
 from halp_trt.sanity import chance_accuracy, check_model_is_sane
 from halp_trt.train import evaluate
-
-
-class Scaled(nn.Module):
-    def __init__(self, scale, num_classes=10):
-        super().__init__()
-        self.fc = nn.Linear(3 * 8 * 8, num_classes)
-        self.scale = scale
-
-    def forward(self, x):
-        return self.fc(x.flatten(1)) * self.scale
 
 
 def loader(n=64, classes=10, seed=0, bias_to=None):

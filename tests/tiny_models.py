@@ -319,3 +319,16 @@ def toy_config(out, table, **kw):
                 progress=False, train_batch_size=32, allow_untrained=True)
     base.update(kw)
     return DeployConfig(**base)
+
+
+class Scaled(nn.Module):
+    """A linear classifier on 3x8x8 inputs whose logits are multiplied by ``scale`` (huge,
+    NaN or 1.0: what the sanity and numeric checks must tell apart)."""
+
+    def __init__(self, scale, num_classes=10):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, num_classes)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * self.scale

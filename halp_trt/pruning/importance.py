@@ -76,6 +76,17 @@ def _over_group_mean(scores: torch.Tensor) -> torch.Tensor:
     return scores / mean if mean > 0 else scores
 
 
+def _out_side(group: ChannelGroup, modules, kinds):
+    """(module, member's channel indices on its device, root indices) of the group's out-side
+    members of ``kinds`` (BatchNorms: affine ones only)."""
+    for m in group.members:
+        mod = modules[m.module_name]
+        if m.side != "out" or not isinstance(mod, kinds) or (
+                isinstance(mod, _BN) and not mod.affine):
+            continue
+        yield (mod, *_root_index(m, mod.weight.device))
+
+
 class TaylorImportance(Importance):
     """First-order Taylor importance on BN (γ, β), falling back to filters without BN."""
 
@@ -87,27 +98,19 @@ class TaylorImportance(Importance):
         modules = modules if modules is not None else dict(model.named_modules())
         score = torch.zeros(group.size, dtype=torch.float64)
         found_bn = False
-        for m in group.members:
-            mod = modules[m.module_name]
-            if m.side != "out" or not isinstance(mod, _BN) or not mod.affine:
-                continue
+        for mod, idx, root in _out_side(group, modules, _BN):
             if mod.weight.grad is None and mod.bias.grad is None:
                 continue
             found_bn = True
-            idx, root = _root_index(m, mod.weight.device)
-            contrib = torch.zeros(len(m.idxs), dtype=torch.float64, device=mod.weight.device)
+            contrib = torch.zeros(len(idx), dtype=torch.float64, device=mod.weight.device)
             for p in (mod.weight, mod.bias):
                 if p.grad is not None:
                     contrib += p.detach()[idx].double() * p.grad[idx].double()
             score.index_add_(0, root, contrib.cpu())
         if found_bn:
             return score.abs()
-        for m in group.members:
-            mod = modules[m.module_name]
-            if m.side != "out" or not isinstance(mod, _FILTER):
-                continue
-            idx, root = _root_index(m, mod.weight.device)
-            contrib = torch.zeros(len(m.idxs), dtype=torch.float64, device=mod.weight.device)
+        for mod, idx, root in _out_side(group, modules, _FILTER):
+            contrib = torch.zeros(len(idx), dtype=torch.float64, device=mod.weight.device)
             for p in (mod.weight, mod.bias):
                 if p is not None and p.grad is not None:
                     contrib += _row_dots(_filter_rows(mod, p.detach()),
@@ -136,11 +139,7 @@ class MagnitudeImportance(Importance):
                  modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
         modules = modules if modules is not None else dict(model.named_modules())
         acc = torch.zeros(group.size, dtype=torch.float64)
-        for m in group.members:
-            mod = modules[m.module_name]
-            if m.side != "out" or not isinstance(mod, _FILTER):
-                continue
-            idx, root = _root_index(m, mod.weight.device)
+        for mod, idx, root in _out_side(group, modules, _FILTER):
             for p in (mod.weight, mod.bias):
                 if p is not None:
                     rows = _filter_rows(mod, p.detach())[idx].double()
@@ -160,12 +159,8 @@ class BNScaleImportance(Importance):
         modules = modules if modules is not None else dict(model.named_modules())
         acc = torch.zeros(group.size, dtype=torch.float64)
         found = False
-        for m in group.members:
-            mod = modules[m.module_name]
-            if m.side != "out" or not isinstance(mod, _BN) or not mod.affine:
-                continue
+        for mod, idx, root in _out_side(group, modules, _BN):
             found = True
-            idx, root = _root_index(m, mod.weight.device)
             acc.index_add_(0, root, mod.weight.detach()[idx].abs().double().cpu())
         return _over_group_mean(acc) if found else MagnitudeImportance()(model, group, modules)
 

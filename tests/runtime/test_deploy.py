@@ -3,24 +3,13 @@ PyTorch's on real ONNX Runtime sessions, and the INT8 verdict for known logits."
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from halp_trt.errors import HalpError
 from halp_trt.runtime import get_backend
 from halp_trt.runtime.deploy import INT8_MIN_TOP1_AGREEMENT, check_int8_outputs, check_outputs
 from halp_trt.runtime.export import export_onnx
 from halp_trt.runtime.onnxruntime import OnnxRuntimeBackend
-from tiny_models import TinyResNet
-
-
-class Scaled(nn.Module):
-    def __init__(self, scale, num_classes=10):
-        super().__init__()
-        self.fc = nn.Linear(3 * 8 * 8, num_classes)
-        self.scale = scale
-
-    def forward(self, x):
-        return self.fc(x.flatten(1)) * self.scale
+from tiny_models import Scaled, TinyResNet
 
 
 class CountingBackend(OnnxRuntimeBackend):
