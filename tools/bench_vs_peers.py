@@ -43,14 +43,18 @@ TP_METHODS = {f"tp-{imp}-{scope}-r{r}": (imp, scope == "global", r)
               for imp in ("l2", "taylor") for scope in ("uniform", "global") for r in (8, 16)}
 FT_STEPS = 938  # one epoch of the 60,000 training images at batch 64
 BUDGET_NOTE = """\
-Budget of one level, 2 vCPUs (Zen 4 figures, 2026-12-06): <= 100 min.
-  base model   10 epochs x 469 steps of batch 128 at ~3.7 steps/s = ~21 min (<= 25)
-  table        resnet18 at batch 16, 15 rounds                     = ~3 min
-  rows         a fine-tuning is 938 steps of batch 64 at ~6.5 steps/s = ~2.4 min; a peer's
-               latency match ~1 min (<= 8 sessions); halp-trt's pruning epoch is its budget
-               15 rows: halp-trt x3, 4 Torch-Pruning variants at seed 0 and the best 2 at
-               seeds 1-2, FastNAS x3, the other round_to for the best variant x1
-               = ~15 x 3.5 min = ~55 min, ~70 with a few bracketed peers (two fine-tunings)"""
+Budget of one level on 2 vCPUs: <= 100 min. Measured for level 0.15 on Zen 4, 2026-12-06:
+  base model  10 epochs x 469 steps of batch 128 (~3.7 steps/s)            24.1 min (<= 25)
+  table       resnet18 at batch 16, 15 rounds                                1.4 min
+  rows        16 rows                                                       61 min (<= 75)
+              halp-trt x3: its pruning epoch is its whole budget; 3.6-8.5 min
+              Torch-Pruning, 4 variants at seed 0, the best 2 at seeds 1-2: bisection
+                (<= 8 sessions) + 938 fine-tuning steps, twice for a bracketing pair; 2-3.5 min
+              FastNAS x3: one subprocess per search step; 4-10 min
+              round_to 8 for the best variant x1, a halp-trt schedule ablation x1
+  total                                                                     86 min
+  938 steps of batch 64 take 1.6 min on a quiet machine (9.7 steps/s); other work beside
+  the run (tests under the shared lock) stretched them to ~2.5 min."""
 QUICK_TRAIN_IMAGES = 2000
 # what `pip install nvidia-modelopt` (0.47.0) beside torch 2.14.1 gives, as measured here
 MODELOPT_NOT_IMPORTABLE = (
