@@ -54,8 +54,14 @@ class LockCheckingBackend:
         return self.inner.time_runs(handle, n_runs)
 
 
-def test_a_timing_session_from_each_caller_holds_the_lock(lock_file, tmp_path):
+def test_a_timing_session_from_each_caller_holds_the_lock(lock_file, tmp_path, monkeypatch):
+    import halp_trt.latency.probe as probe
     from tiny_models import tiny_resnet
+
+    # the probe skips entries under its minimum latency or noisy: tiny layers on a busy machine
+    # can leave it nothing to time, so it is given two entries of the table to re-measure
+    monkeypatch.setattr(probe, "_lattice_points", lambda table: [
+        (key, *point) for key, sig in table.signatures.items() for point in sig.entries][:2])
 
     model = tiny_resnet().eval()
     shape = (1, 3, 16, 16)
