@@ -525,8 +525,10 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
         plan += [("halp-trt", seed), *((v, seed) for v in carried)]
         if a.with_fastnas:
             plan.append(("modelopt-fastnas", seed))
-    if a.ablation:
-        plan += [(name, 0) for name in HALP_ABLATIONS]
+    if a.ablation:  # halp-trt's own, at seed 0 (at more seeds with --halp-ablation-seeds)
+        plan += [(name, seed) for seed in range(getattr(a, "halp_ablation_seeds", 1))
+                 for name in HALP_ABLATIONS
+                 if name in (getattr(a, "halp_ablations", None) or HALP_ABLATIONS)]
     if a.screen and len(seed0) < len(variants):
         # the carried variants are known once seed 0 is done: stop the plan there
         plan = plan[:plan.index(("halp-trt", 1))] if a.seeds > 1 else plan
@@ -710,7 +712,14 @@ def parse_args(argv=None):
                          "0, the best --carry at the later seeds)")
     ap.add_argument("--carry", type=int, default=2)
     ap.add_argument("--no-ablation", dest="ablation", action="store_false",
-                    help="skip the one-seed run of the best variant at the other round_to")
+                    help="skip the one-seed ablations (the best variant at the other round_to, "
+                         "halp-trt's own)")
+    ap.add_argument("--halp-ablation-seeds", type=int, default=1,
+                    help="seeds for halp-trt's ablations (an ablation that explains a gap "
+                         "needs them all)")
+    ap.add_argument("--halp-ablations", type=lambda v: [x for x in v.split(",") if x],
+                    default=None, help=f"comma-separated, from {', '.join(HALP_ABLATIONS)} "
+                                       "(default: all)")
     ap.add_argument("--modelopt-python", default=None,
                     help="python of a virtualenv with nvidia-modelopt (see the docstring)")
     ap.add_argument("--cache-dir", default=_default_cache())

@@ -86,3 +86,12 @@ def test_the_plan_screens_variants_at_seed_0_and_carries_the_best_two(bench):
         ("halp-trt-interval40", 0), ("halp-trt-norm-mean", 0)]  # halp-trt's ablations last
     a.screen = False
     assert sum(1 for m, _ in bench.level_plan(a, 8, []) if m.startswith("tp-")) == 4 * 3
+
+
+def test_halp_ablations_can_run_at_every_seed(bench):
+    a = SimpleNamespace(seeds=3, screen=False, carry=2, ablation=True, with_fastnas=False,
+                        halp_ablation_seeds=3, halp_ablations=["halp-trt-interval40"])
+    plan = bench.level_plan(a, 16, [row("halp-trt-interval40", 0, 0.9)])
+    assert [p for p in plan if p[0].startswith("halp-trt-")] == [
+        ("halp-trt-interval40", 1), ("halp-trt-interval40", 2)]
+
