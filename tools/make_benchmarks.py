@@ -273,12 +273,12 @@ peers 0.28–0.43; one epoch of fine-tuning erases that lead entirely.
 seed 0): 0.8901 at 0.147 against 0.9020 at 0.151 for raw Taylor sums — worse, so the \
 knapsack's cross-layer values are not what holds halp-trt back.
 - *round_to 8 instead of 16 for Torch-Pruning* (L2-global, seed 0): 0.8974 against 0.9020.
+- *halp-trt's schedule.* 40 batches between its 8 steps instead of 5 (HALP's reference waits \
+40 iterations): 0.8933 ± 0.0117 at 0.147 over 3 seeds against 0.8965 ± 0.0048 at 0.142 — no \
+better (seed 0 alone had looked so: 0.9020 at 0.140; seeds 1–2 gave 0.8978 and 0.8800).
 
 What is worth pursuing:
 
-- *halp-trt's schedule.* With 40 batches between its 8 steps instead of 5 (HALP's reference \
-waits 40 iterations), seed 0 reached the same 0.9020 at 0.140 instead of 0.151 of the \
-original's latency: as accurate and 7% faster — one seed; it needs all three.
 - *halp-trt's last step undershoots at this level*: it took 0.136 and 0.132 (seeds 1, 2) for a \
 target of 0.15, then measured 0.142 and 0.134 in the comparison's session — every candidate \
 nearer the target measured above it, and the bracket only commits candidates at or under \
