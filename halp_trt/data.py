@@ -122,8 +122,7 @@ class GrayImageDataset(Dataset):
         self.images, self.labels, self.input_hw = images, labels, tuple(input_hw)
         self.mean = torch.tensor(_MEAN)[:, None, None]
         self.std = torch.tensor(_STD)[:, None, None]
-
-        self._resized = None
+        self._resized = None  # resized gray images, made by the first ``batch`` call
 
     def __len__(self):
         return len(self.labels)
@@ -247,9 +246,7 @@ class InMemoryBatches:
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, generator):
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.generator = generator
-        base, indices = dataset, None
-        if isinstance(dataset, Subset):
-            base, indices = dataset.dataset, torch.as_tensor(dataset.indices)
+        base, indices = _unwrap(dataset)
         if isinstance(base, TensorDataset):
             tensors = base.tensors
 
@@ -257,7 +254,11 @@ class InMemoryBatches:
                 return tuple(t[i] for t in tensors)
         else:
             fetch = base.batch
-        self._fetch = fetch if indices is None else (lambda i: fetch(indices[i]))
+        if indices is None:
+            self._fetch = fetch
+        else:
+            index = torch.as_tensor(indices)
+            self._fetch = lambda i: fetch(index[i])
 
     def __len__(self):
         return math.ceil(len(self.dataset) / self.batch_size)
@@ -276,9 +277,15 @@ class InMemoryBatches:
             yield self._fetch(order[start:start + self.batch_size])
 
 
+def _unwrap(dataset: Dataset) -> tuple[Dataset, list | None]:
+    """(the dataset under a ``Subset``, the subset's indices), or (``dataset``, None)."""
+    if isinstance(dataset, Subset):
+        return dataset.dataset, dataset.indices
+    return dataset, None
+
+
 def _in_memory(dataset: Dataset) -> bool:
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    return isinstance(base, (TensorDataset, GrayImageDataset))
+    return isinstance(_unwrap(dataset)[0], (TensorDataset, GrayImageDataset))
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,

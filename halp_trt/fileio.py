@@ -22,6 +22,12 @@ from halp_trt.errors import HalpError
 STALE_TMP_S = 60.0
 
 
+def cache_root() -> str:
+    """halp-trt's cache folder: ``$HALP_TRT_CACHE``, default ``~/.cache/halp-trt``."""
+    return os.environ.get("HALP_TRT_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "halp-trt"))
+
+
 def _remove_stale_tmp(directory: str, prefix: str) -> None:
     now = time.time()
     for old in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):

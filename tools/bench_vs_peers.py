@@ -64,28 +64,12 @@ MODELOPT_NOT_IMPORTABLE = (
     "torchprofile==0.0.4 (0.1.0: \"AttributeError: module 'torchprofile.profile' has no attribute "
     "'handlers'\"); run with --modelopt-python pointing at a virtualenv that has them")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-COMMAND = ("python tools/bench_vs_peers.py --modelopt-python /tmp/mo/bin/python "
-           "--json tools/results/vs_peers_fashion.json --png tools/results/vs_peers_fashion.png")
 
 
 def _default_cache() -> str:
-    root = os.environ.get("HALP_TRT_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "halp-trt"))
-    return os.path.join(root, "bench_vs_peers")
+    from halp_trt.fileio import cache_root
 
-
-def _progress(iterable, **kw):
-    from tqdm.auto import tqdm
-
-    kw.setdefault("leave", False)
-    return tqdm(iterable, dynamic_ncols=True, **kw)
-
-
-def _batches(loader, n):
-    for i, b in enumerate(loader):
-        if i >= n:
-            return
-        yield b
+    return os.path.join(cache_root(), "bench_vs_peers")
 
 
 # ---- the setup: data, base model, table -------------------------------------------------------
@@ -213,7 +197,7 @@ class Setup:
 
     def finetune(self, model, n_batches: int, seed: int) -> float:
         """``n_batches`` SGD steps (whole epochs re-seeded per epoch), then test accuracy."""
-        from halp_trt.train import evaluate, train_epoch
+        from halp_trt.train import capped, evaluate, progress_bar, train_epoch
 
         torch.manual_seed(seed)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
@@ -221,7 +205,7 @@ class Setup:
         while done < n_batches:
             loader.generator.manual_seed(20_000 + 100 * seed + epoch)
             n = min(len(loader), n_batches - done)
-            train_epoch(model, _progress(_batches(loader, n), total=n, desc="fine-tune"), opt)
+            train_epoch(model, progress_bar(capped(loader, n), total=n, desc="fine-tune"), opt)
             done, epoch = done + n, epoch + 1
         return evaluate(model.eval(), self._val_loader())
 
@@ -310,7 +294,9 @@ def tp_pruner(s: Setup, method: str, seed: int):
     imp_name, global_pruning, round_to = TP_METHODS[method]
     import torch_pruning as tp
 
-    imp_batches = list(_batches(s.loader(30_000 + seed), IMPORTANCE_BATCHES))
+    from halp_trt.train import capped
+
+    imp_batches = list(capped(s.loader(30_000 + seed), IMPORTANCE_BATCHES))
 
     def prune(amount: float) -> nn.Module:
         model = copy.deepcopy(s.base)

@@ -84,13 +84,18 @@ def channel_tensors(module: nn.Module, side: str) -> list[tuple[torch.Tensor, in
     return pairs
 
 
+def channel_width(module: nn.Module, side: str) -> int | None:
+    """``module``'s width on ``side`` (a registered type), read off its channel tensors."""
+    tensors = channel_tensors(module, side)
+    return int(tensors[0][0].shape[tensors[0][1]]) if tensors else None
+
+
 def _cut(module: nn.Module, side: str, idxs: Sequence[int]) -> nn.Module:
     spec = surgery_for(module)
-    tensors = spec.tensors(side)
-    first = getattr(module, next(iter(tensors)))
-    keep = [i for i in range(first.shape[tensors[next(iter(tensors))]]) if i not in set(idxs)]
+    gone = set(int(i) for i in idxs)
+    keep = [i for i in range(channel_width(module, side) or 0) if i not in gone]
     index = torch.as_tensor(keep, dtype=torch.long)
-    for name, dim in tensors.items():
+    for name, dim in spec.tensors(side).items():
         t = getattr(module, name, None)
         if t is None:
             continue
@@ -103,11 +108,6 @@ def _cut(module: nn.Module, side: str, idxs: Sequence[int]) -> nn.Module:
     for attr in names:
         setattr(module, attr, len(keep))
     return module
-
-
-def _width(module: nn.Module, side: str) -> int:
-    tensors = channel_tensors(module, side)
-    return int(tensors[0][0].shape[tensors[0][1]]) if tensors else 0
 
 
 def torch_pruning_pruners() -> dict:
@@ -128,10 +128,10 @@ def torch_pruning_pruners() -> dict:
                 return _cut(layer, "in", idxs)
 
             def get_out_channels(self, layer):
-                return _width(layer, "out")
+                return channel_width(layer, "out") or 0
 
             def get_in_channels(self, layer):
-                return _width(layer, "in")
+                return channel_width(layer, "in") or 0
 
         if spec.elementwise:  # one function for both sides couples them (torch-pruning's rule)
             _Registered.prune_in_channels = _Registered.prune_out_channels

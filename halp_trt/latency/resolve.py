@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from halp_trt.errors import ConfigError, HalpError
+from halp_trt.fileio import cache_root
 from halp_trt.graph.layers import LayerSpec
 from halp_trt.latency.identity import AUTO_MATCH_KEYS, MACHINE_KEYS, compare_identity
 from halp_trt.latency.probe import ProbeResult, probe_table
@@ -21,9 +22,8 @@ def profile_dirs() -> list[str]:
     """Where ``auto`` looks: the shipped ``profiles/`` and the user's table cache
     (``$HALP_TRT_CACHE/tables``, default ``~/.cache/halp-trt/tables``)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cache = os.environ.get("HALP_TRT_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "halp-trt"))
-    return [os.path.join(os.path.dirname(package), "profiles"), os.path.join(cache, "tables")]
+    return [os.path.join(os.path.dirname(package), "profiles"),
+            os.path.join(cache_root(), "tables")]
 
 
 def table_fits(table, specs: Sequence[LayerSpec], expected_identity: dict) -> bool:

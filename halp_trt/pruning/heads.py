@@ -19,6 +19,8 @@ from halp_trt.graph.attention import (HeadAttention, HeadPrunedWindowAttention,
                                       HeadPrunedWindowAttentionV2, head_columns, head_dim_of,
                                       qkv_rows)
 from halp_trt.graph.groups import ChannelGroup
+from halp_trt.pruning.importance import (BNScaleImportance, MagnitudeImportance,
+                                         TaylorImportance, make_importance, over_group_mean)
 
 
 def _param(like: torch.Tensor, value: torch.Tensor) -> nn.Parameter:
@@ -113,9 +115,7 @@ def head_importance(kind: str, model: nn.Module, group: ChannelGroup,
             score.index_add_(0, root, contrib.cpu())
     if kind == "taylor":
         return score.abs()
-    norms = score.sqrt()
-    mean = norms.mean()
-    return norms / mean if mean > 0 else norms
+    return over_group_mean(score.sqrt())
 
 
 class HeadAwareImportance:
@@ -125,9 +125,6 @@ class HeadAwareImportance:
     of the attention module. A user's function scores every group, heads included."""
 
     def __init__(self, spec):
-        from halp_trt.pruning.importance import (BNScaleImportance, MagnitudeImportance,
-                                                 TaylorImportance, make_importance)
-
         self.base = make_importance(spec)
         # heads have no BatchNorm of their own: the norm-based rules score them by weight norm
         self.kind = ("taylor" if isinstance(self.base, TaylorImportance) else "magnitude"

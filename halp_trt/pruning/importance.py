@@ -25,13 +25,18 @@ from halp_trt.graph.groups import ChannelGroup
 NORMALIZERS = ("none", "mean")
 
 
+def over_group_mean(scores: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """A group's scores over the mean of its (``kept``) channels' scores; a group whose scores
+    are all zero stays zero."""
+    of = scores if kept is None else scores[kept]
+    mean = float(of.mean()) if of.numel() else 0.0
+    return scores / mean if mean > 0 else scores
+
+
 def normalize_scores(scores: torch.Tensor, kept: torch.Tensor, how: str) -> torch.Tensor:
     """One group's scores as the knapsack values them: raw, or over the mean of its ``kept``
-    channels' scores (a group whose kept scores are all zero stays zero)."""
-    if how == "none":
-        return scores
-    mean = float(scores[kept].mean()) if bool(kept.any()) else 0.0
-    return scores / mean if mean > 0 else scores
+    channels' scores."""
+    return scores if how == "none" else over_group_mean(scores, kept)
 
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -69,11 +74,6 @@ class Importance:
     def __call__(self, model: nn.Module, group: ChannelGroup,
                  modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
         raise NotImplementedError
-
-
-def _over_group_mean(scores: torch.Tensor) -> torch.Tensor:
-    mean = scores.mean()
-    return scores / mean if mean > 0 else scores
 
 
 def _out_side(group: ChannelGroup, modules, kinds):
@@ -144,7 +144,7 @@ class MagnitudeImportance(Importance):
                 if p is not None:
                     rows = _filter_rows(mod, p.detach())[idx].double()
                     acc.index_add_(0, root, rows.abs().pow(self.p).sum(dim=1).cpu())
-        return _over_group_mean(acc.sqrt() if self.p == 2 else acc)
+        return over_group_mean(acc.sqrt() if self.p == 2 else acc)
 
 
 class BNScaleImportance(Importance):
@@ -162,7 +162,7 @@ class BNScaleImportance(Importance):
         for mod, idx, root in _out_side(group, modules, _BN):
             found = True
             acc.index_add_(0, root, mod.weight.detach()[idx].abs().double().cpu())
-        return _over_group_mean(acc) if found else MagnitudeImportance()(model, group, modules)
+        return over_group_mean(acc) if found else MagnitudeImportance()(model, group, modules)
 
 
 # The importances named by string (HALPConfig.importance, --importance).

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from halp_trt.errors import HalpError
-from halp_trt.graph.custom import channel_tensors, surgery_for
+from halp_trt.graph.custom import channel_width, surgery_for
 from halp_trt.graph.groups import ChannelGroup, quiet_torch_pruning
 from halp_trt.graph.layers import is_depthwise
 from halp_trt.pruning.heads import remove_heads
@@ -49,8 +49,7 @@ def conv_group_slices(group: ChannelGroup, modules: Mapping[str, nn.Module]
 
 def _side_width(mod: nn.Module, side: str) -> int | None:
     if surgery_for(mod) is not None:
-        tensors = channel_tensors(mod, side)
-        return int(tensors[0][0].shape[tensors[0][1]]) if tensors else None
+        return channel_width(mod, side)
     if isinstance(mod, _CONV):
         return mod.out_channels if side == "out" else mod.in_channels
     if isinstance(mod, nn.Linear):

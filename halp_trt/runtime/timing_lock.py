@@ -17,6 +17,8 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from halp_trt.fileio import cache_root
+
 LOCK_ENV = "HALP_TRT_TIMING_LOCK"
 
 
@@ -27,9 +29,7 @@ def lock_path() -> str | None:
         return None
     if value:
         return value
-    cache = os.environ.get("HALP_TRT_CACHE",
-                           os.path.join(os.path.expanduser("~"), ".cache", "halp-trt"))
-    return os.path.join(cache, "timing.lock")
+    return os.path.join(cache_root(), "timing.lock")
 
 
 class _ProcessLock:
