@@ -25,7 +25,7 @@ from halp_trt.data import load_data, make_loader
 from halp_trt.runtime.export import export_onnx
 from halp_trt.runtime.protocol import measure_interleaved, model_protocol
 from halp_trt.models import create_model, parse_input_shape
-from halp_trt.latency.calibration import slimmed_copy
+from halp_trt.pruning.calibration_models import slimmed_copy
 from halp_trt.pruning.pruner import HALPConfig, HALPPruner
 import halp_trt
 from halp_trt.latency.table import LatencyTable
@@ -62,10 +62,11 @@ def main():
     backend = get_backend("onnxruntime")
     data = load_data("digits", shape[2:])
     loader = make_loader(data.train, 32, True)
-    probe = HALPPruner(copy.deepcopy(model), example, table, HALPConfig(target=0.99))
-    layers_full = probe.full_ms
+    sizing = HALPPruner(copy.deepcopy(model), example, table, HALPConfig(target=0.99))
+    layers_full = sizing.full_ms
     targets = [float(t) for t in a.targets.split(",")]
-    slim, slim_layers = slimmed_copy(probe, math.sqrt(min(targets)))
+    slim, slim_layers = slimmed_copy(sizing, copy.deepcopy(model), example,
+                                     math.sqrt(min(targets)))
     graphs = {"original": export_onnx(model, example), "slim": export_onnx(slim, example)}
     st = measure_interleaved(backend, graphs, model_protocol(a.rounds))
     calib = Calibration("affine", layers_full, st["original"].min_ms, slim_layers,

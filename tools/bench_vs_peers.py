@@ -259,14 +259,8 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
                        max_batches=math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
                        else None)
     run = DeployRun(cfg)
-    run.load()
-    run.original()
-    run.table()
-    run.calibrate()
-    run.prune()
-    model = run.pruned_model.eval()
-    per_epoch = min(len(run.train_loader), cfg.max_batches or len(run.train_loader))
-    prune_batches = run.state.prune_epochs_done * per_epoch
+    run.run(until="prune")
+    model, prune_batches = run.pruned_model.eval(), run.prune_batches
     acc_bn = s.score_bn(model, seed)
     ft_batches = max(0, s.a.ft_steps - prune_batches)
     acc_ft = s.finetune(model, ft_batches, seed)
@@ -277,7 +271,7 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
     return {"latency_ratio": ratio, "latency_vs_halp": 1.0, "matched": True, "acc_bn": acc_bn,
             "acc_ft": acc_ft, "prune_batches": prune_batches, "ft_batches": ft_batches,
             "result": run.result.to_json(),
-            "feedback_points": (run.state.feedback or {}).get("points", [])}
+            "feedback_points": run.feedback_points}
 
 
 def halp_arch_onnx(s: Setup, row: dict) -> bytes:

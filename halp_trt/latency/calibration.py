@@ -13,9 +13,10 @@ and ``ratio`` need only the original and are kept for comparison.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
-from halp_trt.errors import HalpError
+from halp_trt.errors import ConfigError, HalpError
 
 KINDS = ("affine", "additive", "ratio")
 
@@ -109,28 +110,60 @@ class Calibration:
         return d
 
 
-def floor_copy(pruner):
-    """The smallest model ``pruner`` allows (every prunable group at its minimum width) and its
-    table layer sum. ``pruner`` is used up."""
-    widths = pruner.min_widths()
-    masks = {g.root: pruner.uniform_mask(g, widths[g.id]) for g in pruner.prunable}
-    pruner.set_masks(masks)
-    layers_ms = pruner.predict_ms()
-    return pruner.finalize().eval(), layers_ms
+# A target whose predicted floor is within this factor of it is tried (and measured), not
+# refused: the floor is a two-point prediction, a few percent either way from one run to the
+# next (seen: MNASNet and EfficientNet at 64x64 refused in one run, met the target in the next).
+NEAR_FLOOR = 1.3
+# A target under this many times the predicted floor gets the floor measured.
+MEASURE_FLOOR_WITHIN = 2.0
 
 
-def slimmed_copy(pruner, width_factor: float):
-    """The second calibration point: every prunable group of ``pruner``'s model cut to
-    ``width_factor`` of its width (whole neuron groups). Returns the finalized model and its
-    table layer sum. ``pruner`` (a HALPPruner, usually on a copy) is used up."""
+def from_measurements(kind: str, measured: dict) -> tuple[Calibration, str | None]:
+    """The calibration of ``kind`` through a run's saved measurements (``layers_full_ms``,
+    ``model_full_ms``, ``layers_slim_ms``, ``model_slim_ms``, optionally the floor's), and a
+    note when ``affine`` had to fall back to ``ratio``."""
+    note = None
+    if kind == "affine" and measured["layers_slim_ms"] >= measured["layers_full_ms"]:
+        # every group is a single latency step wide: no narrower second point exists
+        kind, note = "ratio", ("no group can be slimmed by a whole step: calibrating "
+                               "proportionally (ratio) instead of affine")
+    return Calibration(kind, measured["layers_full_ms"], measured["model_full_ms"],
+                       measured["layers_slim_ms"], measured["model_slim_ms"],
+                       measured.get("layers_floor_ms"), measured.get("model_floor_ms")), note
 
-    masks = {}
-    for g in pruner.prunable:
-        step = pruner.group_sizes[g.id]
-        k = min(g.size, max(step, int(g.size * width_factor / step) * step))
-        if k >= g.size > step:  # coarse steps: at least one step narrower, or no second point
-            k = g.size - step
-        masks[g.root] = pruner.uniform_mask(g, k)
-    pruner.set_masks(masks)
-    layers_ms = pruner.predict_ms()
-    return pruner.finalize().eval(), layers_ms
+
+def floor_worth_measuring(calib: Calibration, layers_min_ms: float, goal_ms: float) -> bool:
+    """Near the predicted floor a line through the original and a uniform slim can be far off:
+    the smallest model is then measured too."""
+    return calib.model_floor_ms is None and \
+        calib.model_ms(layers_min_ms) * MEASURE_FLOOR_WITHIN >= goal_ms
+
+
+def layers_target_ms(calib: Calibration, goal_ms: float, layers_min_ms: float | None,
+                     target_text: str) -> tuple[float, str | None]:
+    """The table layer sum to prune to for a whole-model goal of ``goal_ms``, and a note when
+    the goal sits near the table's floor (then pruning goes to the floor and the measurements
+    decide). Raises ``ConfigError`` ("target") when the goal is out of reach; ``target_text``
+    is the target as the user gave it."""
+    original_ms = calib.model_full_ms
+    if goal_ms >= original_ms:
+        raise ConfigError("target", f"{{field}} {target_text} is not below the original's "
+                          f"measured {original_ms:.3f} ms: nothing to prune; give a lower target")
+    layers_ms, note = calib.layers_ms(goal_ms), None
+    floor_ms = None if layers_min_ms is None else calib.model_ms(layers_min_ms)
+    if floor_ms is not None and layers_ms < layers_min_ms:
+        if floor_ms > goal_ms * NEAR_FLOOR:
+            raise ConfigError(
+                "target", f"{{field}} {target_text} ({goal_ms:.3f} ms) is infeasible with this "
+                f"table: its smallest model (every prunable group at its minimum width) is "
+                f"predicted at {floor_ms:.3f} ms, {floor_ms / original_ms:.3f} of the original's "
+                f"{original_ms:.3f} ms measured. Use {{field}} "
+                f"{math.ceil(1000 * floor_ms / original_ms) / 1000:.3f} or more.")
+        note = (f"the table puts the smallest model at {floor_ms / original_ms:.3f} of the "
+                "original, near the target: pruning towards it and measuring")
+        layers_ms = layers_min_ms
+    if layers_ms <= 0:
+        raise ConfigError("target", f"target {goal_ms:.3f} ms is infeasible: the part of the "
+                          "model the table does not hold alone takes "
+                          f"{goal_ms - layers_ms:.3f} ms (original {original_ms:.3f} ms measured)")
+    return layers_ms, note

@@ -66,7 +66,7 @@ def prune_and_deploy_front(cfg: DeployConfig) -> dict:
         run = DeployRun(sub)
         reports[target] = run.run()
         if i == 0:
-            table_path = run.table_path
+            table_path = run.resolved_table.path
             st = run.state
             RunState(run=st.run, phase="original", original=st.original,
                      original_ms=st.original_ms, calibration=st.calibration).save(shared_path)

@@ -58,3 +58,7 @@ class RunState:
             raise HalpError(f"cannot resume from {path}: it is not a halp-trt checkpoint of this "
                             "version. Delete it to start over.")
         return cls(**d)
+
+    def reached(self, phase: str) -> bool:
+        """Whether the run got to ``phase`` (or past it)."""
+        return PHASES.index(self.phase) >= PHASES.index(phase)

@@ -2,14 +2,15 @@
 coupled groups it can be trusted with."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import copy
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from halp_trt.errors import HalpError
 from halp_trt.graph.custom import channel_width, surgery_for
-from halp_trt.graph.groups import ChannelGroup, quiet_torch_pruning
+from halp_trt.graph.groups import ChannelGroup, find_channel_groups, quiet_torch_pruning
 from halp_trt.graph.layers import is_depthwise
 from halp_trt.pruning.heads import remove_heads
 from halp_trt.pruning.masker import ChannelMasker
@@ -181,3 +182,55 @@ def masked_then_pruned(model: nn.Module, graph, groups: Sequence[ChannelGroup],
     with torch.no_grad():
         pruned = model(example_input)
     return masked, pruned
+
+
+def groups_that_break_surgery(model: nn.Module, example_input: torch.Tensor,
+                              exclude: Sequence[str], candidates: Sequence[ChannelGroup],
+                              cut: Callable[[ChannelGroup, int], torch.Tensor | None]
+                              ) -> list[tuple[ChannelGroup, str]]:
+    """Trial surgery on copies of ``model``: every candidate group loses one or two neuron
+    groups (``cut(group, n)`` gives its mask, or None when it cannot lose ``n``; alternating,
+    so that constraints *between* groups — equal halves of a channel split, an even concat
+    before a shuffle — show), and the pruned copy must run and equal the masked one. Returns
+    the groups surgery cannot be trusted with (found by bisection), each with why."""
+    def trial(groups: list[ChannelGroup]) -> str | None:
+        if not groups:
+            return None
+        copy_model = copy.deepcopy(model).eval()
+        try:
+            trial_groups, graph = find_channel_groups(copy_model, example_input, exclude)
+            by_root = {g.root: g for g in trial_groups}
+            keep, drop = {}, {}
+            for i, g in enumerate(groups):
+                mask = cut(g, 1 + i % 2)
+                if mask is None:
+                    continue
+                tg = by_root[g.root]
+                keep[tg.id] = mask
+                drop[tg.id] = torch.nonzero(~mask).flatten().tolist()
+            masked, pruned = masked_then_pruned(copy_model, graph, trial_groups, keep, drop,
+                                                example_input)
+            diff = masked_pruned_difference(masked, pruned)
+            return None if diff <= 1e-4 else f"pruned differs from masked by {diff:.1e}"
+        except Exception as exc:  # noqa: BLE001 - any failure means: not safe to prune
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+
+    held: list[tuple[ChannelGroup, str]] = []
+
+    def bisect(groups: list[ChannelGroup]) -> None:
+        why = trial(groups)
+        if why is None:
+            return
+        if len(groups) == 1:
+            held.append((groups[0], f"channel surgery breaks the model there ({why})"))
+            return
+        half = len(groups) // 2
+        bisect(groups[:half])
+        bisect(groups[half:])
+        rest = [g for g in groups if all(g is not h for h, _ in held)]
+        if trial(rest) is not None:  # only in combination: hold the rest of this set too
+            held.extend((g, "channel surgery breaks the model when it is pruned together with "
+                         "its neighbours") for g in rest)
+
+    bisect(list(candidates))
+    return held

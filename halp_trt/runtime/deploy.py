@@ -3,7 +3,7 @@ PyTorch's, and measure original vs pruned with the table's protocol (interleaved
 see the same machine state)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -141,6 +141,55 @@ def check_int8_outputs(reference_logits: np.ndarray, int8_logits: np.ndarray,
         reasons.append(f"logit error {rel:.3g} of the reference's RMS > {max_rel_logit_error}")
     return Int8Check(agreement, max_abs, rel, not reasons, "; ".join(reasons), n)
 
+
+
+# validation inputs the INT8 pruned model is compared with PyTorch on (top-1 agreement needs
+# ~100 to mean something)
+INT8_CHECK_INPUTS = 128
+
+
+def deploy_int8(backend, original_onnx: bytes, pruned_onnx: bytes, pruned_model: torch.nn.Module,
+                batches, batch_size: int, allow_untrained: bool = False,
+                log=print) -> tuple[bytes, bytes, dict]:
+    """Quantize original and pruned with ``backend``'s own INT8 path (its calibration inputs
+    set), check the INT8 pruned model against ``pruned_model`` on the first
+    ``INT8_CHECK_INPUTS`` inputs of ``batches`` (an iterable of labelled validation batches,
+    read twice; those not of the graphs' ``batch_size`` are skipped), and measure both INT8
+    models' accuracy on all of them. Returns the two INT8
+    graphs (what is deployed and timed from here on) and a summary; a pruned model that does
+    not match raises ``HalpError``."""
+    log(f"quantizing to INT8 (QDQ) with {len(backend.int8_calibration)} calibration batches")
+    graphs = {"original": backend.int8_graph(original_onnx, "original model"),
+              "pruned": backend.int8_graph(pruned_onnx, "pruned model")}
+    accuracy, ref, got = {}, [], []
+    for key, onnx_bytes in graphs.items():
+        handle = backend.prepare(onnx_bytes, label=f"INT8 {key} model")
+        correct = total = 0
+        try:
+            for x, y in batches:
+                if x.shape[0] != batch_size:
+                    continue
+                out = backend.infer(handle, [x.numpy()])[0]
+                correct += int((out.argmax(-1) == y.numpy()).sum())
+                total += len(y)
+                if key == "pruned" and sum(len(g) for g in got) < INT8_CHECK_INPUTS:
+                    with torch.no_grad():
+                        ref.append(pruned_model(x).numpy())
+                    got.append(out)
+        finally:
+            backend.release(handle)
+        accuracy[key] = correct / max(total, 1)
+    check = check_int8_outputs(np.concatenate(ref), np.concatenate(got),
+                               **({"min_top1_agreement": 0.0} if allow_untrained else {}))
+    if not check.passed:
+        raise HalpError(f"the INT8 pruned model does not match the float one: {check.reason}. "
+                        "Check the calibration data, or deploy in fp32")
+    log(f"INT8 pruned model: top-1 agreement {check.top1_agreement:.3f} with PyTorch, logit "
+        f"error {100 * check.rel_logit_error:.1f}%; INT8 accuracy original "
+        f"{accuracy['original']:.4f}, pruned {accuracy['pruned']:.4f}")
+    return graphs["original"], graphs["pruned"], {
+        "check": asdict(check), "accuracy": accuracy,
+        "calibration_batches": len(backend.int8_calibration)}
 
 @dataclass
 class Comparison:

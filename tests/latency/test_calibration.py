@@ -1,13 +1,10 @@
 """From the table's layer sum to whole-model latency."""
 import pytest
-import torch
 
-from fakes import StaircaseLatencyModel
 from halp_trt.errors import HalpError
-from halp_trt.latency.calibration import Calibration, clamp_slope, floor_copy, slimmed_copy
-from halp_trt.pruning.config import HALPConfig
-from halp_trt.pruning.pruner import HALPPruner
-from tiny_models import TinyResNet
+from halp_trt.errors import ConfigError
+from halp_trt.latency.calibration import (Calibration, clamp_slope, floor_worth_measuring,
+                                          from_measurements, layers_target_ms)
 
 
 def test_affine_goes_through_both_measured_points_and_inverts():
@@ -55,24 +52,6 @@ def test_bad_calibrations_are_refused(args):
         Calibration(*args)
 
 
-def test_slimmed_copy_cuts_every_group_to_the_factor_in_whole_steps():
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 16, 16)
-    model = TinyResNet(width=32)
-    pr = HALPPruner(model, x, StaircaseLatencyModel(step=4), HALPConfig(target=1 - 1e-9,
-                                                                       steps=1, interval=1))
-    full_ms = pr.predict_ms()
-    sizes = {g.root: (g.size, pr.group_sizes[g.id]) for g in pr.prunable}
-    slim, layers_ms = slimmed_copy(pr, 0.5)
-    assert layers_ms < full_ms
-    mods = dict(slim.named_modules())
-    for root, (size, step) in sizes.items():
-        kept = mods[root].out_channels
-        assert kept % step == 0 or kept == size
-        assert abs(kept - 0.5 * size) <= step
-    assert slim(x).shape == (1, 10)
-
-
 def test_a_measured_floor_bends_the_line_below_the_slim_point_only():
     # original (10, 8), slim (5, 5) -> line 0.6 x + 2 puts a layer sum of 1 at 2.6 ms; the
     # smallest model measured at 1.0 ms bends the prediction below the slim point
@@ -88,15 +67,35 @@ def test_a_measured_floor_bends_the_line_below_the_slim_point_only():
     assert odd.model_ms(1.0) == pytest.approx(line.model_ms(1.0))
 
 
-def test_floor_copy_is_the_smallest_model_the_pruner_allows():
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 16, 16)
-    pr = HALPPruner(TinyResNet(width=32), x, StaircaseLatencyModel(step=4),
-                    HALPConfig(target=1 - 1e-9, steps=1, interval=1))
-    widths = pr.min_widths()
-    sizes = {g.root: widths[g.id] for g in pr.prunable}
-    floor, layers_ms = floor_copy(pr)
-    assert layers_ms == pytest.approx(pr.min_ms)
-    mods = dict(floor.named_modules())
-    assert all(mods[root].out_channels == k for root, k in sizes.items())
-    assert floor(x).shape == (1, 10)
+def test_a_goal_is_mapped_to_the_layer_sum_that_predicts_it():
+    c = Calibration("affine", 8.0, 10.0, 4.0, 6.5)
+    layers_ms, note = layers_target_ms(c, 7.0, layers_min_ms=2.0, target_text="0.7")
+    assert layers_ms == pytest.approx(c.layers_ms(7.0)) and note is None
+
+
+def test_a_goal_near_the_floor_prunes_to_the_floor_and_one_far_below_names_the_minimum():
+    c = Calibration("affine", 8.0, 10.0, 4.0, 6.5)  # floor at layer sum 3: 5.625 ms
+    layers_ms, note = layers_target_ms(c, 5.0, layers_min_ms=3.0, target_text="0.5")
+    assert layers_ms == 3.0 and "near the target" in note  # 5.625 <= 1.3 x 5.0
+    with pytest.raises(ConfigError) as err:
+        layers_target_ms(c, 4.0, layers_min_ms=3.0, target_text="0.4")
+    assert err.value.field == "target" and "0.563 or more" in str(err.value)
+    with pytest.raises(ConfigError, match="not below the original"):
+        layers_target_ms(c, 10.0, layers_min_ms=3.0, target_text="1.0")
+
+
+def test_the_floor_is_measured_only_near_a_goal_and_only_once():
+    c = Calibration("affine", 8.0, 10.0, 4.0, 6.5)  # floor at layer sum 3 -> 5.625 ms
+    assert floor_worth_measuring(c, 3.0, goal_ms=11.0) and not floor_worth_measuring(c, 3.0, 12.0)
+    measured = Calibration("affine", 8.0, 10.0, 4.0, 6.5, layers_floor_ms=3.0,
+                           model_floor_ms=4.0)
+    assert not floor_worth_measuring(measured, 3.0, goal_ms=5.0)
+
+
+def test_affine_without_a_narrower_second_point_falls_back_to_ratio_and_says_so():
+    measured = {"layers_full_ms": 8.0, "model_full_ms": 10.0, "layers_slim_ms": 8.0,
+                "model_slim_ms": 10.0}
+    c, note = from_measurements("affine", measured)
+    assert c.kind == "ratio" and "proportionally" in note
+    c, note = from_measurements("affine", dict(measured, layers_slim_ms=4.0, model_slim_ms=6.5))
+    assert c.kind == "affine" and note is None

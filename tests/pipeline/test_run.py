@@ -78,6 +78,35 @@ def test_pipeline_writes_a_consistent_report(tmp_path, tiny_table):
     assert res.exit_code == 2 and "does not exist" in res.output
 
 
+def test_stages_read_only_what_earlier_stages_leave():
+    from halp_trt.pipeline.run import STAGES
+
+    left: set[str] = set()
+    for stage in STAGES:
+        assert set(stage.reads) <= left, (stage.name, set(stage.reads) - left)
+        assert not set(stage.leaves) & left, stage.name  # one stage owns each result
+        left |= set(stage.leaves)
+    # the stages after fine-tuning run on rank 0 only; none before them does
+    ranks = [s.every_rank for s in STAGES]
+    assert ranks == sorted(ranks, reverse=True)
+
+
+def test_run_until_a_stage_stops_there_and_a_second_call_goes_on(tmp_path, tiny_table):
+    from halp_trt.pipeline.run import DeployRun
+
+    run = DeployRun(toy_config(tmp_path, tiny_table))
+    with pytest.raises(HalpError, match="no stage 'pruning'.*load, original"):
+        run.run(until="pruning")
+    assert run.run(until="prune") == {}
+    assert run.prune_batches > 0 and run.feedback_points
+    assert not hasattr(run, "acc_pruned") and not (tmp_path / "report.json").exists()
+    assert set(run.stage_s) == {"load", "original", "table", "calibrate", "prune"}
+    report = run.run()
+    assert (tmp_path / "report.json").is_file() and report["speedup_measured"] > 0
+    assert list(run.stage_s) == ["load", "original", "table", "calibrate", "prune", "finetune",
+                                 "deploy", "verify", "report"]
+
+
 def test_interrupted_pruning_resumes_from_checkpoint(tmp_path, tiny_table, monkeypatch):
     from halp_trt.pruning import feedback
 
