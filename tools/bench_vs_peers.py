@@ -616,15 +616,17 @@ def markdown_section(results: dict) -> str:
                   f"{TIMING_BATCH}; Torch-Pruning round_to {lv['round_to']} (the table's step); "
                   f"{lv.get('ft_steps')} SGD steps of batch {TRAIN_BATCH} per method. Wall time: "
                   + ", ".join(f"{k} {v / 60:.0f} min" for k, v in wall.items()) + ".", "",
-                  "| method | latency / original | vs halp-trt | acc, BN recal | acc, fine-tuned "
-                  "| seeds | matched ±2% / interpolated |", "|---|---|---|---|---|---|---|"]
+                  "| machine | method | latency / original | vs halp-trt | acc, BN recal | "
+                  "acc, fine-tuned | seeds | matched ±2% / interpolated |",
+                  "|---|---|---|---|---|---|---|---|"]
+        machine = lv["machine"].split(";")[0] + (")" if ";" in lv["machine"] else "")
         for group in ("methods", "ablations"):
             for name, e in sorted(lv[group].items(),
                                   key=lambda kv: (kv[0] != "halp-trt", -kv[1]["acc_ft_mean"])):
                 bold = "**" if name == "halp-trt" else ""
                 label = f"{bold}{name}{bold}" + (" (ablation)" if group == "ablations" else "")
                 lines.append(
-                    f"| {label} | {_pm(e, 'latency_ratio', 3)} | "
+                    f"| {machine} | {label} | {_pm(e, 'latency_ratio', 3)} | "
                     f"{'reference' if name == 'halp-trt' else _pm(e, 'latency_vs_halp', 3)} | "
                     f"{_pm(e, 'acc_bn')} | {_pm(e, 'acc_ft')} | {e['n_seeds']} | "
                     f"{e['matched_within_tolerance']} / {e['interpolated']} |")

@@ -102,33 +102,74 @@ def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, b
     and runtime when there is one and ``transfer`` (``halp_trt.latency.transfer``: a fraction of
     the measurements), else measured in full."""
     from halp_trt.latency.build import BuildConfig, build_table
-    from halp_trt.latency.table import LatencyTable
-    from halp_trt.latency.transfer import SAME_GRAPH_KEYS, TransferConfig, transfer_table
+    from halp_trt.latency.transfer import TransferConfig, transfer_table
 
     expected = {**backend.identity(), "batch": int(input_shape[0]), "model": model_name,
                 "input_shape": list(input_shape)}
     if table_spec != "auto":
-        table = LatencyTable.load(table_spec)
-        cmp = table.check_compatible(expected, allow_mismatch)
-        check_table_covers(table, specs, table_spec, model_name, input_shape)
-        notes = [f"identity: {line}" for line in cmp.lines()]
-        result = probe_table(table, backend) if probe else None
-        if result is not None and not result.fits:
-            if not allow_mismatch:
-                raise ConfigError("table", f"the latency table {table_spec} does not describe "
-                                  f"this machine: {'; '.join(result.reasons)} ({result.summary()}"
-                                  f"). Measure a table here with: "
-                                  f"{_rebuild_hint(model_name, input_shape)}, or pass "
-                                  "--allow-table-mismatch to prune with it anyway")
-            log(f"WARNING: using {table_spec} although it does not describe this machine "
-                f"(--allow-table-mismatch): {'; '.join(result.reasons)}")
-        for line in notes:
-            log(f"{table_spec}: {line}")
-        if result is not None:
-            log(f"{table_spec}: {result.summary()}")
-        why = "given with --table" + (f"; {result.summary()}" if result else "; not probed") + (
-            f"; identity: {', '.join(cmp.lines())}" if cmp.lines() else "")
-        return ResolvedTable(table, table_spec, why, result)
+        return _explicit_table(table_spec, expected, specs, model_name, input_shape, backend,
+                               allow_mismatch, log, probe)
+    found, skipped, priors = _search_profiles(specs, expected, model_name, input_shape, backend,
+                                              log, probe)
+    if found is not None:
+        return found
+    path = os.path.join(profile_dirs()[1], cache_name(model_name, input_shape, expected))
+    if os.path.exists(path):  # measured elsewhere under the same name and refused: set aside
+        os.replace(path, path + ".rejected")
+    why_none = (f" ({'; '.join(skipped)})" if skipped else
+                " (none matches its identity and layers)")
+    prior = _closest_prior(priors, expected) if transfer else None
+    if prior is not None:
+        log(f"no latency table fits this machine; transferring {prior[0]} (another machine's "
+            f"table of {model_name}) into {path}")
+        table = transfer_table(prior[1], model, input_shape, backend, path, model_name,
+                               TransferConfig(progress=progress))
+        return ResolvedTable(table, path, f"auto: transferred here from {prior[0]} (step sweeps "
+                             "and anchors measured on this machine), no shipped or cached table "
+                             "fits this machine" + why_none, None)
+    log(f"no latency table fits this machine; measuring one into {path} (resumable)")
+    table = build_table(model, input_shape, backend, path, model_name,
+                        BuildConfig(progress=progress))
+    return ResolvedTable(table, path, "auto: measured here, no shipped or cached table fits "
+                         "this machine" + why_none, None)
+
+
+def _explicit_table(table_spec: str, expected: dict, specs, model_name: str, input_shape,
+                    backend, allow_mismatch: bool, log, probe: bool) -> ResolvedTable:
+    """A table given by path: it must cover the model and (probed) fit this machine."""
+    from halp_trt.latency.table import LatencyTable
+
+    table = LatencyTable.load(table_spec)
+    cmp = table.check_compatible(expected, allow_mismatch)
+    check_table_covers(table, specs, table_spec, model_name, input_shape)
+    notes = [f"identity: {line}" for line in cmp.lines()]
+    result = probe_table(table, backend) if probe else None
+    if result is not None and not result.fits:
+        if not allow_mismatch:
+            raise ConfigError("table", f"the latency table {table_spec} does not describe "
+                              f"this machine: {'; '.join(result.reasons)} ({result.summary()}"
+                              f"). Measure a table here with: "
+                              f"{_rebuild_hint(model_name, input_shape)}, or pass "
+                              "--allow-table-mismatch to prune with it anyway")
+        log(f"WARNING: using {table_spec} although it does not describe this machine "
+            f"(--allow-table-mismatch): {'; '.join(result.reasons)}")
+    for line in notes:
+        log(f"{table_spec}: {line}")
+    if result is not None:
+        log(f"{table_spec}: {result.summary()}")
+    why = "given with --table" + (f"; {result.summary()}" if result else "; not probed") + (
+        f"; identity: {', '.join(cmp.lines())}" if cmp.lines() else "")
+    return ResolvedTable(table, table_spec, why, result)
+
+
+def _search_profiles(specs, expected: dict, model_name: str, input_shape, backend, log,
+                     probe: bool) -> tuple[ResolvedTable | None, list[str], list]:
+    """The first shipped or cached table that fits this model and machine (None if none), why
+    each near miss was skipped, and the complete tables of this model and input from other
+    machines (transfer candidates)."""
+    from halp_trt.latency.table import LatencyTable
+    from halp_trt.latency.transfer import SAME_GRAPH_KEYS
+
     skipped = []
     priors = []  # (path, table) of this model and input on this runtime, from another machine
     for d in profile_dirs():
@@ -163,26 +204,8 @@ def resolve_table(table_spec: str, model, model_name: str, input_shape, specs, b
             why = "auto: identity matches" + (
                 f" except keys it does not record ({', '.join(u.split(':')[0] for u in cmp.unknown)})"
                 if cmp.unknown else "") + (f"; {result.summary()}" if result else "")
-            return ResolvedTable(table, path, why, result)
-    path = os.path.join(profile_dirs()[1], cache_name(model_name, input_shape, expected))
-    if os.path.exists(path):  # measured elsewhere under the same name and refused: set aside
-        os.replace(path, path + ".rejected")
-    why_none = (f" ({'; '.join(skipped)})" if skipped else
-                " (none matches its identity and layers)")
-    prior = _closest_prior(priors, expected) if transfer else None
-    if prior is not None:
-        log(f"no latency table fits this machine; transferring {prior[0]} (another machine's "
-            f"table of {model_name}) into {path}")
-        table = transfer_table(prior[1], model, input_shape, backend, path, model_name,
-                               TransferConfig(progress=progress))
-        return ResolvedTable(table, path, f"auto: transferred here from {prior[0]} (step sweeps "
-                             "and anchors measured on this machine), no shipped or cached table "
-                             "fits this machine" + why_none, None)
-    log(f"no latency table fits this machine; measuring one into {path} (resumable)")
-    table = build_table(model, input_shape, backend, path, model_name,
-                        BuildConfig(progress=progress))
-    return ResolvedTable(table, path, "auto: measured here, no shipped or cached table fits "
-                         "this machine" + why_none, None)
+            return ResolvedTable(table, path, why, result), skipped, priors
+    return None, skipped, priors
 
 
 def _closest_prior(priors, expected: dict):

@@ -157,21 +157,6 @@ def _scan(curve: _Curve, candidates, max_ratio, min_jtn) -> list[StepFit]:
     return fits
 
 
-def scan_steps(
-    counts: Sequence[int],
-    latency_ms: Sequence[float],
-    candidates: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
-    max_residual_ratio: float = 0.5,
-    min_jump_to_noise: float = 3.0,
-) -> list[StepFit]:
-    """Best-phase fit for every candidate g > 1 with enough points (>= 2g+3), ascending g.
-
-    ``accepted`` on each entry says whether that g alone passes both tests. Diagnostics for
-    :func:`detect_step`, which picks among these.
-    """
-    return _scan(_Curve(counts, latency_ms), candidates, max_residual_ratio, min_jump_to_noise)
-
-
 def detect_step(
     counts: Sequence[int],
     latency_ms: Sequence[float],

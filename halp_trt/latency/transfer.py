@@ -261,6 +261,35 @@ class TransferBuilder(TableBuilder):
     # ---- the transfer --------------------------------------------------------------------
     def run(self) -> LatencyTable:
         t, src_table = self.table, self.source
+        found, local_usual = self._sweep_steps()
+        steps_report = self._assign_steps(found, local_usual)
+        fits = self._anchor_and_fill()
+        measured = measured_configurations(t)
+        t.extra["transfer"] = {
+            "source": {k: src_table.identity.get(k) for k in
+                       ("cpu_vendor", "cpu_family", "cpu_model", "cpu_model_number", "isa",
+                        "runtime_version", "created")},
+            "configurations_measured": measured,
+            "steps": steps_report,
+            "fits": {k: f.to_json() for k, f in fits.items()},
+        }
+        self._save()
+        if self.config.measure_model and t.model_stats is None:
+            t.model_stats = self.measure_whole_model()
+        t.complete = True
+        t.extra["noisy_entries"] = sum(st.noisy for s in t.signatures.values()
+                                       for st in s.entries.values() if st.n > 0)
+        self._save()
+        if self.config.validate:
+            t.extra["validation"] = self.validate(self.config.validate)
+            self._save()
+        return t
+
+    def _sweep_steps(self) -> tuple[dict, dict]:
+        """Step sweeps here: every signature whose source step is atypical, and typical ones in
+        small batches until one shows this machine's usual step per axis. Returns the sweeps'
+        steps ((key, axis) -> StepInfo) and the usual step per axis (None: inconclusive)."""
+        t = self.table
         found: dict[tuple[str, str], StepInfo] = {}
 
         def sweep(keys_axes):
@@ -292,6 +321,12 @@ class TransferBuilder(TableBuilder):
         for axis, other in (("out", "in"), ("in", "out")):
             if not local_usual.get(axis):
                 local_usual[axis] = local_usual.get(other)
+        return found, local_usual
+
+    def _assign_steps(self, found: dict, local_usual: dict) -> dict:
+        """Each signature's steps: its own sweep's, else this machine's usual step where the
+        source had one, else the source's; and its lattice planned on them."""
+        t, src_table = self.table, self.source
         steps_report = {}
         for key, s in t.signatures.items():
             src = src_table.signatures[key]
@@ -310,6 +345,13 @@ class TransferBuilder(TableBuilder):
             steps_report[key] = {"source": [src.step_out.step, src.step_in.step],
                                  "here": [s.step_out.step, s.step_in.step],
                                  "swept": [a for a in ("out", "in") if (key, a) in found]}
+        return steps_report
+
+    def _anchor_and_fill(self) -> dict:
+        """Anchor measurements on each lattice, a fit of local vs source latency through them
+        and the rest of the lattice filled from the source through that fit (and a ratio field
+        of the residuals). Returns the fits by signature key."""
+        t, src_table = self.table, self.source
         # anchors on the local lattice; a second, denser grid where the map misses the first
         grids = {k: anchor_points(s) for k, s in t.signatures.items()}
         for round_ in ("anchors", "refined anchors"):
@@ -329,26 +371,7 @@ class TransferBuilder(TableBuilder):
                 if p not in s.entries:
                     ms = max(fit.predict(src.lookup(*p)) * field_(*p), 1e-6)
                     s.add(p[0], p[1], Stats(0, ms, ms, ms, 0.0))
-        measured = measured_configurations(t)
-        t.extra["transfer"] = {
-            "source": {k: src_table.identity.get(k) for k in
-                       ("cpu_vendor", "cpu_family", "cpu_model", "cpu_model_number", "isa",
-                        "runtime_version", "created")},
-            "configurations_measured": measured,
-            "steps": steps_report,
-            "fits": {k: f.to_json() for k, f in fits.items()},
-        }
-        self._save()
-        if self.config.measure_model and t.model_stats is None:
-            t.model_stats = self.measure_whole_model()
-        t.complete = True
-        t.extra["noisy_entries"] = sum(st.noisy for s in t.signatures.values()
-                                       for st in s.entries.values() if st.n > 0)
-        self._save()
-        if self.config.validate:
-            t.extra["validation"] = self.validate(self.config.validate)
-            self._save()
-        return t
+        return fits
 
 
 def transfer_table(source: LatencyTable, model: torch.nn.Module, input_shape: Sequence[int],

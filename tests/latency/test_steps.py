@@ -7,9 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from halp_trt.latency.steps import StepFit, detect_step, round_up_to_step, scan_steps, suffix_min
+from halp_trt.latency.steps import (StepFit, _Curve, _scan, detect_step, round_up_to_step,
+                                    suffix_min)
 
 DATA = Path(__file__).parent / "data" / "ort_step_curves.json"
+
+
+def scan_steps(counts, latency_ms, candidates=(1, 2, 4, 8, 16, 32, 64)):
+    """Every candidate step's best-phase fit, ascending: what detect_step picks among."""
+    return _scan(_Curve(counts, latency_ms), candidates, 0.5, 3.0)
 
 
 def staircase(counts, step, phase, jump, sigma, seed, slope=0.0, base=2.0):
