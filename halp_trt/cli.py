@@ -285,7 +285,7 @@ def prune_and_deploy_cmd(out_dir, **options):
 
     cfg = DeployConfig(out=out_dir, **options)
     result = prune_and_deploy(cfg)
-    if len(cfg.targets) > 1 and result:
+    if len(cfg.parsed_targets) > 1 and result:
         click.echo(f"Pareto front of {len(result['points'])} targets: "
                    f"{os.path.join(out_dir, 'pareto.md')} and pareto.png")
 

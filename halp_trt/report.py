@@ -36,8 +36,7 @@ def build_report(cfg, table, table_path, table_reason, table_probe, backend, cal
     orig_ms, pruned_ms = cmp.original.estimate(est), cmp.pruned.estimate(est)
     pred_orig = calib.model_ms(layers_full_ms)
     pred_pruned = calib.model_ms(sum(pruned_layers_ms.values()))
-    target_ratio = cfg.target_fraction if cfg.target_fraction is not None else \
-        cfg.target_ms / orig_ms
+    target_ratio = cfg.parsed_target.to_ms(orig_ms) / orig_ms
     ratio_spread = cmp.ratio_spread
     sessions = {k: [s.estimate(est) for s in getattr(cmp, f"{k}_sessions")]
                 for k in ("original", "pruned")}

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from halp_trt.latency.calibration import Calibration
+from halp_trt.pruning.targets import parse_target
 from halp_trt.report import build_report, write_markdown, write_plots
 from halp_trt.runtime.deploy import Comparison, NumericCheck
 from halp_trt.runtime.protocol import Stats
@@ -19,7 +20,8 @@ def _report(orig_ms=2.0, pruned_ms=1.0, target_fraction=None, target_ms=None, me
                      Stats(30, pruned_ms, pruned_ms, pruned_ms * median_over, 0.01))
     cfg = SimpleNamespace(model="m", data="d", input_shape=(1, 3, 8, 8),
                           target=str(target_fraction or f"{target_ms}ms"),
-                          target_fraction=target_fraction, target_ms=target_ms, to_json=dict)
+                          parsed_target=parse_target(str(target_fraction or f"{target_ms}ms"),
+                                                     of="measured"), to_json=dict)
     result = SimpleNamespace(original_widths={"a": 8, "b": 16}, kept={"a": [0, 1], "b": [3]},
                              history=[{"step": 1, "target_ms": 5.0, "predicted_ms": 4.0}])
     backend = SimpleNamespace(identity=lambda: {"runtime": "fake"}, verification_note="fake",

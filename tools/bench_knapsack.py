@@ -1,21 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark halp_trt.pruning.knapsack on ResNet-50-scale instances (seeded, synthetic).
 
-Usage: python tools/bench_knapsack.py [--json PATH] [--dump DIR] [--quick]
+    python tools/bench_knapsack.py [--json PATH] [--dump DIR] [--quick]
 
-Instances: ResNet-50-like groups with options at every channel count (granularity 1) and at
-multiples of 8 and 32 (neuron groups of 8/32 channels). Importance per channel is seeded lognormal,
-sorted descending (option value = cumulative sum); latency follows a staircase model
-cost(c) = a + b * ceil(c / 8) + d * ceil(c / 32) in whole microseconds, scaled so the unpruned
-model costs ~60 ms. Two extra instances stress the solver with off-grid costs: "noisy" (the
-staircase times 0.5% lognormal noise per option, as a measured table would be: non-monotone) and
-"linear" (no steps: every channel costs a little, so no option is dominated).
-Budget: 50% of the unpruned cost, resolution 1 us.
-Each instance is solved by solve_knapsack (time: best of 3; peak memory: tracemalloc peak of a
-separate run, i.e. Python + numpy allocations), where its estimated cost allows by the plain
-reference DP, and by scipy's HiGHS MILP (one binary per option, one-hot per group, exact costs,
-no discretisation; time limit --highs-limit-s), and the objectives are compared.
-"""
+Instances: ResNet-50-like groups with options at every channel count and at multiples of 8 and
+32; seeded lognormal importance; a staircase latency ``a + b·ceil(c/8) + d·ceil(c/32)`` µs
+scaled to ~60 ms, plus "noisy" (0.5% lognormal per option: non-monotone) and "linear" (no
+steps) instances. Budget 50% of the unpruned cost, resolution 1 µs. Each is solved by
+``solve_knapsack`` (best of 3; tracemalloc peak), by the plain reference DP where its size
+allows, and by scipy's HiGHS MILP (exact costs), and the objectives are compared."""
 
 from __future__ import annotations
 

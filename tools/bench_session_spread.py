@@ -1,29 +1,16 @@
 #!/usr/bin/env python
 """How far apart do sessions of one graph read, and what does warm-up per visit change?
 
-Whole models are timed with several ONNX Runtime sessions per graph. Sub-millisecond models
-read a lasting per-session offset when too few untimed runs precede each timed one (after a
-switch from another session one run does not refill the caches); ``Protocol.warm_ms`` is the
-fix. Two models are built here: resnet18 (BasicBlock [2, 2, 2, 2], widths 64-512) and the same
-ResNet at half width (32-256), 10 classes, input 1x3x64x64, random weights from a fixed seed.
-
-1. Spread (max/min - 1 of the per-session minima, 8 sessions of one graph) by untimed runs per
-   visit, 1/2/4/8, for each model in two layouts: ``fixed`` — one graph with
-   ``sessions_per_graph=8``, whose sessions ``measure_sessions`` visits in build order each
-   round (the order ``compare_onnx`` uses inside a graph); ``shuffled`` — the same graph under
-   8 keys with one session each, visited in a seeded shuffled order each round (one result per
-   seed; a session can then run twice in a row across a round boundary).
-2. ``compare_onnx(resnet18, half width)`` with the old protocol (one untimed run, no warm_ms)
-   and with ``model_protocol()`` (``MODEL_WARM_MS``, ``MODEL_WARM_RUNS``), 8 sessions per
-   graph, each in
-   ``--processes`` fresh processes (a process's sessions are laid out anew): point ratio,
-   ratio over session pairs, per-session spread of each model.
+Models: resnet18 and the same ResNet at half width, 10 classes, 1x3x64x64, seeded weights.
+1. Spread (max/min - 1 of per-session minima, 8 sessions of one graph) by untimed runs per
+   visit (1/2/4/8), sessions visited in build order (``fixed``) or shuffled per round.
+2. ``compare_onnx(resnet18, half width)`` with the old protocol and with ``model_protocol()``,
+   in ``--processes`` fresh processes: point ratio, ratio over session pairs, spreads.
 
     python tools/bench_session_spread.py --json tools/results/session_spread.json
     python tools/bench_session_spread.py --quick      # smoke check; writes nothing to results
 
-Run it alone on the machine (it times for about 5-6 minutes); it says which machine it ran on.
-"""
+Run it alone on the machine (about 5-6 minutes); it says which machine it ran on."""
 from __future__ import annotations
 
 import argparse

@@ -1,19 +1,15 @@
 #!/usr/bin/env python
 """How many rounds (and sessions) does a steering reading need?
 
-During pruning, each step before the last is built, exported and timed against the original
-(``LatencyFeedback``, fresh sessions each time); the reading only aims the next step. This
-times exactly such readings — ``measure_interleaved({original, current}, model_protocol(R, S))``
-— of resnet18 against its half-width copy (the models of ``bench_session_spread``: 10 classes,
-1x3x64x64, random weights), ``--repeats`` times for each configuration R rounds x S sessions
-per graph, the configurations in a shuffled order per repeat, and reports per configuration
-the seconds a reading takes and how far its ratio moves between repeats (standard deviation,
-range, largest deviation from the median of all readings).
+Times the readings ``LatencyFeedback`` aims pruning steps with —
+``measure_interleaved({original, current}, model_protocol(R, S))`` of resnet18 against its
+half-width copy (``bench_session_spread``'s models) — ``--repeats`` times for each R rounds x S
+sessions per graph, in shuffled order, and reports the seconds a reading takes and how far its
+ratio moves between repeats (std, range, largest deviation from the median).
 
     python tools/bench_steering_rounds.py --json tools/results/steering_rounds_xeon.json
 
-Run it alone on the machine (about 2 minutes at the defaults); it says which machine it ran on.
-"""
+Run it alone on the machine (about 2 minutes at the defaults); it says which machine it ran on."""
 from __future__ import annotations
 
 import argparse

@@ -2,22 +2,14 @@
 """Every torchvision classifier through halp-trt: table, one-shot pruning to a measured 0.5
 with the feedback loop, channel removal, checks, measured ratio.
 
-For each model of ``torchvision.models.list_models(module=torchvision.models)``: random
-weights, 10 classes, batch 1, at the smallest input among 64/96/128/224 it accepts
-(transformers built for that size) — or the next size up where the target is infeasible at
-it (per-op overhead dominating a tiny model; the row's ``infeasible_at`` says so); a coarse
-table (``--rounds``/``--max-points``) measured with ONNX Runtime on the CPU; then
-``prune-and-deploy`` with one pruning step (bracketed by measured candidates), no training
-(``--allow-untrained``: random weights), which checks masked ≡ pruned and ONNX ≡ PyTorch
-itself and measures original and pruned interleaved.
-A model passes when all of that holds and the measured ratio is within ±5% of the target.
-
-Each model runs in its own process (a crash or out-of-memory is that model's failure, not
-the benchmark's), and its row is written as soon as it finishes: the same command resumes.
+Each model: random weights, 10 classes, batch 1, the smallest input of 64/96/128/224 it accepts
+(or the next where the target is infeasible: ``infeasible_at``), a coarse ORT CPU table, then
+``prune-and-deploy --allow-untrained`` with one bracketed step. It passes when masked ≡ pruned,
+ONNX ≡ PyTorch and the measured ratio is within ±5% of the target. One process per model, its
+row written when it finishes: the same command resumes.
 
     python tools/bench_zoo.py --json tools/results/bench_zoo.json [--only resnet18,vgg11]
-        [--skip-over-params 150e6] [--target 0.5]
-"""
+        [--skip-over-params 150e6] [--target 0.5]"""
 from __future__ import annotations
 
 import argparse

@@ -1,24 +1,14 @@
-"""Attention heads as prunable groups.
-
-torch-pruning 1.6.1 sees neither torchvision ViT's ``nn.MultiheadAttention`` projections (the
-fused ``in_proj_weight`` is a bare parameter, ``out_proj`` is never called as a module) nor
-Swin's ``qkv``/``proj`` (called through ``F.linear`` inside ``shifted_window_attention``); its
-own ``MultiheadAttentionPruner`` prunes ``embed_dim`` — the residual stream, tied to LayerNorms
-— not heads, and ``prune_num_heads`` removes heads only for ``nn.MultiheadAttention``, leaving a
-module whose ``embed_dim`` has to shrink with them. So heads are found here, one group per
-attention module, indexed by head: its members are the head's q, k and v rows of the input
-projection (side "out") and its columns of the output projection (side "in"). Masking a whole
-head zeroes its values, so its output is exactly zero and the masked model computes what the
-pruned one does; the knapsack's items are whole heads (at least one is kept).
+"""Attention heads as prunable groups: one group per attention module, indexed by head, whose
+members are the head's q, k and v rows of the input projection (side "out") and its columns of
+the output projection (side "in"). torch-pruning 1.6.1 sees neither torchvision ViT's
+``nn.MultiheadAttention`` projections nor Swin's ``qkv``/``proj`` (called through ``F.linear``),
+and its own attention pruner narrows ``embed_dim``, not heads. Masking a whole head zeroes its
+output exactly, so masked equals pruned; the knapsack's items are whole heads (one is kept).
 
 A pruned attention keeps its embedding width and computes with ``heads × head_dim`` inner
-channels, which neither torch module allows: ``nn.MultiheadAttention`` requires ``embed_dim ==
-num_heads · head_dim`` and ``shifted_window_attention`` takes the head size from the input
-width. A pruned ``nn.MultiheadAttention`` is replaced by ``HeadAttention`` (same parameters and
-state-dict keys, unfused math that exports with the TorchScript exporter); a pruned Swin window
-attention becomes ``HeadPrunedWindowAttention(V2)`` (same module and parameters, a forward that
-takes the head size from the module).
-"""
+channels, which neither torch module allows: ``nn.MultiheadAttention`` becomes ``HeadAttention``
+(same parameters and state-dict keys, unfused math) and Swin's window attention
+``HeadPrunedWindowAttention(V2)`` (the head size taken from the module, not the input width)."""
 from __future__ import annotations
 
 import math

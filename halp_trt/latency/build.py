@@ -25,7 +25,7 @@ from halp_trt.errors import HalpError
 from halp_trt.version import __version__
 from halp_trt.latency.identity import RESUME_KEYS, differences
 from halp_trt.graph.groups import find_channel_groups
-from halp_trt.latency.graphs import layer_onnx, weight_bytes
+from halp_trt.latency.layer_onnx import layer_onnx, weight_bytes
 from halp_trt.runtime.machine import cold_level_for
 from halp_trt.graph.layers import LayerSpec, list_layers
 from halp_trt.runtime.protocol import (Protocol, Stats, measure_interleaved, memory_chunks,

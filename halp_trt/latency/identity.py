@@ -1,19 +1,14 @@
-"""A table's identity: which fields make latencies comparable, and what each comparison needs.
+"""A table's identity: which fields make latencies comparable, one list per role.
 
-Three roles, one list each:
-- ``COMPATIBLE_KEYS``: a table may be used to prune for a deployment only when these agree
-  (different hardware, runtime, precision, batch or settings give a different landscape).
-  The CPU is compared by vendor, family/model numbers, kernel-selecting ISA flags and cache
-  sizes — not by its name, which a hypervisor may mask ("AMD EPYC" on Zen 3 and Zen 5 alike).
+- ``COMPATIBLE_KEYS``: must agree for a table to prune for a deployment (hardware, runtime,
+  precision, batch, settings). The CPU is compared by vendor, family/model numbers, ISA flags
+  and cache sizes, not by its name, which a hypervisor may mask ("AMD EPYC" on Zen 3 and 5).
 - ``AUTO_MATCH_KEYS``: ``--table auto`` also wants the same runtime version, model and input.
 - ``RESUME_KEYS``: an interrupted build resumes only into the very same setup and lattice.
+- ``INFO_KEYS``: recorded and shown when they differ, never a reason to refuse.
 
-``INFO_KEYS`` are recorded and shown when they differ, but never refuse a table (stepping, the
-number of cores when timing on one thread, driver builds).
-
-A table written before a key existed does not record it: that key is *unknown*, which never
-counts as a match — the caller decides with a measurement (``halp_trt.latency.probe``).
-"""
+A key a table does not record is *unknown*, never a match: a measurement decides
+(``halp_trt.latency.probe``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

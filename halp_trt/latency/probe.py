@@ -1,20 +1,13 @@
-"""Does a latency table describe *this* machine? A short measurement decides.
+"""Does a latency table describe *this* machine? A short measurement decides, since the identity
+cannot (masked CPU names, hosts behind one name, hand-edited or older tables). A few of the
+table's own configurations are re-measured here in one interleaved session and compared:
 
-The identity cannot tell everything: a hypervisor masks CPU names, two hosts behind one name
-can differ, a table can be edited by hand, and tables written before a field existed do not
-record it. The probe re-measures a few of the table's own configurations on this machine, in
-one interleaved session with the table's protocol, and compares:
+- **steps**: a dense sweep of output widths on a signature that showed a step at build time
+  must show the same step and phase here (ONNX Runtime: 8 on AVX2, 16 on AVX-512);
+- **scale**: the median ratio of latencies here to the table's (a faster machine shows here);
+- **shape**: each point's ratio against that median (another landscape at the same speed).
 
-- **steps**: a dense sweep of output widths on one signature whose sweep showed a step when the
-  table was built; the step detector must find the same step and phase here (ONNX Runtime on
-  AVX2 shows 8, on AVX-512 16);
-- **scale**: the median ratio of latencies measured here to the table's at its own lattice
-  points (a machine 2.5x faster, or a table scaled by hand, shows here);
-- **shape**: each point's ratio against that median (a landscape that is not the table's
-  shows here even at the same overall speed).
-
-A few seconds on small layers; the figures are kept so a user sees why a table was refused.
-"""
+A few seconds on small layers; the figures are kept so a user sees why a table was refused."""
 from __future__ import annotations
 
 import time
@@ -23,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from halp_trt.latency.graphs import layer_onnx
+from halp_trt.latency.layer_onnx import layer_onnx
 from halp_trt.latency.steps import detect_step, suffix_min
 from halp_trt.runtime.protocol import Protocol, measure_interleaved
 

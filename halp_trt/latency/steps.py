@@ -1,22 +1,13 @@
-"""Detect channel-count granularity ("steps") in a measured latency curve.
+"""Detect channel-count granularity ("steps") in a measured latency curve. Runtimes pad channels
+to their vector width, so latency is a staircase, flat over ``phase+step*k+1 ..
+phase+step*(k+1)`` (ONNX Runtime on AVX2: step 8, phase 0), not necessarily monotone (OpenVINO
+is cheaper at the exact multiple of 8: still step 8, a dip at each step end).
 
-Runtimes pad channels to their vector/block width, so latency is often a staircase: constant over
-``phase+step*k+1 .. phase+step*(k+1)`` and jumping right after each step end. ONNX Runtime CPU
-(MLAS, AVX2) is flat over 8k+1..8k+8, i.e. step 8, phase 0. The curve need not be monotone:
-OpenVINO is cheaper at the exact multiple of 8 than at the counts below it, which is still step 8,
-phase 0 (the jump comes right after the multiple) with a dip at each step end.
-
-Method: for every candidate granularity g and phase p, least-squares fit
-
-    t(c) = a + b * g * ceil((c - p) / g) + d * c
-
-(three parameters for every g, so residuals compare; g = 1 is the linear model). A fit is
-credible when it explains most of what the line leaves (residual ratio) and when *every* aligned
-jump stands out of the noise: a finer g than the true step has boundaries with no jump at all,
-which is what rules it out. Among credible fits the smallest g wins, because a coarser fit over a
-curve with real fine steps (e.g. 8-steps plus larger MLAS jumps every 32) can have the lower
-residual while rounding up to it would waste the cheap counts in between.
-"""
+For every candidate g and phase p, a least-squares fit of ``t(c) = a + b·g·ceil((c - p) / g)
++ d·c`` (g = 1 is the line). A fit is credible when it explains most of what the line leaves
+and *every* aligned jump stands out of the noise (a g finer than the true step has boundaries
+without a jump). The smallest credible g wins: a coarser fit over real fine steps (8-steps plus
+MLAS jumps every 32) can have the lower residual but would waste the cheap counts between."""
 from __future__ import annotations
 
 from dataclasses import dataclass

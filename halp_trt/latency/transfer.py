@@ -1,27 +1,13 @@
 """Table transfer: another machine's table of the same model, runtime and input as a prior.
 
-A full build spends most of its measurements on dense sweeps that find each signature's latency
-step, then measures every lattice point. Across machines of one runtime the *shape* of a
-signature's latency over (c_in, c_out) carries over much better than its level: the kernels are
-the same code, the vector width changes the step (MLAS blocks by 8 on AVX2, 16 on AVX-512) and
-the speed changes the scale. So a transfer measures only what re-anchors the prior:
-
-1. **steps** — dense sweeps on the few signatures whose sweeps showed the clearest steps on the
-   source machine, plus any signature whose source step was not the source's usual one (a stem
-   whose c_in is 3, say); the other signatures take the step most swept ones agree on here;
-2. **anchors** — a 3x3 grid of points per signature on the local lattice (full width, about
-   a half and a quarter of each axis), through which an affine map ``local_ms = a *
-   source_ms + b`` is fitted (``b`` is the per-call overhead that differs between machines;
-   sweep points on the lattice count too); what the map leaves at the anchors is spread over
-   the lattice as a ratio field (``RatioField``). A signature the map misses by more than 10%
-   at its anchors gets a denser 5x5 grid; one with a single prunable axis is measured whole;
-3. **the whole model** — for the calibration, as in a full build.
-
-The lattice the result holds is a full build's (same planning, local steps); its unmeasured
-entries are the fitted prediction and carry ``n = 0``, so nobody mistakes them for
-measurements. ``extra["transfer"]`` records the source, the steps found, each signature's fit
-and how many configurations were measured.
-"""
+Across machines of one runtime the *shape* of a signature's latency over (c_in, c_out) carries
+over much better than its level: the kernels are the same code, the vector width changes the
+step (MLAS blocks by 8 on AVX2, 16 on AVX-512) and the speed the scale. So a transfer measures
+only what re-anchors the prior — a few step sweeps, a grid of anchors per signature, the whole
+model — and fills the rest of a full build's lattice from the source through a fitted map
+(``TransferBuilder.run`` has the steps). Unmeasured entries carry ``n = 0``, so nobody mistakes
+them for measurements; ``extra["transfer"]`` records the source, the steps found, each
+signature's fit and how many configurations were measured."""
 from __future__ import annotations
 
 from collections import Counter
@@ -260,6 +246,15 @@ class TransferBuilder(TableBuilder):
 
     # ---- the transfer --------------------------------------------------------------------
     def run(self) -> LatencyTable:
+        """1. **steps**: dense sweeps on the few signatures whose sweeps showed the clearest
+        steps on the source machine, plus any whose source step was not the source's usual one
+        (a stem whose c_in is 3); the others take the step most swept ones agree on here.
+        2. **anchors**: a 3x3 grid per signature on the local lattice (full width, about a half
+        and a quarter of each axis) through which ``local_ms = a * source_ms + b`` is fitted
+        (``b``: the per-call overhead that differs between machines); what the map leaves at
+        the anchors is spread over the lattice as a ratio field. A signature the map misses by
+        more than 10% gets a denser 5x5 grid; one with a single prunable axis is measured whole.
+        3. **the whole model**, for the calibration, as in a full build."""
         t, src_table = self.table, self.source
         found, local_usual = self._sweep_steps()
         steps_report = self._assign_steps(found, local_usual)

@@ -115,21 +115,6 @@ class DeployConfig:
         self.parsed_target = self.parsed_targets[0]
 
     @property
-    def targets(self) -> list[str]:
-        """Each target as its own ``--target`` value."""
-        return [str(t) for t in self.parsed_targets]
-
-    @property
-    def target_fraction(self) -> float | None:
-        t = self.parsed_target
-        return t.value if t.kind == "fraction" else None
-
-    @property
-    def target_ms(self) -> float | None:
-        t = self.parsed_target
-        return t.value if t.kind == "ms" else None
-
-    @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.batch_size, 3, self.input_size, self.input_size)
 

@@ -32,7 +32,8 @@ def target_dir(out: str, target: str) -> str:
 def _order(cfg: DeployConfig) -> list[str]:
     """Mildest first (largest fraction / most ms): its calibration suits the others."""
     return [str(t) for t in sorted(cfg.parsed_targets, key=lambda t: -t.value)] \
-        if len({t.kind for t in cfg.parsed_targets}) == 1 else cfg.targets
+        if len({t.kind for t in cfg.parsed_targets}) == 1 else \
+        [str(t) for t in cfg.parsed_targets]
 
 
 def prune_and_deploy_front(cfg: DeployConfig) -> dict:

@@ -150,7 +150,8 @@ def calibrate(run) -> None:
     sizing = _sizing_pruner(run) if pruning_ahead or st.calibration is None else None
     layers_min_ms = sizing.min_ms if pruning_ahead else None
     if st.calibration is None:
-        factor = min(0.9, max(0.25, math.sqrt(cfg.target_fraction or 0.5)))
+        t = cfg.parsed_target  # a target in ms: the original is not measured yet
+        factor = min(0.9, max(0.25, math.sqrt(t.value if t.kind == "fraction" else 0.5)))
         run.log(f"measuring the original and a {factor:.2f}-width copy on "
                 f"{run.backend.identity().get('runtime')} ({cfg.rounds} interleaved "
                 "rounds) to calibrate whole-model predictions")

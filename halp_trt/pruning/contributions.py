@@ -1,19 +1,11 @@
-"""Latency contribution of each channel group's options (HALP's latency contribution, extended to both sides).
-
-The knapsack needs, for every prunable group g and every width k it may keep, a cost in ms such
-that the model's predicted latency is ≈ constant + Σ_g cost_g(k_g). Two rules:
-
-* ``one_sided`` (the paper's): group g costs Σ over the layers it feeds *out of* of
-  T(current input width, k) (a depthwise layer: T(k, k)). The consumers' input width is ignored,
-  so shrinking a group whose consumer is expensive looks less useful than it is.
-* ``two_sided``: linearise around the current widths (a0, b0) of every layer: a group's change
-  counts on its producers (T(a0, k) − T(a0, b0)) *and* on its consumers (T(a(k), b0) − T(a0, b0)).
-  Interactions of two groups shrinking at once are ignored, so the caller must check the true
-  prediction (``predict_model_ms``) after solving.
+"""Latency contribution of each channel group's options (HALP's latency contribution, extended to
+both sides): for every prunable group g and width k it may keep, a cost in ms such that the
+model's predicted latency is ≈ constant + Σ_g cost_g(k_g). ``one_sided`` is the paper's rule;
+``two_sided`` (default) also counts what a group's width saves in the layers it feeds
+(``option_costs`` says how each works).
 
 Input widths come from the groups' "in" members, so a layer fed by a concat of several groups
-(DenseNet) sees all of them, and a Linear after a flatten counts channels, not features.
-"""
+(DenseNet) sees all of them, and a Linear after a flatten counts channels, not features."""
 from __future__ import annotations
 
 import math
@@ -131,7 +123,15 @@ def option_costs(rule: str, layers: Sequence[LayerSpec], groups: Sequence[Channe
                  widths: Mapping[int, int], model: LatencyModel,
                  options: Mapping[int, Sequence[int]]) -> OptionCosts:
     """Costs of every option (kept count) in ``options`` (group id -> counts) at current
-    ``widths`` (group id -> kept count; groups without options stay at their current width)."""
+    ``widths`` (group id -> kept count; groups without options stay at their current width).
+
+    * ``one_sided`` (the paper's): group g costs Σ over the layers it feeds *out of* of
+      T(current input width, k) (a depthwise layer: T(k, k)). The consumers' input width is
+      ignored, so shrinking a group whose consumer is expensive looks less useful than it is.
+    * ``two_sided``: linearised around the current widths (a0, b0) of every layer, a group's
+      change counts on its producers (T(a0, k) − T(a0, b0)) *and* on its consumers
+      (T(a(k), b0) − T(a0, b0)). Two groups shrinking at once interact, which this ignores: the
+      caller checks the true prediction (``predict_model_ms``) after solving."""
     if rule not in RULES:
         raise HalpError(f"unknown latency contribution rule {rule!r}; choose one of "
                         f"{', '.join(RULES)}")

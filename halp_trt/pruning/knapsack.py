@@ -1,21 +1,12 @@
 """Exact latency-constrained channel selection for HALP (HALP's augmented knapsack).
 
 Each pruning group offers options (keep the top-``counts[j]`` channels, worth ``values[j]``
-importance, costing ``costs[j]`` ms); we pick exactly one option per group to maximise the total
-importance with the total latency at most the budget: a multiple-choice knapsack. The prefix
-constraint of HALP's augmented knapsack is already encoded in the options.
-
-``solve_knapsack`` is a dynamic programme over integer cost units of ``resolution_ms``. It is exact
-for the discretised problem and fast at channel granularity because it
-  * drops Pareto-dominated options (a staircase latency curve leaves one option per step),
-  * measures each group's costs from its cheapest option, so the capacity is only the budget left
-    after every group's minimum, further capped by the sum of the groups' cost spans,
-  * updates a whole capacity row per option with numpy, only over capacities a group can affect,
-  * keeps one float row per group instead of an items x capacity keep matrix; the traceback
-    recomputes each group's argmax from the previous row, with the same float operations.
-``solve_reference_dp`` is the plain O(items x capacity) DP with a full keep matrix, as in the
-published HALP solver, kept only to compare against (tools/bench_knapsack.py).
-"""
+importance, costing ``costs[j]`` ms); exactly one option per group is picked to maximise the
+total importance with the total latency at most the budget: a multiple-choice knapsack (the
+prefix constraint of HALP's augmented knapsack is already in the options). ``solve_knapsack`` is
+a dynamic programme over integer cost units, exact for the discretised problem and fast at
+channel granularity; ``solve_reference_dp`` is the plain O(items x capacity) DP of the
+published HALP solver, kept only to compare against (tools/bench_knapsack.py)."""
 
 from __future__ import annotations
 
@@ -218,8 +209,13 @@ def solve_knapsack(groups: list[KnapsackGroup], budget_ms: float,
 
     Costs are rounded up to ``resolution_ms`` (relative to each group's cheapest option), so the
     discretised optimum is truly feasible; the DP is exact for that discretisation. See
-    ``KnapsackSolution`` for the guarantee. Raises ``HalpError`` for bad input or a budget below
-    ``min_cost_ms(groups)``.
+    ``KnapsackSolution`` for the guarantee. Fast because it drops Pareto-dominated options (a
+    staircase latency curve leaves one per step); measures each group's costs from its cheapest
+    option, so the capacity is only the budget left after every group's minimum, capped by the
+    sum of the groups' cost spans; updates a whole capacity row per option with numpy, only
+    over capacities a group can affect; and keeps one float row per group instead of an items x
+    capacity keep matrix (the traceback recomputes each argmax from the previous row). Raises
+    ``HalpError`` for bad input or a budget below ``min_cost_ms(groups)``.
     """
     checked = _checked(groups)
     r = _check_resolution(resolution_ms)

@@ -4,7 +4,7 @@ We use torch's TorchScript-based exporter (``dynamo=False``): the torch.export-b
 torch 2.14 needs the extra ``onnxscript`` package and is much slower on the per-model exports a
 pruning run makes. The TorchScript exporter still works in 2.14 and warns that it is
 deprecated; the warning is silenced here because the choice is deliberate. Per-layer graphs for
-the latency table are built directly with onnx.helper (``halp_trt.latency.graphs``).
+the latency table are built directly with onnx.helper (``halp_trt.latency.layer_onnx``).
 """
 from __future__ import annotations
 

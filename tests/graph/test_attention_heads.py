@@ -20,7 +20,7 @@ from halp_trt.graph.attention import (HeadAttention, HeadPrunedWindowAttention,
 from halp_trt.graph.groups import check_unique_coverage, find_channel_groups
 from halp_trt.graph.layers import Signature, list_layers
 from halp_trt.latency.build import BuildConfig, build_table
-from halp_trt.latency.graphs import layer_onnx
+from halp_trt.latency.layer_onnx import layer_onnx
 from halp_trt.latency.inspection import format_report
 from halp_trt.latency.table import LatencyTable
 from halp_trt.pruning.config import HALPConfig

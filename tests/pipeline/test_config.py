@@ -32,9 +32,11 @@ def test_numbers_and_targets_name_the_field_and_the_cli_its_flag(kw, field):
 
 def test_a_valid_config_parses_its_target_as_a_fraction_of_the_measured_original():
     cfg = DeployConfig(out="o", target="30%", exclude="fc")
-    assert cfg.target_fraction == pytest.approx(0.3) and cfg.target_ms is None
-    assert cfg.parsed_target.of == "measured" and cfg.exclude == ("fc",)
-    assert DeployConfig(out="o", target="4ms").target_ms == 4.0
+    t = cfg.parsed_target
+    assert (t.kind, t.of, t.value) == ("fraction", "measured", pytest.approx(0.3))
+    assert cfg.exclude == ("fc",)
+    t = DeployConfig(out="o", target="4ms").parsed_target
+    assert (t.kind, t.value, t.to_ms(10.0)) == ("ms", 4.0, 4.0)
     assert cfg.to_json()["exclude"] == ["fc"] and "parsed_target" not in cfg.to_json()
 
 

@@ -10,7 +10,7 @@ import torch
 
 from halp_trt.errors import HalpError, MissingBackendError
 from halp_trt.graph.layers import Signature
-from halp_trt.latency.graphs import layer_input_shape, layer_onnx
+from halp_trt.latency.layer_onnx import layer_input_shape, layer_onnx
 from halp_trt.runtime import available_backends, get_backend
 from halp_trt.runtime.deploy import check_outputs
 from halp_trt.runtime.export import export_onnx

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from halp_trt.errors import HalpError
 from halp_trt.graph.layers import Signature
-from halp_trt.latency.graphs import layer_input_shape, layer_onnx
+from halp_trt.latency.layer_onnx import layer_input_shape, layer_onnx
 from halp_trt.runtime import backend_for, get_backend
 from halp_trt.runtime.deploy import check_int8_outputs
 from halp_trt.runtime.export import export_onnx

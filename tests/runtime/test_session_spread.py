@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from halp_trt.latency.calibration import Calibration
+from halp_trt.pruning.targets import parse_target
 from halp_trt.report import build_report, target_verdict, write_markdown
 from halp_trt.runtime.base import Backend
 from halp_trt.runtime.deploy import NumericCheck, compare_onnx
@@ -174,7 +175,7 @@ def _report_for(tmp_path, offsets, pruned_ms):
     cmp = compare_onnx(OffsetSessionsBackend(offsets=offsets), b"1.0|", f"{pruned_ms}|".encode(),
                        Protocol(rounds=4, min_sample_ms=0.0, sessions_per_graph=len(offsets)))
     cfg = SimpleNamespace(model="m", data="d", input_shape=(1, 3, 8, 8), target="0.3",
-                          target_fraction=0.3, target_ms=None, to_json=lambda: {})
+                          parsed_target=parse_target("0.3", of="measured"), to_json=lambda: {})
     result = SimpleNamespace(original_widths={"g": 8}, kept={"g": [0, 1, 2]}, history=[])
     backend = SimpleNamespace(identity=lambda: {"runtime": "fake"}, verification_note="fake",
                               verified=False)

@@ -1,27 +1,10 @@
-"""TensorRT 10 latency backend (GPU).
-
-Each per-layer ONNX graph is parsed into a TensorRT network, built into an engine, and timed with
-CUDA events around ``execute_async_v3`` on a non-default stream.
+"""TensorRT 10 latency backend (GPU): each per-layer ONNX graph is parsed into a TensorRT network,
+built into an engine, and timed with CUDA events around ``execute_async_v3`` on a non-default
+stream.
 
 Written from the TensorRT 10 Python API without a GPU: the contract tests run against a fake
-``tensorrt`` module; ``tests/test_tensorrt_real.py`` is the check on real hardware.
-
-Design points:
-
-* ``tensorrt`` and ``torch`` are imported in the constructor only, so importing this module is
-  cheap and works on machines without either.
-* One ``trt.Builder`` and one timing cache per backend instance, reused for every build: builder
-  creation is slow and the timing cache is what makes building hundreds of layer variants
-  affordable. ``save_timing_cache()`` (also called by ``close()``) persists it atomically.
-* Device buffers, the stream and the events come from torch CUDA (a core dependency) behind the
-  small ``TorchCuda`` seam (``cuda.py``), which the contract tests replace via ``_make_cuda``.
-* fp16: the strongly typed route is preferred when ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
-  exists. A strongly typed network runs in the precision of the graph, so the graph must be in
-  fp16: callers may pass an fp16 graph; a graph with float32 inputs or weights is converted with
-  :func:`convert_onnx_to_fp16` (simple CNN/MLP op set only). Without the flag the backend falls
-  back to ``BuilderFlag.FP16`` (deprecated since 10.12, removed in 11) on the float32 graph.
-  ``identity()["fp16_route"]`` records which route was taken.
-"""
+``tensorrt`` module; ``tests/test_tensorrt_real.py`` is the check on real hardware. Design
+points are in ``TensorRTBackend``'s docstring."""
 from __future__ import annotations
 
 import logging
@@ -77,7 +60,19 @@ class TensorRTHandle:
 # Backend
 # --------------------------------------------------------------------------------------------
 class TensorRTBackend(Backend):
-    """TensorRT engines on one CUDA device; see the module docstring."""
+    """TensorRT engines on one CUDA device.
+
+    * ``tensorrt`` and ``torch`` are imported in the constructor only, so importing this module
+      is cheap and works on machines without either.
+    * One ``trt.Builder`` and one timing cache per backend instance, reused for every build:
+      builder creation is slow and the timing cache is what makes building hundreds of layer
+      variants affordable. ``save_timing_cache()`` (also called by ``close()``) persists it.
+    * Device buffers, the stream and the events come from torch CUDA behind the small
+      ``TorchCuda`` seam (``cuda.py``), which the contract tests replace via ``_make_cuda``.
+    * fp16: the strongly typed route when ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+      exists (it runs in the graph's precision, so a float32 graph is converted with
+      :func:`convert_onnx_to_fp16`, simple CNN/MLP op set only); else ``BuilderFlag.FP16``
+      (deprecated since 10.12) on the float32 graph. ``identity()["fp16_route"]`` says which."""
 
     name = "tensorrt"
     verified = False

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from halp_trt.latency.graphs import layer_onnx
+from halp_trt.latency.layer_onnx import layer_onnx
 from halp_trt.graph.layers import Signature
 
 
@@ -83,7 +83,7 @@ def test_weight_bytes_match_the_graphs_initializers(sig, c_in, c_out):
     import onnx
     from onnx import numpy_helper
 
-    from halp_trt.latency.graphs import weight_bytes
+    from halp_trt.latency.layer_onnx import weight_bytes
 
     model = onnx.load_from_string(layer_onnx(sig, c_in, c_out))
     stored = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer

@@ -1,22 +1,14 @@
-"""One prunable layer as a standalone ONNX graph, at any (c_in, c_out).
+"""One prunable layer as a standalone ONNX graph, at any (c_in, c_out), as deployment runs it:
+BatchNorm folded into the conv (so it has a bias) and a ReLU after it, because ONNX Runtime and
+TensorRT fuse bias + activation into the conv's epilogue (other activations cost a few percent of
+that small epilogue more). Linear layers are a Gemm with bias.
 
-The timed graph is what deployment runs for that layer: BatchNorm is folded into the conv (so the
-conv always has a bias) and the following activation is included as a ReLU, because both ONNX
-Runtime and TensorRT fuse bias + activation into the conv kernel's epilogue; timing a bare conv
-would miss that epilogue, timing BN separately would count work deployment never does. Other
-activations (hardswish, SiLU) are approximated by ReLU: their fused cost differs by a few percent
-of a small epilogue. Linear layers are a Gemm with bias and no activation.
+A self-attention (ops ``mha``/``wattn``/``wattn2``) is one layer at (embedding width, heads): the
+packed q/k/v projection, the heads' attention over the signature's tokens (Swin: per window, with
+the relative position bias; V2: cosine logits) and the output projection, without the window
+shift/partition reshapes, which do not depend on the head count.
 
-A self-attention (signature ops ``mha``/``wattn``/``wattn2``) is timed as one layer at
-(embedding width, heads): the packed q/k/v projection, the heads' scaled dot-product attention
-over the signature's tokens (Swin: each window a sequence of the batch, plus the relative
-position bias; V2: cosine logits with a per-head scale) and the output projection — the ops the
-exported model runs for it (``halp_trt.runtime.export``), without the window shift/partition
-reshapes, which do not depend on the head count.
-
-Graphs are built with ``onnx.helper`` rather than through torch's exporter: one conv needs no
-tracing, and building thousands of them must be fast and deterministic.
-"""
+Built with ``onnx.helper``, not torch's exporter: thousands of graphs, fast and deterministic."""
 from __future__ import annotations
 
 import numpy as np
