@@ -1,4 +1,5 @@
-"""Resolving a model from the command line: a torchvision name or ``module:factory``."""
+"""Resolving a model from the command line: a torchvision name, ``timm:NAME`` or
+``module:factory``."""
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,9 @@ def create_model(name: str, num_classes: int | None = None,
     ``input_size`` builds transformers whose position embeddings or windows depend on it
     (ViT: ``image_size``; MaxViT: ``input_size``) for that size."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if ":" in name:
+    if name.startswith("timm:"):
+        model = _timm_model(name[len("timm:"):], kwargs, input_size)
+    elif ":" in name:
         module_name, factory_name = name.split(":", 1)
         try:
             module = importlib.import_module(module_name)
@@ -52,6 +55,30 @@ def create_model(name: str, num_classes: int | None = None,
     if not isinstance(model, nn.Module):
         raise HalpError(f"model {name!r} is not a torch.nn.Module")
     return model
+
+
+def _timm_model(name: str, kwargs: dict, input_size: int | None) -> nn.Module:
+    """A timm model without pretrained weights; transformers whose position embeddings or
+    windows depend on the input are built for ``input_size`` (timm's ``img_size``)."""
+    try:
+        import timm
+    except ImportError:
+        raise HalpError("timm models need timm: pip install 'halp-trt[timm]'") from None
+    if not timm.is_model(name):
+        raise HalpError(f"timm has no model {name!r} (timm.list_models() lists them)")
+    try:
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs,
+                                     **({"img_size": input_size} if input_size else {}))
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            return timm.create_model(name, pretrained=False, **kwargs)  # takes no image size
+    except Exception as exc:  # noqa: BLE001 - e.g. a size the architecture cannot take
+        last = exc
+    raise HalpError(f"timm could not build {name} with {kwargs}"
+                    + (f" at {input_size}x{input_size}" if input_size else "")
+                    + f": {type(last).__name__}: {str(last).splitlines()[0][:200]}")
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int, int]:

@@ -1,5 +1,5 @@
 """Resolving models: torchvision names (built for the input size where the architecture
-depends on it), module:factory, auxiliary heads."""
+depends on it), timm:NAME, module:factory, auxiliary heads."""
 import pytest
 import torch
 
@@ -31,3 +31,13 @@ def test_input_shape_parsing():
     assert parse_input_shape("1x3x8x8") == (1, 3, 8, 8)
     with pytest.raises(HalpError):
         parse_input_shape("1,3,64")
+
+
+def test_timm_models_by_name_with_transformers_built_for_the_input_size():
+    pytest.importorskip("timm")
+    vit = create_model("timm:vit_tiny_patch16_224", 10, 64).eval()
+    assert vit.patch_embed.grid_size == (4, 4) and vit(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    cnn = create_model("timm:resnet18", 10, 64).eval()  # takes no image size: built without
+    assert cnn(torch.randn(1, 3, 96, 96)).shape == (1, 10)
+    with pytest.raises(HalpError, match="timm has no model 'resnet_nope'"):
+        create_model("timm:resnet_nope", 10, 64)

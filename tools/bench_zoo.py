@@ -37,6 +37,22 @@ def family_of(name: str) -> str:
     return next((fam for prefix, fam in FAMILIES if name.startswith(prefix)), "other")
 
 
+def timm_families() -> dict[str, str]:
+    """timm family (the module that defines it) -> ``timm:NAME`` of its smallest variant by
+    parameter count. timm's ``test_*`` models (a few hundred thousand parameters, made for
+    timm's own tests) are not candidates: no user deploys them."""
+    import timm
+
+    families = {}
+    for module in timm.list_modules():
+        counted = [(param_count(f"timm:{n}"), n) for n in timm.list_models(module=module)
+                   if not n.startswith("test_")]
+        counted = [(p, n) for p, n in counted if p is not None]
+        if counted:
+            families[module] = f"timm:{min(counted)[1]}"
+    return families
+
+
 def inputs_it_runs_at(name: str):
     """(size, model) for each size in SIZES the model runs on and exports at, smallest first
     (AlexNet runs at 64 but its 1×1 → 6×6 adaptive pooling has no ONNX form)."""
@@ -204,6 +220,9 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", dest="json_path", required=True)
+    ap.add_argument("--source", choices=("torchvision", "timm"), default="torchvision",
+                    help="every torchvision classifier, or the smallest model of every timm "
+                         "family (needs timm: pip install 'halp-trt[timm]')")
     ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("--rerun", action="store_true",
                     help="run the --only models again even if the JSON has their rows")
@@ -226,17 +245,17 @@ def main() -> None:
         print("ROW " + json.dumps(row), flush=True)
         return
 
-    import torchvision
-
-    names = all_names = torchvision.models.list_models(module=torchvision.models)
+    families = model_families(args.source, args.json_path)
+    names = all_names = list(families)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = sorted(set(wanted) - set(names))
         if unknown:
-            sys.exit(f"error: not torchvision classifiers: {unknown}")
+            sys.exit(f"error: not among the {args.source} models of this benchmark: {unknown}")
         names = wanted
     rows = {r["model"]: r for r in load_rows(args.json_path)}
-    meta = {"target": args.target, "machine": machine(), "table_rounds": args.rounds,
+    meta = {"source": args.source, "families": families if args.source == "timm" else None,
+            "target": args.target, "machine": machine(), "table_rounds": args.rounds,
             "classifiers": len(all_names),
             "table_max_points": args.max_points,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
@@ -248,7 +267,7 @@ def main() -> None:
     # leaves ~2 GB behind, the whole zoo ~25 GB, so each model's folder goes when it is done
     work_root = tempfile.mkdtemp(prefix="halp-zoo-")
     try:
-        run_all(args, todo, params, rows, meta, work_root)
+        run_all(args, todo, params, rows, meta, work_root, families)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     done = list(rows.values())
@@ -257,7 +276,30 @@ def main() -> None:
           f"{sum('traceback' in r['reason'] for r in done)} ended in a traceback")
 
 
-def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_root: str) -> None:
+def model_families(source: str, json_path: str) -> dict[str, str]:
+    """Model name -> family: torchvision's classifiers, or one model per timm family (chosen
+    once and kept in the results file, so a resumed run continues the same list)."""
+    if source == "torchvision":
+        import torchvision
+
+        return {n: family_of(n) for n in torchvision.models.list_models(module=torchvision.models)}
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        sys.exit("error: --source timm needs timm: pip install 'halp-trt[timm]'")
+    chosen = None
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            chosen = json.load(f).get("families")
+    if not chosen:
+        print("choosing the smallest model of every timm family (parameters counted on the "
+              "meta device)", flush=True)
+        chosen = timm_families()
+    return {name: family for family, name in chosen.items()}
+
+
+def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_root: str,
+            families: dict[str, str]) -> None:
     from tqdm import tqdm
 
     from halp_trt.runtime.machine import machine_class
@@ -277,16 +319,16 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
                             None)
                 row = json.loads(line[4:]) if line else {
-                    "model": name, "family": family_of(name), "input": None, "params": None,
+                    "model": name, "input": None, "params": None,
                     "passed": False, "measured_ratio": None, "reason": died(proc)}
             except subprocess.TimeoutExpired:
-                row = {"model": name, "family": family_of(name), "input": None, "params": None,
+                row = {"model": name, "input": None, "params": None,
                        "passed": False, "measured_ratio": None,
                        "reason": f"over the {args.timeout:.0f} s budget per model"}
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             row["wall_s"] = round(time.perf_counter() - t0, 1)
-        row["machine"] = this_machine
+        row["machine"], row["family"] = this_machine, families[name]
         rows[name] = row
         save_rows(args.json_path, list(rows.values()), meta)
         tqdm.write(f"{name:22s} {'pass' if row['passed'] else 'FAIL'} "

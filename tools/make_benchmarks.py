@@ -26,6 +26,7 @@ COMMANDS = {
                   "--input-shape 1,3,64,64 --table profiles/resnet18_1x3x64x64_ort-cpu_zen3-avx2.json "
                   "--json tools/results/fidelity_resnet18.json",
     "zoo": "python tools/bench_zoo.py --json tools/results/bench_zoo.json",
+    "timm": "python tools/bench_zoo.py --source timm --json tools/results/bench_timm.json",
     "runtimes": "python tools/bench_runtimes.py --json tools/results/bench_runtimes.json",
     "transfer": "python tools/bench_transfer.py --source "
                 "profiles/resnet50_1x3x224x224_ort-cpu_zen3-avx2.json --model resnet50 "
@@ -97,9 +98,12 @@ def train_speed_section(t) -> list[str]:
     return lines
 
 
-def zoo_section(z) -> list[str]:
-    lines = ["## Every torchvision classifier (random weights, one-shot to a measured 0.5)", "",
-             f"`{COMMANDS['zoo']}`", ""]
+def zoo_section(z, source: str = "torchvision") -> list[str]:
+    """Every torchvision classifier, or the smallest model of every timm family."""
+    what, unit = (("Every torchvision classifier", "classifiers") if source == "torchvision"
+                  else ("Every timm family (its smallest model)", "families"))
+    lines = [f"## {what} (random weights, one-shot to a measured 0.5)", "",
+             f"`{COMMANDS['zoo' if source == 'torchvision' else 'timm']}`", ""]
     if not z:
         return lines + ["(not run)", ""]
     from collections import Counter
@@ -138,7 +142,7 @@ def zoo_section(z) -> list[str]:
     not_run = sum((r.get("reason") or "").startswith("not run") for r in rows)
     classifiers = z.get("classifiers") or total
     unreached = classifiers - total
-    lines += ["", f"**{n} of {classifiers} classifiers pass**; {total - not_run} run, "
+    lines += ["", f"**{n} of {classifiers} {unit} pass**; {total - not_run} run, "
               f"{not_run} reported as not run (reason in the table), "
               + (f"{unreached} not reached yet (the command resumes); " if unreached > 0 else "")
               + f"{tb} ended in a traceback; total wall time {wall / 3600:.1f} h. An input in "
@@ -436,6 +440,8 @@ def later_sections() -> list[str]:
     Fashion-MNIST comparison."""
     lines = []
     lines += zoo_section(load("bench_zoo.json"))
+    if load("bench_timm.json"):
+        lines += zoo_section(load("bench_timm.json"), "timm")
     lines += on_machine("zen4", runtimes_section(load("bench_runtimes.json")) +
                         transfer_section(load("bench_transfer.json")))
     xeon_transfer = load("bench_transfer_xeon.json")
