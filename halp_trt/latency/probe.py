@@ -69,6 +69,9 @@ class ProbeResult:
     shape_deviation: float | None = None  # 80th percentile of |ratio / median - 1|
     points: int = 0
     wall_s: float = 0.0
+    # a refusal measured twice (the second session's faster readings kept): None when the
+    # first session found nothing to refuse
+    confirmed_by_second_session: bool | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -84,7 +87,10 @@ class ProbeResult:
                  f"; latencies here / table: median {self.scale_ratio:.2f}, shape deviation "
                  f"{100 * self.shape_deviation:.0f}% over {self.points} points")
         verdict = "fits this machine" if self.fits else "does NOT fit this machine"
-        return f"probe ({self.wall_s:.1f} s): {verdict}: {steps}{scale}"
+        second = {None: "", True: " (confirmed by a second session)",
+                  False: " (a first session's refusal was not confirmed by a second)"}
+        return (f"probe ({self.wall_s:.1f} s): {verdict}: {steps}{scale}"
+                f"{second[self.confirmed_by_second_session]}")
 
 
 def _expected_step(sig) -> tuple[int, int]:
@@ -173,12 +179,32 @@ def probe_table(table, backend, protocol: Protocol | None = None) -> ProbeResult
         sig = table.signatures[key[0]]
         graphs.setdefault(key, (lambda s=sig.signature, a=key[1], b=key[2]:
                                 layer_onnx(s, a, b, batch)))
-    stats = measure_interleaved(backend, graphs, protocol) if graphs else {}
     est = protocol.estimator
+
+    def measure() -> dict:
+        stats = measure_interleaved(backend, graphs, protocol) if graphs else {}
+        return {k: st.estimate(est) for k, st in stats.items()}
+
+    ms = measure()
+    result = _verdict(table, step_sigs, sweeps, lattice, ms)
+    if result.reasons:
+        # one session can read a layer a few percent off for its whole life: a refusal stands
+        # only if a second session, each configuration at its faster reading, confirms it
+        again = measure()
+        result = _verdict(table, step_sigs, sweeps, lattice,
+                          {k: min(v, again[k]) for k, v in ms.items()})
+        result.confirmed_by_second_session = bool(result.reasons)
+    result.fits = not result.reasons
+    result.wall_s = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _verdict(table, step_sigs, sweeps, lattice, ms: dict) -> ProbeResult:
+    """The probe's findings from ``ms`` (configuration -> measured ms)."""
     result = ProbeResult(fits=True, points=len(lattice))
     for step_sig, sweep in zip(step_sigs, sweeps):
         counts = [k[2] for k in sweep]
-        fit = detect_step(counts, suffix_min([stats[k].estimate(est) for k in sweep]))
+        fit = detect_step(counts, suffix_min([ms[k] for k in sweep]))
         found = (int(fit.step), int(fit.phase) % int(fit.step)) if fit.accepted else (1, 0)
         result.step_sweeps.append({"signature": step_sig.key,
                                    "expected": list(_expected_step(step_sig)),
@@ -202,7 +228,7 @@ def probe_table(table, backend, protocol: Protocol | None = None) -> ProbeResult
                 + (f" and {len(differing) - 1} other signature(s)" if len(differing) > 1
                    else ""))
     if lattice:
-        ratios = np.array([stats[k].estimate(est) / table.signatures[k[0]].ms(k[1], k[2])
+        ratios = np.array([ms[k] / table.signatures[k[0]].ms(k[1], k[2])
                            for k in lattice])
         median = float(np.median(ratios))
         result.scale_ratio = round(median, 4)
@@ -216,6 +242,4 @@ def probe_table(table, backend, protocol: Protocol | None = None) -> ProbeResult
             result.reasons.append(
                 f"relative latencies differ: after scaling, 20% of the probed configurations "
                 f"are off by more than {100 * result.shape_deviation:.0f}%")
-    result.fits = not result.reasons
-    result.wall_s = round(time.perf_counter() - t0, 2)
     return result

@@ -259,3 +259,51 @@ def test_one_sweep_reading_another_step_is_outvoted(step8_table):
     both = probe_table(table, sixteen)
     assert not both.fits and len(both.step_sweeps) == 2
     assert "1 other signature" in both.reasons[0]
+
+
+def test_a_refusal_stands_only_when_a_second_session_confirms_it(step8_table, monkeypatch):
+    """A first session that reads the table's own machine as another landscape (16-channel
+    steps, 30% slower) is measured again; the faster reading of each configuration across
+    both sessions decides. A machine that really differs is refused in both."""
+    import halp_trt.latency.probe as probe_mod
+    from halp_trt.runtime.base import Backend
+
+    eight, sixteen = StaircaseTimedBackend(8), StaircaseTimedBackend(16)
+
+    class OddUntilToldOtherwise(Backend):
+        name = "odd-first-session"
+        odd = True
+
+        def _identity_impl(self):
+            return eight.identity()
+
+        def _prepare_impl(self, onnx_bytes, label=""):
+            handle = (sixteen if self.odd else eight)._prepare_impl(onnx_bytes, label)
+            handle["ms"] *= 1.3 if self.odd else 1.0
+            return handle
+
+        def _time_runs_impl(self, handle, n_runs):
+            return [handle["ms"]] * n_runs
+
+        def _infer_impl(self, handle, inputs):
+            raise NotImplementedError
+
+    sessions = []
+    real = probe_mod.measure_interleaved
+
+    def one_odd_session(backend, graphs, protocol):
+        out = real(backend, graphs, protocol)
+        sessions.append(len(graphs))
+        backend.odd = False  # the sessions after the first read the table's landscape
+        return out
+
+    table = LatencyTable.load(step8_table)
+    quiet = probe_table(table, eight)
+    monkeypatch.setattr(probe_mod, "measure_interleaved", one_odd_session)
+    r = probe_table(table, OddUntilToldOtherwise())
+    assert quiet.fits and quiet.confirmed_by_second_session is None
+    assert len(sessions) == 2 and r.fits and r.confirmed_by_second_session is False
+    assert r.step_found == (8, 0) and "not confirmed" in r.summary()
+    refused = probe_table(table, sixteen)
+    assert not refused.fits and refused.confirmed_by_second_session is True
+    assert "confirmed by a second session" in refused.summary()
