@@ -253,6 +253,8 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @config_option("--pretrain-epochs", type=int,
               help="Training epochs when no --weights are given.")
 @config_option("--lr", type=float)
+@config_option("--lr-schedule",
+               help="constant, or cosine from --lr to 0 over pruning and fine-tuning.")
 @config_option("--contribution",
               help="Latency contribution rule (one_sided is the paper's).")
 @config_option("--importance")

@@ -112,6 +112,8 @@ class Setup:
                           "machine": machine_class(cpu_identity()), "input_size": INPUT_SIZE,
                           "timing_batch": TIMING_BATCH, "ft_steps": a.ft_steps,
                           "quick": bool(a.quick)}
+        if a.ft_schedule != "constant":  # rows of the constant rate predate the option
+            self.signature["ft_schedule"] = a.ft_schedule
 
     def loader(self, seed: int, batch: int = TRAIN_BATCH, dataset=None):
         from halp_trt.data import make_loader
@@ -201,11 +203,16 @@ class Setup:
 
         torch.manual_seed(seed)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        # cosine: LR to 0 over these batches, as prune-and-deploy's --lr-schedule cosine does
+        sched = None if self.a.ft_schedule == "constant" else \
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(
+                math.pi * min(1.0, i / max(n_batches, 1)))))
         loader, done, epoch = self.loader(seed), 0, 0
         while done < n_batches:
             loader.generator.manual_seed(20_000 + 100 * seed + epoch)
             n = min(len(loader), n_batches - done)
-            train_epoch(model, progress_bar(capped(loader, n), total=n, desc="fine-tune"), opt)
+            train_epoch(model, progress_bar(capped(loader, n), total=n, desc="fine-tune"), opt,
+                        scheduler=sched)
             done, epoch = done + n, epoch + 1
         return evaluate(model.eval(), self._val_loader())
 
@@ -255,7 +262,8 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
                        input_size=INPUT_SIZE, batch_size=TIMING_BATCH,
                        train_batch_size=TRAIN_BATCH, table=s.table_path, target=str(level),
                        epochs=0, lr=LR, rounds=s.a.rounds, seed=seed,
-                       importance="taylor", contribution="two_sided", **schedule,
+                       importance="taylor", contribution="two_sided",
+                       lr_schedule=s.a.ft_schedule, **schedule,
                        max_batches=math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
                        else None)
     run = DeployRun(cfg)
@@ -684,6 +692,9 @@ def parse_args(argv=None):
                     help=f"measured latency / original for this run; levels in order "
                          f"{', '.join(map(str, LEVELS))}, one per session")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--ft-schedule", choices=("constant", "cosine"), default="constant",
+                    help="fine-tuning learning rate for every method: constant, or cosine to 0 "
+                         "over the --ft-steps (halp-trt: over its pruning epoch)")
     ap.add_argument("--ft-steps", type=int, default=FT_STEPS,
                     help="SGD steps of batch 64 after the base model, the same for every "
                          "method (halp-trt's pruning steps counted in it)")

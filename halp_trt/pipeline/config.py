@@ -20,6 +20,7 @@ CHOICES = {
     "contribution": ("two_sided", "one_sided"),
     "importance": ("taylor", "magnitude", "l1", "bn_scale"),
     "importance_normalizer": ("none", "mean"),
+    "lr_schedule": ("constant", "cosine"),
     "calibration": ("affine", "additive", "ratio"),
     "precision": ("fp32", "fp16", "int8"),
     "backend": ("onnxruntime", "openvino", "tensorrt"),
@@ -48,6 +49,8 @@ class DeployConfig:
     pretrain_lr: float = 2e-3
     pretrain_batch_size: int = 16
     lr: float = 0.01  # pruning and fine-tuning (SGD with momentum)
+    # "cosine": from lr down to 0 over the pruning epoch(s) and the fine-tuning epochs together
+    lr_schedule: str = "constant"
     contribution: str = "two_sided"
     importance: str = "taylor"
     importance_normalizer: str = "none"

@@ -8,6 +8,7 @@ resumed run needs; it is saved after every stage and epoch, and Ctrl-C leaves it
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -136,6 +137,21 @@ class DeployRun:
 
     def _optimizer(self, params):
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=1e-4)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return min(len(self.train_loader), self.cfg.max_batches or len(self.train_loader))
+
+    def _lr_scheduler(self, optimizer, batches_done: int):
+        """``cfg.lr_schedule`` for ``optimizer``, ``batches_done`` batches into pruning and
+        fine-tuning (None: constant). The cosine spans the pruning epochs its steps need and the
+        fine-tuning epochs; steps the feedback adds beyond them run at the final rate, 0."""
+        if self.cfg.lr_schedule == "constant":
+            return None
+        cfg, per_epoch = self.cfg, self.batches_per_epoch
+        total = per_epoch * (math.ceil(cfg.steps * cfg.interval / per_epoch) + cfg.epochs)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(
+            math.pi * min(1.0, (batches_done + i) / total))))
 
     def _run_epochs(self, net, optimizer, n_epochs, desc, **kwargs):
         """``train.train_epochs`` on this run's loader, seed and batch cap, under DDP when

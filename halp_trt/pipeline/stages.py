@@ -20,6 +20,7 @@ from halp_trt.train import capped
 # INT8: calibration batches from the training split (MinMax ranges)
 INT8_CALIBRATION_BATCHES = 32
 
+
 # ---- load --------------------------------------------------------------------------------
 def load(run) -> None:
     from halp_trt.data import check_sample, load_data, make_loader
@@ -223,7 +224,7 @@ def prune(run) -> None:
     from halp_trt.runtime.export import export_onnx
 
     cfg, st, model, example = run.cfg, run.state, run.model, run.example
-    per_epoch = min(len(run.train_loader), cfg.max_batches or len(run.train_loader))
+    per_epoch = run.batches_per_epoch
     if st.reached("pruned"):  # resuming: the pruned architecture from its decisions
         run.result = PruningResult.from_json(st.result, source=run.ckpt_path)
         run.pruned_model = apply_result(run.new_model(), example, run.result)
@@ -256,10 +257,11 @@ def prune(run) -> None:
         opt.load_state_dict(st.optimizer)
         torch.set_rng_state(st.rng)
     pruner.attach_optimizer(opt)
+    done_before = st.prune_epochs_done if resuming else 0
+    scheduler = run._lr_scheduler(opt, done_before * per_epoch)
     run.log(f"pruning to {final_ratio:.3f} of the original's latency "
             f"({run.measured_goal_ms:.3f} ms of {st.original_ms:.3f} ms measured) in "
             f"{cfg.steps} steps every {cfg.interval} batches, measuring after each step")
-    done_before = st.prune_epochs_done if resuming else 0
 
     def save_pruning(epoch=0):
         run.checkpoint(phase="pruning", model=model.state_dict(),
@@ -268,7 +270,7 @@ def prune(run) -> None:
                        prune_epochs_done=done_before + epoch)
 
     try:
-        run._run_epochs(model, opt, 0, "prune", pruner=feedback,
+        run._run_epochs(model, opt, 0, "prune", pruner=feedback, scheduler=scheduler,
                         until=lambda: feedback.done, on_epoch=save_pruning,
                         first_epoch=1000 + done_before)
     except KeyboardInterrupt:
@@ -299,7 +301,9 @@ def finetune(run) -> None:
     done_epochs = run.state.finetune_epochs_done
     if done_epochs < cfg.epochs:
         opt = run._optimizer(net.parameters())
-        run._run_epochs(net, opt, cfg.epochs - done_epochs, "fine-tune",
+        scheduler = run._lr_scheduler(opt, (run.state.prune_epochs_done + done_epochs) *
+                                      run.batches_per_epoch)
+        run._run_epochs(net, opt, cfg.epochs - done_epochs, "fine-tune", scheduler=scheduler,
                         on_epoch=lambda e: run.checkpoint(
                             phase="finetune", model=net.state_dict(),
                             finetune_epochs_done=done_epochs + e),

@@ -282,3 +282,29 @@ def test_int8_run_deploys_a_quantized_model_checked_against_pytorch(tmp_path):
     deployed = onnx.load(str(tmp_path / "run" / "model.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in deployed.graph.node)
     assert "INT8 (QDQ" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_cosine_rate_spans_pruning_and_fine_tuning_and_resumes_where_it_was(tmp_path):
+    from halp_trt.pipeline.run import DeployRun
+
+    run = DeployRun(toy_config(tmp_path, "unused.json", steps=4, interval=5, epochs=2,
+                               max_batches=None, lr=0.1, lr_schedule="cosine"))
+    run.train_loader = [None] * 10  # 10 batches an epoch: pruning needs 2, then 2 fine-tuning
+    assert run._lr_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), 0) is not None
+
+    def rates(batches_done, n):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        sched, out = run._lr_scheduler(opt, batches_done), []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    whole = rates(0, 40)
+    assert whole[0] == pytest.approx(0.1) and whole[20] == pytest.approx(0.05)
+    assert whole[-1] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 39 / 40)))
+    assert all(a > b for a, b in zip(whole, whole[1:]))
+    assert rates(20, 20) == pytest.approx(whole[20:])  # the fine-tuning optimizer goes on
+    run.cfg.lr_schedule = "constant"
+    assert run._lr_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), 0) is None
