@@ -1,0 +1,164 @@
+"""Tiny models, one per architecture pattern timm families use (tests/test_patterns.py)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SliceAfterConcat(nn.Module):
+    """Two branches concatenated, then only the first n channels go on (x[:, :n])."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(24, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        y = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1)[:, :24]
+        return self.fc(F.relu(self.head(y)).mean((2, 3)))
+
+
+class SplitAndConcat(nn.Module):
+    """torch.chunk along channels, one half through a conv, concatenated back (CSP / GhostNet)."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.part = nn.Conv2d(16, 16, 3, padding=1)
+        self.mix = nn.Conv2d(32, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, F.relu(self.part(b))], 1)
+        return self.fc(F.relu(self.mix(x)).mean((2, 3)))
+
+
+class RepBranches(nn.Module):
+    """RepVGG-style: 3x3 + 1x1 + identity (BN) summed."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.c3 = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32))
+        self.c1 = nn.Sequential(nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32))
+        self.idn = nn.BatchNorm2d(32)
+        self.out = nn.Conv2d(32, 48, 3, padding=1)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.c3(x) + self.c1(x) + self.idn(x))
+        return self.fc(F.relu(self.out(x)).mean((2, 3)))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.gamma = nn.Parameter(1e-1 * torch.ones(c))
+
+    def forward(self, x):
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+class LayerScaleNet(nn.Module):
+    """A residual block whose branch is scaled per channel by a bare parameter (ConvNeXt)."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.pw1 = nn.Conv2d(32, 64, 1)
+        self.pw2 = nn.Conv2d(64, 32, 1)
+        self.ls = LayerScale(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.ls(self.pw2(F.gelu(self.pw1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class SENet(nn.Module):
+    """Squeeze-excite with a rounded reduced width (make_divisible(c / 4, 8))."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 40, 3, padding=1)
+        self.reduce = nn.Conv2d(40, 16, 1)
+        self.expand = nn.Conv2d(16, 40, 1)
+        self.out = nn.Conv2d(40, 48, 1)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        s = torch.sigmoid(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return self.fc(F.relu(self.out(x * s)).mean((2, 3)))
+
+
+class ChannelMultiplier(nn.Module):
+    """A grouped conv with 2 outputs per input channel (depth multiplier 2; MobileNet-like)."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 32, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(32, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        return self.fc(F.relu(self.pw(F.relu(self.dw(x)))).mean((2, 3)))
+
+
+class DropPathNet(nn.Module):
+    """Stochastic depth on the residual branch (identity in eval)."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(32, 48, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(48, 32, 3, padding=1))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        b = self.branch(x)
+        if self.training:
+            keep = (torch.rand(x.shape[0], 1, 1, 1) > 0.1).float() / 0.9
+            b = b * keep
+        return self.fc(F.relu(x + b).mean((2, 3)))
+
+
+class ControlFlow(nn.Module):
+    """Data-dependent control flow that tracing cannot follow."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.a = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        if x.sum() > 0:
+            x = F.relu(self.a(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def timm_bnact():
+    from timm.layers import BatchNormAct2d
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 32, 3, padding=1, bias=False)
+            self.bn = BatchNormAct2d(32, act_layer=nn.ReLU)
+            self.c = nn.Conv2d(32, 48, 3, padding=1, bias=False)
+            self.bn2 = BatchNormAct2d(48, act_layer=nn.SiLU)
+            self.fc = nn.Linear(48, 10)
+
+        def forward(self, x):
+            return self.fc(self.bn2(self.c(self.bn(self.stem(x)))).mean((2, 3)))
+    return Net()
+
+PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": SplitAndConcat,
+            "re-parameterisable branches": RepBranches, "LayerScale": LayerScaleNet,
+            "squeeze-excite, rounded width": SENet, "channel multiplier": ChannelMultiplier,
+            "stochastic depth": DropPathNet, "data-dependent control flow": ControlFlow,
+            "timm BatchNormAct2d": timm_bnact}
