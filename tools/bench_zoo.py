@@ -259,6 +259,7 @@ def main() -> None:
             "classifiers": len(all_names),
             "table_max_points": args.max_points,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
+    save_rows(args.json_path, list(rows.values()), meta)  # the family list, before any model
     todo = [n for n in names if n not in rows or (args.rerun and args.only)]
     # smallest first: a run cut short covers the most models
     params = {n: param_count(n) for n in todo}  # counted once: sort and size gate
