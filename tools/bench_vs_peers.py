@@ -247,7 +247,10 @@ virtualenv: as installed beside torch 2.14.1 it does not import without the unde
 # images a step); HALP's reference recipe waits 40 iterations between steps
 HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # each group's importance over its mean, as Torch-Pruning's Taylor does
-                  "halp-trt-norm-mean": {"importance_normalizer": "mean"}}
+                  "halp-trt-norm-mean": {"importance_normalizer": "mean"},
+                  # each layer's Taylor term counted by its size (no cancelling across the
+                  # layers of a residual stream)
+                  "halp-trt-taylor-per-layer": {"importance": "taylor_per_layer"}}
 
 
 def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
@@ -262,8 +265,8 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
                        input_size=INPUT_SIZE, batch_size=TIMING_BATCH,
                        train_batch_size=TRAIN_BATCH, table=s.table_path, target=str(level),
                        epochs=0, lr=LR, rounds=s.a.rounds, seed=seed,
-                       importance="taylor", contribution="two_sided",
-                       lr_schedule=s.a.ft_schedule, **schedule,
+                       **{"importance": "taylor", "contribution": "two_sided",
+                          "lr_schedule": s.a.ft_schedule, **schedule},
                        max_batches=math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
                        else None)
     run = DeployRun(cfg)

@@ -88,10 +88,18 @@ def _out_side(group: ChannelGroup, modules, kinds):
 
 
 class TaylorImportance(Importance):
-    """First-order Taylor importance on BN (γ, β), falling back to filters without BN."""
+    """First-order Taylor importance on BN (γ, β), falling back to filters without BN.
+
+    A channel of a coupled group (a residual stream) sits in several layers. HALP sums their
+    terms before the absolute value: the first-order change of removing the channel everywhere,
+    in which layers can cancel. ``per_layer=True`` takes each layer's absolute value first, so
+    a channel counts once per layer it feeds, as its latency cost does."""
 
     needs_grad = True
-    name = "taylor"
+
+    def __init__(self, per_layer: bool = False):
+        self.per_layer = per_layer
+        self.name = "taylor_per_layer" if per_layer else "taylor"
 
     def __call__(self, model: nn.Module, group: ChannelGroup,
                  modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
@@ -106,7 +114,7 @@ class TaylorImportance(Importance):
             for p in (mod.weight, mod.bias):
                 if p.grad is not None:
                     contrib += p.detach()[idx].double() * p.grad[idx].double()
-            score.index_add_(0, root, contrib.cpu())
+            score.index_add_(0, root, (contrib.abs() if self.per_layer else contrib).cpu())
         if found_bn:
             return score.abs()
         for mod, idx, root in _out_side(group, modules, _FILTER):
@@ -115,7 +123,7 @@ class TaylorImportance(Importance):
                 if p is not None and p.grad is not None:
                     contrib += _row_dots(_filter_rows(mod, p.detach()),
                                          _filter_rows(mod, p.grad))[idx].double()
-            score.index_add_(0, root, contrib.cpu())
+            score.index_add_(0, root, (contrib.abs() if self.per_layer else contrib).cpu())
         return score.abs()
 
 
@@ -167,7 +175,8 @@ class BNScaleImportance(Importance):
 
 # The importances named by string (HALPConfig.importance, --importance).
 IMPORTANCES: dict[str, Callable[[], Importance]] = {
-    "taylor": TaylorImportance, "magnitude": MagnitudeImportance,
+    "taylor": TaylorImportance, "taylor_per_layer": lambda: TaylorImportance(per_layer=True),
+    "magnitude": MagnitudeImportance,
     "l1": lambda: MagnitudeImportance(p=1), "bn_scale": BNScaleImportance}
 
 

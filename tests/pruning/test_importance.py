@@ -135,6 +135,11 @@ def test_taylor_sums_coupled_bns_before_abs():
     got = TaylorImportance()(model, g)
     want = (_bn_term(model.bn0, slice(None)) + _bn_term(model.bn, slice(None))).abs()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    # per layer: each BN's term counts by its size, so a channel whose terms cancel keeps both
+    per_layer = TaylorImportance(per_layer=True)(model, g)
+    torch.testing.assert_close(per_layer, _bn_term(model.bn0, slice(None)).abs() +
+                               _bn_term(model.bn, slice(None)).abs(), rtol=1e-12, atol=0)
+    assert (per_layer >= got - 1e-15).all() and (per_layer > got).any()
 
 
 def test_taylor_maps_concat_channels_through_root_indices():
