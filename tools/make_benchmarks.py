@@ -297,6 +297,7 @@ def section_with_note(name: str, render, note: str) -> list[str]:
     results = load(name)
     return [render(results), note, ""] if results else []
 
+
 # the machine classes of tools/results/runs_by_machine.json, as a results table names them
 MACHINE_COLUMN = {"zen3": "Zen 3 (AVX2)", "zen4": "Zen 4", "xeon": "Xeon"}
 
