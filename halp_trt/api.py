@@ -36,7 +36,7 @@ def _latency_model(table):
 
 def prune(model: nn.Module, example_input: torch.Tensor, target, table, data: Iterable | None
           = None, *, loss_fn: Callable = classification_loss, batches: int = 8,
-          importance: str | Callable = "taylor", contribution: str = "two_sided",
+          importance: str | Callable = "taylor_per_layer", contribution: str = "two_sided",
           exclude: Sequence[str] = ()) -> tuple[nn.Module, PruningResult]:
     """Prune ``model`` in place to ``target`` and return it with its ``PruningResult``.
 
@@ -50,7 +50,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, target, table, data: It
         raise ConfigError("model", "{field} must be a torch.nn.Module")
     if not isinstance(batches, int) or batches < 1:
         raise ConfigError("batches", "{field} must be a positive integer")
-    if data is None and importance == "taylor":
+    if data is None and importance in ("taylor", "taylor_per_layer"):
         importance = "magnitude"  # Taylor needs gradients, which need data
     config = HALPConfig(target=target, steps=1, interval=1, importance=importance,
                         contribution=contribution, exclude=tuple(exclude))

@@ -635,10 +635,13 @@ def markdown_section(results: dict) -> str:
             for name, e in sorted(lv[group].items(),
                                   key=lambda kv: (kv[0] != "halp-trt", -kv[1]["acc_ft_mean"])):
                 bold = "**" if name == "halp-trt" else ""
+                # halp-trt's own ablations prune to the level themselves, matched to no one
+                vs = "reference" if name == "halp-trt" else "own target" \
+                    if name in HALP_ABLATIONS else _pm(e, "latency_vs_halp", 3)
                 label = f"{bold}{name}{bold}" + (" (ablation)" if group == "ablations" else "")
                 lines.append(
                     f"| {machine} | {label} | {_pm(e, 'latency_ratio', 3)} | "
-                    f"{'reference' if name == 'halp-trt' else _pm(e, 'latency_vs_halp', 3)} | "
+                    f"{vs} | "
                     f"{_pm(e, 'acc_bn')} | {_pm(e, 'acc_ft')} | {e['n_seeds']} | "
                     f"{e['matched_within_tolerance']} / {e['interpolated']} |")
         best = best_peer(lv)

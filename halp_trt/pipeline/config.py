@@ -52,7 +52,8 @@ class DeployConfig:
     # "cosine": from lr down to 0 over the pruning epoch(s) and the fine-tuning epochs together
     lr_schedule: str = "constant"
     contribution: str = "two_sided"
-    importance: str = "taylor"
+    # taylor_per_layer: measured above HALP's taylor on Fashion-MNIST (BENCHMARKS.md)
+    importance: str = "taylor_per_layer"
     importance_normalizer: str = "none"
     calibration: str = "affine"
     gpu: bool = False  # shorthand for backend="tensorrt"

@@ -20,7 +20,8 @@ class HALPConfig:
     steps: int = 10  # m: number of pruning steps
     interval: int = 100  # r: minibatches (step() calls) between pruning steps
     schedule: str = "exp"  # "exp" | "linear"
-    importance: str | Callable = "taylor"  # "taylor" | "magnitude" | fn(model, group) -> tensor
+    # a name of importance.IMPORTANCES ("taylor" is HALP's), an Importance, or fn(model, group)
+    importance: str | Callable = "taylor_per_layer"
     contribution: str = "two_sided"  # "two_sided" | "one_sided" (the paper's)
     # "none": raw scores are the knapsack's values (HALP); "mean": each group's scores over
     # the mean of its kept channels' (Torch-Pruning's default), so groups count by rank

@@ -6,6 +6,8 @@ tied by a residual add, depthwise conv or concat share one score.
 * ``TaylorImportance``: HALP's first-order estimate of the loss change, |Σ_BN (γ·∂L/∂γ + β·∂L/∂β)|
   over the group's BNs, or |Σ w·∂L/∂w| over each channel's out-side filters without BN; absolute per
   batch, then averaged, since signed values would cancel towards zero as training converges.
+  ``taylor_per_layer`` (the default) sums each layer's |term| instead, so a residual-stream
+  channel is not cheapened by terms cancelling across the layers it feeds.
 * ``MagnitudeImportance``: L2 norm of each channel's out-side filters (no gradients needed).
 * Any callable ``fn(model, group) -> tensor[group.size]``.
 
@@ -215,7 +217,8 @@ def make_importance(spec) -> Importance:
 class ImportanceAccumulator:
     """Sums per-group scores over batches; ``scores()`` averages them (across ranks too)."""
 
-    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], importance="taylor"):
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup],
+                 importance="taylor_per_layer"):
         self.model = model
         self.groups = list(groups)
         self.importance = make_importance(importance)
