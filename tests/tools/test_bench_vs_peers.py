@@ -83,7 +83,7 @@ def test_the_plan_screens_variants_at_seed_0_and_carries_the_best_two(bench):
     assert plan[0] == ("tp-taylor-global-r8", 0)  # the other round_to, best variant, one seed
     assert plan[1:] == [(m, s) for s in (1, 2) for m in (
         "halp-trt", "tp-taylor-global-r16", "tp-l2-global-r16", "modelopt-fastnas")] + [
-        ("halp-trt-interval40", 0), ("halp-trt-norm-mean", 0)]  # halp-trt's ablations last
+        (name, 0) for name in bench.HALP_ABLATIONS]  # halp-trt's ablations last
     a.screen = False
     assert sum(1 for m, _ in bench.level_plan(a, 8, []) if m.startswith("tp-")) == 4 * 3
 
