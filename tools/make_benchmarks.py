@@ -113,17 +113,14 @@ def zoo_section(z, source: str = "torchvision") -> list[str]:
     rows = rows_with_machines(z)
     machines = Counter(r.get("machine") or "unknown" for r in rows)
     labels = {m: chr(ord("A") + i) for i, (m, _) in enumerate(machines.most_common())}
-    several = len(machines) > 1
-    lines += ["Machine" + ("s (column M)" if several else "") + ": "
-              + "; ".join((f"{labels[m]} = " if several else "") + f"{m} ({k} rows)"
-                          for m, k in machines.most_common())
+    lines += ["Machines (column M): "
+              + "; ".join(f"{labels[m]} = {m} ({k} rows)" for m, k in machines.most_common())
               + f". Coarse tables ({z.get('table_rounds')} rounds, "
               f"{z.get('table_max_points')} lattice points per "
               "axis). A model passes when prune-and-deploy finishes (masked ≡ pruned, ONNX ≡ "
               f"PyTorch) and the measured ratio is within ±5% of {z.get('target')}.", "",
-              "| model | family | input | params | pass | measured ratio | wall | "
-              + ("M | " if several else "") + "reason |",
-              "|---|---|---|---|---|---|---|" + ("---|" if several else "") + "---|"]
+              "| model | family | input | params | pass | measured ratio | wall | M | reason |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["family"], r["model"])):
         params = f"{r['params'] / 1e6:.1f}M" if r.get("params") else "-"
         ratio = f"{r['measured_ratio']:.3f}" if r.get("measured_ratio") is not None else "-"
@@ -134,8 +131,7 @@ def zoo_section(z, source: str = "torchvision") -> list[str]:
                                               if skipped else "")
         lines.append(f"| {r['model']} | {r['family']} | {size} | {params} | "
                      f"{'pass' if r['passed'] else 'FAIL'} | {ratio} | {wall} | "
-                     + (f"{labels[r.get('machine') or 'unknown']} | " if several else "")
-                     + f"{reason} |")
+                     + f"{labels[r.get('machine') or 'unknown']} | {reason} |")
     n, total = sum(r["passed"] for r in rows), len(rows)
     tb = sum("traceback" in (r.get("reason") or "") for r in rows)
     wall = sum(r.get("wall_s") or 0 for r in rows)

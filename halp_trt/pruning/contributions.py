@@ -60,17 +60,23 @@ class WidthMap:
         return self.sizes.get(gid)
 
     def widths_of(self, spec: LayerSpec, widths: Mapping[int, int]) -> tuple[int, int]:
+        """(c_in, c_out) of ``spec`` at ``widths``, each at least 1."""
         c_out = spec.out_channels
         if spec.out_group is not None and spec.out_group in widths:
-            c_out = spec.out_channels - (self._size(spec.out_group, spec.out_channels)
-                                         - int(widths[spec.out_group]))
+            size = self._size(spec.out_group, spec.out_channels)
+            kept = int(widths[spec.out_group])
+            # a layer that makes only part of its group (one side of a concat the group spans:
+            # GhostNet's primary conv and cheap op) keeps its share of what the group keeps
+            c_out = spec.out_channels - (size - kept) if size <= spec.out_channels else \
+                round(spec.out_channels * kept / size)
+        c_out = max(1, int(c_out))
         if spec.depthwise:
             return c_out, c_out
         c_in = float(spec.in_channels)
         for gid, ratio in self.in_terms.get(spec.name, ()):
             if gid in widths:
                 c_in -= (self._size(gid, spec.in_channels) - int(widths[gid])) * ratio
-        return int(round(c_in)), int(c_out)
+        return max(1, int(round(c_in))), c_out
 
     def _size(self, gid: int, fallback: int) -> int:
         return self.sizes.get(gid, fallback)

@@ -178,3 +178,19 @@ def test_unknown_rule():
     _, groups, layers, _ = _setup(Chain)
     with pytest.raises(HalpError, match="one_sided"):
         option_costs("three_sided", layers, groups, {}, Bumpy(), {})
+
+
+def test_timm_ghostnet_sizes_its_floor_with_every_width_positive():
+    """timm's ghostnet_050 raised "(8, -11) is outside the table's range": a conv making part
+    of a wider group was given the whole group's cut."""
+    timm = pytest.importorskip("timm")
+    from halp_trt.pruning.config import HALPConfig
+    from halp_trt.pruning.pruner import HALPPruner
+
+    model, x = timm.create_model("ghostnet_050", num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    pruner = HALPPruner(model, x, StaircaseLatencyModel(step=4),
+                        HALPConfig(target=0.6, importance="magnitude", verify_surgery=False))
+    wm = WidthMap(pruner.layers, pruner.groups)
+    floor = pruner.min_widths()
+    assert all(min(wm.widths_of(s, floor)) >= 1 for s in pruner.layers)
+    assert 0 < pruner.min_ms < pruner.full_ms
