@@ -254,7 +254,9 @@ def main() -> None:
             sys.exit(f"error: not among the {args.source} models of this benchmark: {unknown}")
         names = wanted
     rows = {r["model"]: r for r in load_rows(args.json_path)}
-    meta = {"source": args.source, "families": families if args.source == "timm" else None,
+    meta = {"source": args.source,  # timm: family -> model, as timm_families() chose them
+            "families": ({f: n for n, f in families.items()} if args.source == "timm"
+                         else None),
             "target": args.target, "machine": machine(), "table_rounds": args.rounds,
             "classifiers": len(all_names),
             "table_max_points": args.max_points,
