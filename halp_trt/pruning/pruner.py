@@ -30,6 +30,8 @@ from halp_trt.pruning.result import PruningResult
 from halp_trt.pruning.schedule import schedule_targets_ms
 from halp_trt.pruning.selection import StepPlan, StepRecord, select_widths
 from halp_trt.pruning.surgery import groups_that_break_surgery, remove_channels
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DataParallel, DistributedDataParallel
     return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
@@ -86,7 +88,6 @@ class HALPPruner:
         self.calls = 0
         self.finalized = False
 
-    # ---- which groups channel surgery handles -------------------------------------------
     # ---- state ---------------------------------------------------------------------------
     @property
     def widths(self) -> dict[int, int]:

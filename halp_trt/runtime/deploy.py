@@ -191,6 +191,7 @@ def deploy_int8(backend, original_onnx: bytes, pruned_onnx: bytes, pruned_model:
         "check": asdict(check), "accuracy": accuracy,
         "calibration_batches": len(backend.int8_calibration)}
 
+
 @dataclass
 class Comparison:
     """Original and pruned measured interleaved. ``*_sessions`` hold each session's own
