@@ -4,6 +4,7 @@ and weights-only loading. Runs in one process or under ``torchrun`` with DDP.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -103,6 +104,14 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, prun
         total += loss.item()
         n += 1
     return total / max(n, 1)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_batches: int, batches_done: int = 0):
+    """The learning rate from the optimizer's down to 0 along a half cosine over
+    ``total_batches``, ``batches_done`` of them already behind (a second optimizer, or a
+    resumed run, continues the curve); past the end it stays 0. Step it after each batch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(
+        math.pi * min(1.0, (batches_done + i) / max(total_batches, 1)))))
 
 
 def capped(loader, max_batches: int | None):

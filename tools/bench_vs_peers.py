@@ -199,14 +199,12 @@ class Setup:
 
     def finetune(self, model, n_batches: int, seed: int) -> float:
         """``n_batches`` SGD steps (whole epochs re-seeded per epoch), then test accuracy."""
-        from halp_trt.train import capped, evaluate, progress_bar, train_epoch
+        from halp_trt.train import capped, cosine_schedule, evaluate, progress_bar, train_epoch
 
         torch.manual_seed(seed)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
         # cosine: LR to 0 over these batches, as prune-and-deploy's --lr-schedule cosine does
-        sched = None if self.a.ft_schedule == "constant" else \
-            torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(
-                math.pi * min(1.0, i / max(n_batches, 1)))))
+        sched = None if self.a.ft_schedule == "constant" else cosine_schedule(opt, n_batches)
         loader, done, epoch = self.loader(seed), 0, 0
         while done < n_batches:
             loader.generator.manual_seed(20_000 + 100 * seed + epoch)

@@ -148,10 +148,11 @@ class DeployRun:
         fine-tuning epochs; steps the feedback adds beyond them run at the final rate, 0."""
         if self.cfg.lr_schedule == "constant":
             return None
+        from halp_trt.train import cosine_schedule
+
         cfg, per_epoch = self.cfg, self.batches_per_epoch
         total = per_epoch * (math.ceil(cfg.steps * cfg.interval / per_epoch) + cfg.epochs)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(
-            math.pi * min(1.0, (batches_done + i) / total))))
+        return cosine_schedule(optimizer, total, batches_done)
 
     def _run_epochs(self, net, optimizer, n_epochs, desc, **kwargs):
         """``train.train_epochs`` on this run's loader, seed and batch cap, under DDP when
