@@ -80,10 +80,10 @@ class ChannelOptions:
         return torch.stack(per, dim=1).flatten()  # row r: the r-th best of every slice
 
     def knapsack_items(self, prunable: list[ChannelGroup], keep: Mapping[int, torch.Tensor],
-                       scores: list[torch.Tensor]) -> tuple[dict, list, dict]:
+                       scores: list[torch.Tensor]) -> tuple[dict, list]:
         """For one pruning step: each group's kept channels in importance order (group id ->
-        indices), the knapsack's items (group, counts, value of each count) and the counts per
-        group id. A count's value is the summed importance of the channels it keeps."""
+        indices) and the knapsack's items (group, counts, value of each count). A count's value
+        is the summed importance of the channels it keeps."""
         # Ties in importance go to the wider option: each kept channel is worth a millionth of
         # the mean channel importance on top. Without it, a group whose importance is all zero
         # (a zero-initialised classifier, as torchvision's ViT has, gives every Taylor score 0)
@@ -91,13 +91,13 @@ class ChannelOptions:
         total = float(sum(float(s.sum()) for s in scores))
         channels = sum(g.size for g in prunable)
         tiebreak = (total if total > 0 else 1.0) * TIE_SHARE / max(channels, 1)
-        orders, items, counts_by_id = {}, [], {}
+        orders, items = {}, []
         for g, s in zip(prunable, scores):
             orders[g.id] = order = self.order(g, keep[g.id], s)
-            counts_by_id[g.id] = counts = self.counts(g, len(order))
+            counts = self.counts(g, len(order))
             cum = torch.cumsum(s[order], 0).numpy()
             items.append((g, counts, cum[counts - 1] + tiebreak * counts))
-        return orders, items, counts_by_id
+        return orders, items
 
     def uniform_mask(self, g: ChannelGroup, k: int) -> torch.Tensor:
         """A mask keeping ``k`` channels of ``g`` by index order (the first ones; for a group

@@ -199,13 +199,13 @@ class HALPPruner:
         scores = [normalize_scores(s, self.keep[g.id], self.config.importance_normalizer)
                   for g, s in zip(self.prunable, self.accumulator.scores())]
         widths = self.widths
-        orders, kgroups, options = self.options.knapsack_items(self.prunable, self.keep, scores)
+        orders, kgroups = self.options.knapsack_items(self.prunable, self.keep, scores)
         rules = [self.config.contribution]
         if self.config.contribution == "two_sided":
             # one-sided costs use the current (largest) input widths: an upper bound when the
             # table is monotone, so it meets the target where the linearisation keeps missing it
             rules.append("one_sided")
-        sel = select_widths(kgroups, options, rules, target_ms, widths, self.layers, self.groups,
+        sel = select_widths(kgroups, rules, target_ms, widths, self.layers, self.groups,
                             self.latency_model, self.predict_ms, self.config.resolution_ms)
         chosen, predicted, rule_used, repairs = sel.widths, sel.predicted_ms, sel.rule, sel.repairs
         if chosen is None:

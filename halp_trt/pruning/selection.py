@@ -60,13 +60,14 @@ class Selection:
     repairs: int
 
 
-def select_widths(kgroups: Sequence, options: dict, rules: Sequence[str], target_ms: float,
+def select_widths(kgroups: Sequence, rules: Sequence[str], target_ms: float,
                   widths: dict[int, int], layers, groups, latency_model,
                   predict_ms: Callable[[dict[int, int]], float],
                   resolution_ms: float) -> Selection:
     """``kgroups``: (group, counts, values) per prunable group — the channel counts it may keep
-    and the importance each keeps; ``options``: group id -> counts. Tries each contribution
-    rule of ``rules`` in order until one's solution is predicted at or under ``target_ms``."""
+    and the importance each keeps. Tries each contribution rule of ``rules`` in order until
+    one's solution is predicted at or under ``target_ms``."""
+    options = {g.id: counts for g, counts, _ in kgroups}
     repairs = 0
     for rule in rules:
         oc = option_costs(rule, layers, groups, widths, latency_model, options)
