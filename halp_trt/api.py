@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from halp_trt.errors import ConfigError, HalpError
 from halp_trt.pruning.config import HALPConfig
+from halp_trt.pruning.importance import make_importance
 from halp_trt.pruning.pruner import HALPPruner
 from halp_trt.pruning.result import PruningResult
 from halp_trt.train import classification_loss
@@ -50,8 +51,8 @@ def prune(model: nn.Module, example_input: torch.Tensor, target, table, data: It
         raise ConfigError("model", "{field} must be a torch.nn.Module")
     if not isinstance(batches, int) or batches < 1:
         raise ConfigError("batches", "{field} must be a positive integer")
-    if data is None and importance in ("taylor", "taylor_per_layer"):
-        importance = "magnitude"  # Taylor needs gradients, which need data
+    if data is None and isinstance(importance, str) and make_importance(importance).needs_grad:
+        importance = "magnitude"  # a gradient rule (Taylor) needs data
     config = HALPConfig(target=target, steps=1, interval=1, importance=importance,
                         contribution=contribution, exclude=tuple(exclude))
     pruner = HALPPruner(model, example_input, _latency_model(table), config)
