@@ -221,8 +221,9 @@ How a level is run. One resnet18 (10 classes) is trained here on Fashion-MNIST a
 every method starts from it. Latency is ONNX Runtime CPU (one thread) at batch 16, where the \
 whole model takes ~10 ms (at batch 1, ~0.8 ms, one session reads ±5–10% off another; at 16, \
 ratios between graphs of one session repeat within ~0.5%). halp-trt is the only method that \
-aims at a latency itself: it prunes to the level with its closed loop (Taylor importance, \
-two-sided costs, 8 steps 5 batches apart in its first epoch, bracketed last step). Each peer \
+aims at a latency itself: it prunes to the level with its closed loop (Taylor importance: \
+HALP's, a coupled group's terms summed before the abs, at levels 0.15 and 0.3; halp-trt's \
+default, each layer's abs summed, from level 0.5 — the row names it; two-sided costs, 8 steps 5 batches apart in its first epoch, bracketed last step). Each peer \
 is then bisected over its one knob (Torch-Pruning's `pruning_ratio`; FastNAS's FLOPs \
 fraction) until its model measures within 2% of that seed's halp-trt model, both timed \
 interleaved with the original in one session (30 rounds, minimum, 3 sessions per graph); a \
@@ -246,9 +247,13 @@ virtualenv: as installed beside torch 2.14.1 it does not import without the unde
 HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # each group's importance over its mean, as Torch-Pruning's Taylor does
                   "halp-trt-norm-mean": {"importance_normalizer": "mean"},
-                  # each layer's Taylor term counted by its size (no cancelling across the
-                  # layers of a residual stream)
-                  "halp-trt-taylor-per-layer": {"importance": "taylor_per_layer"}}
+                  # HALP's own importance: a coupled group's Taylor terms summed before the
+                  # abs (the default, taylor_per_layer, takes each layer's abs first)
+                  "halp-trt-taylor": {"importance": "taylor"}}
+# levels 0.15 and 0.3 ran HALP's Taylor as the halp-trt row and the per-layer sum as this
+# ablation; it became the default afterwards
+RETIRED_ABLATIONS = {"halp-trt-taylor-per-layer"}
+OWN_TARGET = set(HALP_ABLATIONS) | RETIRED_ABLATIONS
 
 
 def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
@@ -263,8 +268,8 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
                        input_size=INPUT_SIZE, batch_size=TIMING_BATCH,
                        train_batch_size=TRAIN_BATCH, table=s.table_path, target=str(level),
                        epochs=0, lr=LR, rounds=s.a.rounds, seed=seed,
-                       **{"importance": "taylor", "contribution": "two_sided",
-                          "lr_schedule": s.a.ft_schedule, **schedule},
+                       **{"contribution": "two_sided", "lr_schedule": s.a.ft_schedule,
+                          **schedule},
                        max_batches=math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
                        else None)
     run = DeployRun(cfg)
@@ -584,7 +589,11 @@ def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> di
             "amount", "latency_ratio", "latency_vs_halp", "acc_bn", "acc_ft") if k in p}}
             for r in rs for p in r.get("points", [])]
         e["wall_s_mean"] = statistics.mean(r["wall_s"] for r in rs)
-        is_ablation = method in HALP_ABLATIONS or (method.startswith("tp-") and
+        importances = {r["result"]["config"].get("importance") for r in rs
+                       if "config" in r.get("result", {})}
+        if importances:
+            e["importance"] = ",".join(sorted(str(i) for i in importances))
+        is_ablation = method in OWN_TARGET or (method.startswith("tp-") and
                                                    not method.endswith(f"-r{step}"))
         (entry["ablations"] if is_ablation else entry["methods"])[method] = e
     return entry
@@ -635,8 +644,10 @@ def markdown_section(results: dict) -> str:
                 bold = "**" if name == "halp-trt" else ""
                 # halp-trt's own ablations prune to the level themselves, matched to no one
                 vs = "reference" if name == "halp-trt" else "own target" \
-                    if name in HALP_ABLATIONS else _pm(e, "latency_vs_halp", 3)
-                label = f"{bold}{name}{bold}" + (" (ablation)" if group == "ablations" else "")
+                    if name in OWN_TARGET else _pm(e, "latency_vs_halp", 3)
+                label = f"{bold}{name}{bold}" + (f" [{e['importance']}]" if name == "halp-trt"
+                                                 and "importance" in e else "") \
+                    + (" (ablation)" if group == "ablations" else "")
                 lines.append(
                     f"| {machine} | {label} | {_pm(e, 'latency_ratio', 3)} | "
                     f"{vs} | "
