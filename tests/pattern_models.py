@@ -141,6 +141,28 @@ class ControlFlow(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class GhostSE(nn.Module):
+    """GhostNet's ghost module under a squeeze-excite gate: a 1x1 conv and its own depthwise
+    copy concatenated (channel i tied to channel 8 + i), the gate's expand conv as wide as the
+    concat."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.primary = nn.Conv2d(16, 8, 1)
+        self.cheap = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.reduce = nn.Conv2d(16, 8, 1)
+        self.expand = nn.Conv2d(8, 16, 1)
+        self.head = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        p = F.relu(self.primary(x))
+        y = torch.cat([p, F.relu(self.cheap(p))], 1)
+        y = y * torch.sigmoid(self.expand(F.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+        return self.fc(F.relu(self.head(y)).mean((2, 3)))
+
+
 def timm_bnact():
     from timm.layers import BatchNormAct2d
 
@@ -161,4 +183,4 @@ PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": Split
             "re-parameterisable branches": RepBranches, "LayerScale": LayerScaleNet,
             "squeeze-excite, rounded width": SENet, "channel multiplier": ChannelMultiplier,
             "stochastic depth": DropPathNet, "data-dependent control flow": ControlFlow,
-            "timm BatchNormAct2d": timm_bnact}
+            "timm BatchNormAct2d": timm_bnact, "ghost module under a gate": GhostSE}

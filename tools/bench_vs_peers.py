@@ -223,7 +223,8 @@ whole model takes ~10 ms (at batch 1, ~0.8 ms, one session reads ±5–10% off a
 ratios between graphs of one session repeat within ~0.5%). halp-trt is the only method that \
 aims at a latency itself: it prunes to the level with its closed loop (Taylor importance: \
 HALP's, a coupled group's terms summed before the abs, at levels 0.15 and 0.3; halp-trt's \
-default, each layer's abs summed, from level 0.5 — the row names it; two-sided costs, 8 steps 5 batches apart in its first epoch, bracketed last step). Each peer \
+default, each layer's abs summed, from level 0.5 — the row names it; two-sided costs, \
+8 steps 5 batches apart in its first epoch, bracketed last step). Each peer \
 is then bisected over its one knob (Torch-Pruning's `pruning_ratio`; FastNAS's FLOPs \
 fraction) until its model measures within 2% of that seed's halp-trt model, both timed \
 interleaved with the original in one session (30 rounds, minimum, 3 sessions per graph); a \

@@ -191,9 +191,16 @@ def groups_that_break_surgery(model: nn.Module, example_input: torch.Tensor,
     """Trial surgery on copies of ``model``: every candidate group loses one or two neuron
     groups (``cut(group, n)`` gives its mask, or None when it cannot lose ``n``; alternating,
     so that constraints *between* groups — equal halves of a channel split, an even concat
-    before a shuffle — show), and the pruned copy must run and equal the masked one. Returns
-    the groups surgery cannot be trusted with (found by bisection), each with why."""
+    before a shuffle — show), and the pruned copy must run and equal the masked one. The cuts
+    are tried at the group's end and again at its start: a concat of a layer and its own
+    depthwise copy (GhostNet's ghost module under a squeeze-excite gate) ties channel i to
+    channel size/2 + i, which torch-pruning maps one way only, so only a cut in the first half
+    shows it. Returns the groups surgery cannot be trusted with (found by bisection), each
+    with why."""
     def trial(groups: list[ChannelGroup]) -> str | None:
+        return _trial(groups, from_start=False) or _trial(groups, from_start=True)
+
+    def _trial(groups: list[ChannelGroup], from_start: bool) -> str | None:
         if not groups:
             return None
         copy_model = copy.deepcopy(model).eval()
@@ -205,6 +212,8 @@ def groups_that_break_surgery(model: nn.Module, example_input: torch.Tensor,
                 mask = cut(g, 1 + i % 2)
                 if mask is None:
                     continue
+                if from_start:  # the same counts per conv group, from the other end
+                    mask = mask.flip(0)
                 tg = by_root[g.root]
                 keep[tg.id] = mask
                 drop[tg.id] = torch.nonzero(~mask).flatten().tolist()
