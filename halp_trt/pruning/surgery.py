@@ -205,12 +205,18 @@ def groups_that_break_surgery(model: nn.Module, example_input: torch.Tensor,
             return None
         copy_model = copy.deepcopy(model).eval()
         try:
-            trial_groups, graph = find_channel_groups(copy_model, example_input, exclude)
-            by_root = {g.root: g for g in trial_groups}
+            # torch-pruning's traversal order is not fixed from one trace to the next: a copy
+            # may root a group elsewhere (lraspp's two-scale head); trace again, and cut only
+            # the groups found
+            for _ in range(3):
+                trial_groups, graph = find_channel_groups(copy_model, example_input, exclude)
+                by_root = {g.root: g for g in trial_groups}
+                if all(g.root in by_root for g in groups):
+                    break
             keep, drop = {}, {}
             for i, g in enumerate(groups):
                 mask = cut(g, 1 + i % 2)
-                if mask is None:
+                if mask is None or g.root not in by_root:
                     continue
                 if from_start:  # the same counts per conv group, from the other end
                     mask = mask.flip(0)
