@@ -232,7 +232,10 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
                    "trained briefly on --data.")
 @config_option("--data",
               help="digits (embedded) | imagefolder:DIR (DIR/train, DIR/val) | cifar10:DIR | "
-                   "fashion-mnist[:DIR] (idx files, default /usr/share/datasets/fashion-mnist)")
+                   "fashion-mnist[:DIR] (idx files, default /usr/share/datasets/fashion-mnist) "
+                   "| shapes[:N] (built-in synthetic segmentation, N training images)")
+@config_option("--task", help="What the model is trained and scored for (auto: from the "
+               "model; torchvision's segmentation models are segmentation, scored by mean IoU).")
 @config_option("--input-size", type=int)
 @config_option("--batch-size", type=int,
               help="Batch the latency is measured and optimized at.")

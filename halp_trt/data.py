@@ -5,6 +5,7 @@ inside the package, nothing downloaded), upscaled to the model's input size and 
 channels. ``imagefolder:DIR`` and ``cifar10:DIR`` load the user's own files.
 ``fashion-mnist[:DIR]`` reads the four standard idx files (plain or .gz) from DIR, by default
 from Debian's ``dataset-fashion-mnist`` package; the official t10k split is the validation split.
+``shapes[:N]`` is the built-in synthetic segmentation task (``halp_trt.tasks.shapes``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from halp_trt.errors import ConfigError, HalpError
 
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SHAPES_TRAIN_IMAGES = 2000
 
 
 @dataclass
@@ -221,8 +223,28 @@ def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0) -> DataSplits
         return _cifar10(arg, tuple(input_hw))
     if kind == "fashion-mnist":
         return _fashion_mnist(arg or FASHION_MNIST_DIR, tuple(input_hw))
+    if kind == "shapes":
+        return _shapes(arg, tuple(input_hw), seed)
     raise ConfigError("data", f"unknown {{field}} {spec!r}: use digits, imagefolder:DIR, "
-                      "cifar10:DIR or fashion-mnist[:DIR]")
+                      "cifar10:DIR, fashion-mnist[:DIR] or shapes[:N_TRAIN] (segmentation)")
+
+
+def _shapes(arg: str, input_hw: tuple[int, int], seed: int) -> DataSplits:
+    """The built-in synthetic shapes task (segmentation pairs), generated from the seed; the
+    validation images come from another seed."""
+    from halp_trt.tasks.segmentation import ShapesSegmentation
+
+    if input_hw[0] != input_hw[1]:
+        raise ConfigError("data", "{field} shapes makes square images; use a square input")
+    try:
+        n_train = int(arg) if arg else SHAPES_TRAIN_IMAGES
+    except ValueError:
+        n_train = 0
+    if n_train < 1:
+        raise ConfigError("data", f"{{field}} shapes:N takes a positive image count, got {arg!r}")
+    train = ShapesSegmentation(n_train, input_hw[0], seed)
+    val = ShapesSegmentation(max(64, n_train // 4), input_hw[0], seed + 10_000)
+    return DataSplits(train, val, train.num_classes, f"shapes ({n_train} images)")
 
 
 def check_sample(splits: DataSplits, input_shape) -> None:

@@ -1,5 +1,5 @@
-"""Resolving a model from the command line: a torchvision name, ``timm:NAME`` or
-``module:factory``."""
+"""Resolving a model from the command line: a torchvision name (classification or
+segmentation), ``timm:NAME`` or ``module:factory``."""
 from __future__ import annotations
 
 import importlib
@@ -37,6 +37,10 @@ def create_model(name: str, num_classes: int | None = None,
             model = factory()  # factories that take no num_classes
         except Exception as exc:
             raise HalpError(f"model factory {name} failed: {type(exc).__name__}: {exc}") from exc
+    elif name in _segmentation_names():
+        from halp_trt.tasks.segmentation import create_segmentation_model
+
+        model = create_segmentation_model(name, num_classes)
     else:
         import torchvision
 
@@ -55,6 +59,11 @@ def create_model(name: str, num_classes: int | None = None,
     if not isinstance(model, nn.Module):
         raise HalpError(f"model {name!r} is not a torch.nn.Module")
     return model
+
+
+def _segmentation_names() -> list[str]:
+    from halp_trt.tasks.segmentation import segmentation_model_names
+    return segmentation_model_names()
 
 
 def _timm_model(name: str, kwargs: dict, input_size: int | None) -> nn.Module:

@@ -26,7 +26,7 @@ def target_verdict(ratio: float, target_ratio: float, spread: tuple[float, float
 
 def build_report(cfg, table, table_path, table_reason, table_probe, backend, calib,
                  layers_full_ms, pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
-                 wall_s, stage_s, feedback_state) -> dict:
+                 wall_s, stage_s, feedback_state, metric: str = "top-1 accuracy") -> dict:
     """Every figure of a run. ``cmp``: the interleaved original/pruned measurement;
     ``check``: the numeric check; ``stage_s``: wall seconds per pipeline stage;
     ``feedback_state``: ``LatencyFeedback.state_dict()``."""
@@ -61,7 +61,7 @@ def build_report(cfg, table, table_path, table_reason, table_probe, backend, cal
         "max_abs_diff": check.max_abs_diff,
         "numeric_check": asdict(check),
         "accuracy": {"original": acc_original, "pruned": acc_pruned,
-                     "drop": acc_original - acc_pruned},
+                     "drop": acc_original - acc_pruned, "metric": metric},
         "backend": {**backend.identity(), "verified": backend.verification_note,
                     "verified_here": backend.verified},
         "table": {"path": table_path, "why": table_reason,
@@ -115,7 +115,7 @@ def write_markdown(path: str, r: dict) -> None:
                      f"{len(p['session_ms'])} sessions) | {_range(o['session_ms'])} | "
                      f"{_range(p['session_ms'])} |")
     lines += [
-        f"| accuracy | {acc['original']:.4f} | {acc['pruned']:.4f} |",
+        f"| {acc.get('metric', 'accuracy')} | {acc['original']:.4f} | {acc['pruned']:.4f} |",
         "",
         f"- Target: {r['target']} → latency ratio target {r['target_ratio']:.3f}; measured "
         f"ratio {r['latency_ratio_measured']:.3f}{_spread_text(r)} "

@@ -163,6 +163,27 @@ class GhostSE(nn.Module):
         return self.fc(F.relu(self.head(y)).mean((2, 3)))
 
 
+class ASPPHead(nn.Module):
+    """A segmentation net: a strided backbone, an ASPP-style head (parallel dilated convs and
+    an image-pool branch concatenated, then fused), class logits upsampled to the input."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.body = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.branches = nn.ModuleList([nn.Conv2d(32, 16, 1),
+                                       nn.Conv2d(32, 16, 3, padding=2, dilation=2)])
+        self.pool = nn.Conv2d(32, 16, 1)
+        self.fuse = nn.Conv2d(48, 24, 1)
+        self.classes = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        f = F.relu(self.body(F.relu(self.stem(x))))
+        pooled = F.relu(self.pool(f.mean((2, 3), keepdim=True))).expand(-1, -1, *f.shape[-2:])
+        y = torch.cat([F.relu(b(f)) for b in self.branches] + [pooled], 1)
+        out = self.classes(F.relu(self.fuse(y)))
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def timm_bnact():
     from timm.layers import BatchNormAct2d
 
@@ -183,4 +204,5 @@ PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": Split
             "re-parameterisable branches": RepBranches, "LayerScale": LayerScaleNet,
             "squeeze-excite, rounded width": SENet, "channel multiplier": ChannelMultiplier,
             "stochastic depth": DropPathNet, "data-dependent control flow": ControlFlow,
-            "timm BatchNormAct2d": timm_bnact, "ghost module under a gate": GhostSE}
+            "timm BatchNormAct2d": timm_bnact, "ghost module under a gate": GhostSE,
+            "segmentation: ASPP head, upsampled logits": ASPPHead}

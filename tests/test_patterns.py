@@ -33,6 +33,7 @@ def test_pattern_prunes_and_the_pruned_model_computes_what_the_masked_one_did(pa
     pruned = pruner.finalize().eval()
     with torch.no_grad():
         out = pruned(x)
+    assert out.shape == masked.shape, "the output's channels (classes) must not change"
     assert (out - masked).abs().max() <= 1e-5 * masked.abs().max()
     session = ort.InferenceSession(export_onnx(pruned, x[:1]),
                                    providers=["CPUExecutionProvider"])

@@ -81,26 +81,46 @@ def run_example(model: nn.Module, example_input: torch.Tensor,
 
 
 def output_layers(model: nn.Module, example_input: torch.Tensor) -> set[str]:
-    """Names of Conv/Linear modules whose output *is* a model output (the classifier).
+    """Names of the Conv/Linear modules whose output channels *are* a model output's channels:
+    the classifier, and a segmentation head's class conv behind an upsampling, a sum of heads
+    (LR-ASPP) or a global pool (SqueezeNet). They hold the task's classes and are never pruned.
 
-    Their output channels are the task's classes and are never pruned."""
+    Found by walking the output's autograd graph back through every operation until a Conv or
+    Linear module's output is reached (only those mix channels)."""
     names = {m: n for n, m in model.named_modules()}
-    produced: dict[int, str] = {}
+    produced: dict = {}  # grad_fn of a Conv/Linear output -> module name
 
     def hook(module, _inputs, output):
-        if isinstance(output, torch.Tensor):
-            produced[output.data_ptr()] = names[module]
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            produced[output.grad_fn] = names[module]
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
     try:
+        with torch.enable_grad():
+            out = model(example_input.detach().requires_grad_(True))
+    except Exception:  # noqa: BLE001 - run_example gives the user the clear error
         out = run_example(model, example_input)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return {produced[o.data_ptr()] for o in outs
-            if isinstance(o, torch.Tensor) and o.data_ptr() in produced}
+    outs = out.values() if isinstance(out, dict) else \
+        out if isinstance(out, (tuple, list)) else [out]
+    found, seen = set(), set()
+    stack = [o.grad_fn for o in outs if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in produced:
+            found.add(produced[fn])
+            continue
+        stack.extend(f for f, _ in getattr(fn, "next_functions", ()))
+    return found
 
 
 class _ChannelShuffleCut(TorchFunctionMode):

@@ -24,6 +24,7 @@ CHOICES = {
     "calibration": ("affine", "additive", "ratio"),
     "precision": ("fp32", "fp16", "int8"),
     "backend": ("onnxruntime", "openvino", "tensorrt"),
+    "task": ("auto", "classification", "segmentation", "detection"),
 }
 
 
@@ -33,6 +34,8 @@ class DeployConfig:
     model: str = "resnet18"
     weights: str | None = None
     data: str = "digits"
+    # what the model is trained and scored for; auto: from the model (halp_trt.tasks)
+    task: str = "auto"
     input_size: int = 64
     batch_size: int = 1  # latency measurement batch
     train_batch_size: int = 64

@@ -35,10 +35,11 @@ class Stage:
 
 STAGES = (
     # data, model, layer graph, backend; every check that needs no training
-    Stage("load", stages.load, (), ("data", "model", "example", "train_loader", "val_loader",
-                                    "backend", "specs", "state", "explicit_table")),
+    Stage("load", stages.load, (), ("task", "data", "model", "example", "train_loader",
+                                    "val_loader", "backend", "specs", "state",
+                                    "explicit_table")),
     # weights (given or trained briefly), the original's accuracy and ONNX graph
-    Stage("original", stages.original, ("model", "data"),
+    Stage("original", stages.original, ("task", "model", "data"),
           ("original_model", "original_onnx", "acc_original")),
     # the latency table: explicit, shipped, cached, or measured now
     Stage("table", stages.table, ("original_model", "specs", "backend", "explicit_table"),
@@ -52,7 +53,7 @@ STAGES = (
           ("model", "original_onnx", "halp_config", "calib", "measured_goal_ms"),
           ("pruned_model", "result", "prune_batches")),
     # further epochs on the pruned model
-    Stage("finetune", stages.finetune, ("pruned_model",), ("acc_pruned",)),
+    Stage("finetune", stages.finetune, ("task", "pruned_model"), ("acc_pruned",)),
     # ONNX export, the runtime's outputs checked against PyTorch (and INT8 quantization)
     Stage("deploy", stages.deploy, ("original_onnx", "pruned_model"),
           ("deployed", "check", "int8"), every_rank=False),
@@ -60,7 +61,7 @@ STAGES = (
     Stage("verify", stages.verify, ("deployed", "latency_table", "specs"),
           ("comparison", "pruned_layers_ms"), every_rank=False),
     # report.json / report.md / model.onnx / pruning.json / weights / PNGs
-    Stage("report", stages.report, ("comparison", "check", "acc_pruned", "result"),
+    Stage("report", stages.report, ("task", "comparison", "check", "acc_pruned", "result"),
           ("final_report",), every_rank=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -134,6 +135,10 @@ class DeployRun:
 
         small = self.state.original_ms is not None and self.state.original_ms < 2.0
         return model_protocol(self.cfg.rounds, sessions_per_graph=8 if small else 3)
+
+    def evaluate(self, model) -> float:
+        """The task's metric (top-1 accuracy, mean IoU) on the validation split."""
+        return self.task.evaluate(model, self.val_loader, self.data.num_classes)
 
     def _optimizer(self, params):
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=1e-4)

@@ -29,17 +29,20 @@ def load(run) -> None:
     from halp_trt.latency.resolve import resolve_table
     from halp_trt.models import create_model
     from halp_trt.runtime import backend_for
+    from halp_trt.tasks import resolve_task
 
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
     check_writable(cfg.out, is_dir=True)
+    run.task = resolve_task(cfg.task, cfg.model)
     run.data = load_data(cfg.data, (cfg.input_size, cfg.input_size), cfg.seed)
     run.model = create_model(cfg.model, run.data.num_classes, cfg.input_size)
     check_sample(run.data, cfg.input_shape)
     run.example = torch.randn(*cfg.input_shape)
     try:
         n_out = run_example(run.model, run.example,
-                            fix="set {field} to the size the model expects").shape[-1]
+                            fix="set {field} to the size the model expects"
+                            ).shape[run.task.class_dim]
     except HalpError as exc:
         raise ConfigError("input_size", f"{cfg.model}: {exc}") from None
     if n_out != run.data.num_classes:
@@ -90,7 +93,7 @@ def original(run) -> None:
     from halp_trt.models import strip_aux_heads
     from halp_trt.runtime.export import export_onnx
     from halp_trt.sanity import check_model_is_sane
-    from halp_trt.train import evaluate, load_weights
+    from halp_trt.train import load_weights
 
     cfg, model = run.cfg, run.model
     if not run.state.reached("original"):
@@ -112,11 +115,11 @@ def original(run) -> None:
     run.original_model = run.new_model()
     run.original_model.load_state_dict(run.state.original)
     run.original_model.eval()
-    run.acc_original = evaluate(run.original_model, run.val_loader)
-    run.log(f"original accuracy on {run.data.name}: {run.acc_original:.4f}")
+    run.acc_original = run.evaluate(run.original_model)
+    run.log(f"original {run.task.metric} on {run.data.name}: {run.acc_original:.4f}")
     try:
         check_model_is_sane(run.original_model, run.val_loader, run.acc_original,
-                            cfg.allow_untrained)
+                            cfg.allow_untrained, chance_test=run.task.name == "classification")
     except HalpError:
         # nothing worth resuming: the same command with other settings starts afresh
         if run.is_main and os.path.exists(run.ckpt_path):
@@ -295,8 +298,6 @@ def prune(run) -> None:
 
 # ---- fine-tune ---------------------------------------------------------------------------
 def finetune(run) -> None:
-    from halp_trt.train import evaluate
-
     cfg, net = run.cfg, run.pruned_model
     done_epochs = run.state.finetune_epochs_done
     if done_epochs < cfg.epochs:
@@ -309,8 +310,8 @@ def finetune(run) -> None:
                             finetune_epochs_done=done_epochs + e),
                         first_epoch=2000 + done_epochs)
     net.eval()
-    run.acc_pruned = evaluate(net, run.val_loader)
-    run.log(f"pruned accuracy: {run.acc_pruned:.4f}")
+    run.acc_pruned = run.evaluate(net)
+    run.log(f"pruned {run.task.metric}: {run.acc_pruned:.4f}")
 
 
 # ---- deploy ------------------------------------------------------------------------------
@@ -362,7 +363,8 @@ def report(run) -> None:
         cfg, run.latency_table, table.path, table.reason, table.probe, run.backend,
         run.calib, run.layers_full_ms, run.pruned_layers_ms, run.comparison, run.check,
         run.acc_original, run.acc_pruned, run.result,
-        time.perf_counter() - run.t_start, run.stage_s, run.state.feedback or {})
+        time.perf_counter() - run.t_start, run.stage_s, run.state.feedback or {},
+        metric=run.task.metric)
     if run.int8 is not None:
         report["int8"] = run.int8
     write_bytes_atomic(os.path.join(cfg.out, "original.onnx"), run.deployed["original"])
@@ -372,7 +374,7 @@ def report(run) -> None:
     run.log(f"speedup {report['speedup_measured']:.2f}x measured, latency ratio "
             f"{report['latency_ratio_measured']:.3f} ({lo:.3f}-{hi:.3f} over pairs of "
             f"sessions) for target {report['target_ratio']:.3f}: {report['target_verdict']}"
-            f"; accuracy {run.acc_original:.4f} -> {run.acc_pruned:.4f}; "
+            f"; {run.task.metric} {run.acc_original:.4f} -> {run.acc_pruned:.4f}; "
             f"report in {os.path.join(cfg.out, 'report.md')}")
     if os.path.exists(run.ckpt_path):
         os.unlink(run.ckpt_path)

@@ -1,0 +1,78 @@
+"""Semantic segmentation: torchvision's segmentation models as halp-trt prunes, times and
+deploys them, the shapes task's (image, class-per-pixel) pairs, and mean IoU.
+
+torchvision's segmentation models return ``{"out": logits}`` (N, classes, H, W); the network
+that is exported and timed is that output alone, so each model's class is given a ``forward``
+that returns it (its state dict, and so users' weights, unchanged)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from halp_trt.errors import HalpError
+from halp_trt.tasks.shapes import ShapesDataset
+
+_OUT_ONLY: dict[type, type] = {}
+
+
+def _out_only_class(cls: type) -> type:
+    if cls not in _OUT_ONLY:
+        def forward(self, x):
+            return cls.forward(self, x)["out"]
+        _OUT_ONLY[cls] = type(cls.__name__, (cls,), {"forward": forward,
+                                                     "__module__": cls.__module__})
+    return _OUT_ONLY[cls]
+
+
+def segmentation_model_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models.segmentation)
+
+
+def create_segmentation_model(name: str, num_classes: int | None) -> nn.Module:
+    """An untrained torchvision segmentation model returning its logits tensor (no auxiliary
+    head: it is not part of the deployed graph)."""
+    import torchvision
+
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                             aux_loss=False, **kwargs)
+    except TypeError:  # builders without an auxiliary head (LR-ASPP)
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                             **kwargs)
+    model.__class__ = _out_only_class(type(model))
+    return model
+
+
+class ShapesSegmentation(Dataset):
+    """The shapes task (``halp_trt.tasks.shapes``) as (image, class-per-pixel mask) pairs."""
+
+    def __init__(self, n: int, size: int, seed: int):
+        self.shapes = ShapesDataset(n, size, seed)
+        self.num_classes = ShapesDataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int):
+        image, target = self.shapes[index]
+        return image, target["mask"]
+
+
+def mean_iou(model: nn.Module, loader, num_classes: int) -> float:
+    """Mean intersection over union over the classes (background included), torchmetrics'
+    ``MulticlassJaccardIndex``; under DDP each rank's counts are synced."""
+    try:
+        from torchmetrics.classification import MulticlassJaccardIndex
+    except ImportError:
+        raise HalpError("segmentation needs torchmetrics: pip install 'halp-trt[dense]'") \
+            from None
+    metric = MulticlassJaccardIndex(num_classes=num_classes, average="macro")
+    model.eval()
+    with torch.no_grad():
+        for x, mask in loader:
+            metric.update(model(x).argmax(1), mask)
+    return float(metric.compute())
