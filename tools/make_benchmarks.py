@@ -455,6 +455,10 @@ def later_sections() -> list[str]:
     lines += zoo_section(load("bench_zoo.json"))
     if load("bench_timm.json"):
         lines += zoo_section(load("bench_timm.json"), "timm")
+    if load("bench_probe.json"):
+        import bench_probe
+
+        lines += [bench_probe.markdown_section(load("bench_probe.json"))]
     lines += on_machine("zen4", runtimes_section(load("bench_runtimes.json")) +
                         transfer_section(load("bench_transfer.json")))
     xeon_transfer = load("bench_transfer_xeon.json")
