@@ -184,6 +184,35 @@ class ASPPHead(nn.Module):
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class MultiScaleLinearAttention(nn.Module):
+    """EfficientViT's multi-scale linear attention (LiteMLA): a 1x1 qkv conv, a depthwise +
+    grouped 1x1 aggregation of it concatenated as a second scale, ReLU-kernel linear attention
+    per head (q (k^T v) / q (k^T 1)), a 1x1 projection; residual around it."""
+    def __init__(self, dim=32, head_dim=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, padding=1)
+        self.head_dim = head_dim
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1)
+        self.aggreg = nn.Sequential(nn.Conv2d(3 * dim, 3 * dim, 3, padding=1, groups=3 * dim),
+                                    nn.Conv2d(3 * dim, 3 * dim, 1, groups=3 * dim // head_dim))
+        self.proj = nn.Conv2d(2 * dim, dim, 1)
+        self.fc = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        n, _, h, w = x.shape
+        qkv = self.qkv(x)
+        multi = torch.cat([qkv, self.aggreg(qkv)], 1)
+        multi = multi.reshape(n, -1, 3 * self.head_dim, h * w).transpose(-1, -2)
+        q, k, v = F.relu(multi).chunk(3, dim=-1)
+        v = F.pad(v, (0, 1), value=1.0)
+        out = (q @ (k.transpose(-1, -2) @ v))
+        out = out[..., :-1] / (out[..., -1:] + 1e-6)
+        out = out.transpose(-1, -2).reshape(n, -1, h, w)
+        x = x + self.proj(out)
+        return self.fc(x.mean((2, 3)))
+
+
 def timm_bnact():
     from timm.layers import BatchNormAct2d
 
@@ -205,4 +234,5 @@ PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": Split
             "squeeze-excite, rounded width": SENet, "channel multiplier": ChannelMultiplier,
             "stochastic depth": DropPathNet, "data-dependent control flow": ControlFlow,
             "timm BatchNormAct2d": timm_bnact, "ghost module under a gate": GhostSE,
-            "segmentation: ASPP head, upsampled logits": ASPPHead}
+            "segmentation: ASPP head, upsampled logits": ASPPHead,
+            "multi-scale linear attention": MultiScaleLinearAttention}
