@@ -86,11 +86,34 @@ def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> 
     return group.held
 
 
-def masked_pruned_difference(masked: torch.Tensor, pruned: torch.Tensor) -> float:
+def output_tensors(output) -> list[torch.Tensor]:
+    """A model output's tensors in a fixed order: a tensor, or tuples/lists/dicts of them
+    (detection heads, segmentation dicts)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for k in output for t in output_tensors(output[k])]
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in output_tensors(o)]
+    return []
+
+
+def masked_pruned_difference(masked, pruned) -> float:
     """Largest difference of the pruned model's output from the masked one's, relative to the
-    masked output's scale (NaN if either is not finite)."""
-    scale = float(masked.abs().max()) or 1.0
-    return float((pruned - masked).abs().max()) / scale
+    masked output's scale, over every output tensor (NaN if any is not finite; inf if the
+    outputs' shapes differ)."""
+    masked_t, pruned_t = output_tensors(masked), output_tensors(pruned)
+    if len(masked_t) != len(pruned_t) or any(a.shape != b.shape
+                                             for a, b in zip(masked_t, pruned_t)):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(masked_t, pruned_t):
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        diff = float((b - a).abs().max()) / (scale or 1.0) if a.numel() else 0.0
+        if diff != diff:  # NaN
+            return diff
+        worst = max(worst, diff)
+    return worst
 
 
 def check_masked_equals_pruned(masked: torch.Tensor, pruned: torch.Tensor,
