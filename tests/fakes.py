@@ -119,3 +119,18 @@ def randomise_bn(model, seed: int = 0, mean_scale: float | None = None) -> None:
                 m.running_mean.copy_(torch.rand(n, generator=g) - 0.5 if mean_scale is None
                                      else torch.randn(n, generator=g) * mean_scale)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+
+
+def prune_one_step(model, example, target: float = 0.5):
+    """``model`` (BN statistics randomised) pruned one magnitude step on a staircase latency
+    model, as the architecture-pattern tests do: (pruner, step record), the step within its
+    target."""
+    from halp_trt.pruning.config import HALPConfig
+    from halp_trt.pruning.pruner import HALPPruner
+
+    randomise_bn(model)
+    pruner = HALPPruner(model, example, StaircaseLatencyModel(step=4),
+                        HALPConfig(target=target, importance="magnitude"))
+    record = pruner.prune_step()
+    assert record.predicted_ms <= record.target_ms + 1e-9
+    return pruner, record
