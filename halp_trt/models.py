@@ -7,6 +7,7 @@ import importlib
 import torch.nn as nn
 
 from halp_trt.errors import HalpError
+from halp_trt.tasks.segmentation import create_segmentation_model, segmentation_model_names
 
 # torchvision builders whose architecture depends on the input size: built for the run's size
 _SIZE_KWARG = {"vit_": "image_size", "maxvit": "input_size"}
@@ -37,9 +38,7 @@ def create_model(name: str, num_classes: int | None = None,
             model = factory()  # factories that take no num_classes
         except Exception as exc:
             raise HalpError(f"model factory {name} failed: {type(exc).__name__}: {exc}") from exc
-    elif name in _segmentation_names():
-        from halp_trt.tasks.segmentation import create_segmentation_model
-
+    elif name in segmentation_model_names():
         model = create_segmentation_model(name, num_classes)
     else:
         import torchvision
@@ -59,11 +58,6 @@ def create_model(name: str, num_classes: int | None = None,
     if not isinstance(model, nn.Module):
         raise HalpError(f"model {name!r} is not a torch.nn.Module")
     return model
-
-
-def _segmentation_names() -> list[str]:
-    from halp_trt.tasks.segmentation import segmentation_model_names
-    return segmentation_model_names()
 
 
 def _timm_model(name: str, kwargs: dict, input_size: int | None) -> nn.Module:

@@ -108,15 +108,16 @@ def masked_pruned_difference(masked, pruned) -> float:
         return float("inf")
     worst = 0.0
     for a, b in zip(masked_t, pruned_t):
-        scale = float(a.abs().max()) if a.numel() else 0.0
-        diff = float((b - a).abs().max()) / (scale or 1.0) if a.numel() else 0.0
+        if not a.numel():
+            continue
+        diff = float((b - a).abs().max()) / (float(a.abs().max()) or 1.0)
         if diff != diff:  # NaN
             return diff
         worst = max(worst, diff)
     return worst
 
 
-def check_masked_equals_pruned(masked: torch.Tensor, pruned: torch.Tensor,
+def check_masked_equals_pruned(masked, pruned,
                                rel_tolerance: float = 1e-4) -> float:
     """The physically pruned model must compute what the masked one did (same input, eval
     mode); otherwise channel surgery broke the architecture and nothing downstream is valid."""
@@ -228,18 +229,12 @@ def groups_that_break_surgery(model: nn.Module, example_input: torch.Tensor,
             return None
         copy_model = copy.deepcopy(model).eval()
         try:
-            # torch-pruning's traversal order is not fixed from one trace to the next: a copy
-            # may root a group elsewhere (lraspp's two-scale head); trace again, and cut only
-            # the groups found
-            for _ in range(3):
-                trial_groups, graph = find_channel_groups(copy_model, example_input, exclude)
-                by_root = {g.root: g for g in trial_groups}
-                if all(g.root in by_root for g in groups):
-                    break
+            trial_groups, graph = find_channel_groups(copy_model, example_input, exclude)
+            by_root = {g.root: g for g in trial_groups}
             keep, drop = {}, {}
             for i, g in enumerate(groups):
                 mask = cut(g, 1 + i % 2)
-                if mask is None or g.root not in by_root:
+                if mask is None:
                     continue
                 if from_start:  # the same counts per conv group, from the other end
                     mask = mask.flip(0)
