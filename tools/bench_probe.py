@@ -42,7 +42,8 @@ def check(path: str, json_path: str) -> dict:
         verdict = json.load(f)
     probe = verdict.get("probe") or {}
     return {"fits": verdict["fits"], "identity_differs": verdict["identity_differs"],
-            "reasons": probe.get("reasons", []), "step_expected": probe.get("step_expected"),
+            "reasons": probe.get("reasons", []), "warnings": probe.get("warnings", []),
+            "probe_fits": probe.get("fits"), "step_expected": probe.get("step_expected"),
             "step_found": probe.get("step_found"), "step_conclusive": probe.get("step_conclusive"),
             "scale_ratio": probe.get("scale_ratio"), "shape_deviation": probe.get("shape_deviation"),
             "confirmed_by_second_session": probe.get("confirmed_by_second_session"),

@@ -29,8 +29,13 @@ MAX_SCALE_RATIO = 2.0
 # Shape is judged on the 80th percentile of the ratios' deviation, over at least
 # MIN_SHAPE_POINTS entries the table itself measured cleanly (not flagged noisy).
 # Same machine: 7% (Xeon, 15-round table of resnet18 at 64x64), ~10% (Zen); the Zen 4 table
-# on the Xeon, at the same steps and a median of 1.09-1.13: 22-27%.
+# on the Xeon, at the same steps and a median of 1.09-1.13: 22-27%. But ten batch-1 tables of
+# small torchvision layers at 64x64, re-probed 10 minutes after their build on the machine that
+# built them (Zen 4), read 20-29% on 7 of 20 checks: on small layers the shape drifts as far on
+# its own machine as it differs between these two. A deviation up to SHAPE_REFUSAL is therefore
+# reported (``warnings``), not refused; beyond it no own table has been seen.
 MAX_SHAPE_DEVIATION = 0.15
+SHAPE_REFUSAL = 0.40
 MIN_SHAPE_POINTS = 6
 # A table measured with fewer rounds has minima too high and too scattered for a shape verdict
 # (a 3-round table of 16x16 layers read 27-32% shape deviation on the machine it came from).
@@ -49,7 +54,12 @@ MIN_ROUNDS = 15  # at least the project's minimum for a trustworthy minimum
 MIN_STEP_LAYER_MS = 0.05
 # Signatures swept for steps; the steps differ only when every conclusive sweep says so. One
 # sweep of a stem read 8 on the Xeon whose own table (15 rounds, minutes before) had 16 there.
-STEP_SWEEPS = 2
+STEP_SWEEPS = 3
+# A step disagreement refuses only when at least this many signatures show it: one signature's
+# sweep can read a neighbouring step on the machine that built the table (a 1x1 conv at 32x32
+# of regnet_y_400mf read 8 in the probe's window, 16 in its build, three sessions in a row);
+# a table from another ISA shows it on every signature swept. One signature alone: inconclusive.
+MIN_DIFFERING_SIGNATURES = 2
 # A conv with fewer input channels than this runs another kernel (a 3-channel stem reads its
 # own steps: 8 or 16 from one build to the next on the same machine); it is not swept.
 MIN_SWEEP_C_IN = 16
@@ -63,6 +73,7 @@ class ProbeResult:
     step_expected: tuple[int, int] | None = None  # (step, phase) from the table
     step_found: tuple[int, int] | None = None  # (step, phase) measured here; None: no sweep
     step_conclusive: bool = False
+    warnings: list[str] = field(default_factory=list)  # findings that do not refuse the table
     step_sweeps: list[dict] = field(default_factory=list)  # every signature swept
     scale_ratio: float | None = None  # median of measured here / table, lattice points
     # None when the table has no layer big enough to compare (all below MIN_LAYER_MS)
@@ -87,6 +98,8 @@ class ProbeResult:
                  f"; latencies here / table: median {self.scale_ratio:.2f}, shape deviation "
                  f"{100 * self.shape_deviation:.0f}% over {self.points} points")
         verdict = "fits this machine" if self.fits else "does NOT fit this machine"
+        if self.fits and self.warnings:
+            verdict += " (with warnings: " + "; ".join(self.warnings) + ")"
         second = {None: "", True: " (confirmed by a second session)",
                   False: " (a first session's refusal was not confirmed by a second)"}
         return (f"probe ({self.wall_s:.1f} s): {verdict}: {steps}{scale}"
@@ -98,7 +111,7 @@ def _expected_step(sig) -> tuple[int, int]:
     return (st.step, st.phase % st.step) if st.accepted and st.step > 1 else (1, 0)
 
 
-def _step_signatures(table, n: int = STEP_SWEEPS) -> list:
+def _step_signatures(table, n: int | None = None) -> list:
     """Up to ``n`` signatures whose own sweeps showed the clearest output steps, among small
     layers whose step is the table's most common one. One signature's sweep can read another
     step than the rest of its table (a coarse 3-round table of efficientnet_v2_l had 8 on one
@@ -127,7 +140,7 @@ def _step_signatures(table, n: int = STEP_SWEEPS) -> list:
     top = max(votes.values())
     consensus = {step for step, k in votes.items() if k == top}  # a tie keeps all of them
     agreeing = [sig for sig in eligible if sig.step_out.step in consensus] or eligible
-    return sorted(agreeing, key=lambda sig: -sig.step_out.jump_to_noise)[:n]
+    return sorted(agreeing, key=lambda sig: -sig.step_out.jump_to_noise)[:n or STEP_SWEEPS]
 
 
 def _lattice_points(table) -> list[tuple[str, int, int]]:
@@ -212,21 +225,28 @@ def _verdict(table, step_sigs, sweeps, lattice, ms: dict) -> ProbeResult:
     if result.step_sweeps:
         conclusive = [r for r in result.step_sweeps if r["conclusive"]]
         differing = [r for r in conclusive if r["found"] != r["expected"]]
-        steps_differ = bool(conclusive) and len(differing) == len(conclusive)
+        steps_differ = len(differing) >= MIN_DIFFERING_SIGNATURES and \
+            len(differing) == len(conclusive)
         # the sweep shown: a disagreement if every conclusive sweep disagrees, else the first
         # agreeing (or only inconclusive) one
-        shown = differing[0] if steps_differ else \
+        shown = differing[0] if differing and len(differing) == len(conclusive) else \
             next((r for r in conclusive if r["found"] == r["expected"]), result.step_sweeps[0])
         result.step_signature, result.step_conclusive = shown["signature"], shown["conclusive"]
         result.step_expected, result.step_found = tuple(shown["expected"]), tuple(shown["found"])
+        (exp, exp_phase), (got, got_phase) = shown["expected"], shown["found"]
         if steps_differ:
-            (exp, exp_phase), (got, got_phase) = shown["expected"], shown["found"]
             result.reasons.append(
                 f"the latency steps differ: the table has steps of {exp} channels "
                 f"(phase {exp_phase}), this machine shows {got} (phase {got_phase}) "
                 f"on {shown['signature']}"
                 + (f" and {len(differing) - 1} other signature(s)" if len(differing) > 1
                    else ""))
+        elif differing and len(differing) == len(conclusive):
+            result.step_conclusive = False
+            result.warnings.append(
+                f"steps of {got} instead of {exp} on {shown['signature']}, the only signature "
+                f"swept conclusively: inconclusive (one signature can read a neighbouring step "
+                f"on the machine that built its table)")
     if lattice:
         ratios = np.array([ms[k] / table.signatures[k[0]].ms(k[1], k[2])
                            for k in lattice])
@@ -237,9 +257,13 @@ def _verdict(table, step_sigs, sweeps, lattice, ms: dict) -> ProbeResult:
             result.reasons.append(f"this machine measures {median:.2f}x the table's latencies "
                                   f"(median over {len(lattice)} of its configurations)")
         table_rounds = int(table.identity.get("protocol", {}).get("rounds", 0))
-        if result.shape_deviation > MAX_SHAPE_DEVIATION and len(lattice) >= MIN_SHAPE_POINTS \
-                and table_rounds >= MIN_TABLE_ROUNDS_FOR_SHAPE:
-            result.reasons.append(
-                f"relative latencies differ: after scaling, 20% of the probed configurations "
-                f"are off by more than {100 * result.shape_deviation:.0f}%")
+        if len(lattice) >= MIN_SHAPE_POINTS and table_rounds >= MIN_TABLE_ROUNDS_FOR_SHAPE:
+            off = (f"after scaling, 20% of the probed configurations are off by more than "
+                   f"{100 * result.shape_deviation:.0f}%")
+            if result.shape_deviation > SHAPE_REFUSAL:
+                result.reasons.append(f"relative latencies differ: {off}")
+            elif result.shape_deviation > MAX_SHAPE_DEVIATION:
+                result.warnings.append(
+                    f"relative latencies drift: {off} (up to {100 * SHAPE_REFUSAL:.0f}% is "
+                    f"seen on the machine that built a table of small layers; not refused)")
     return result

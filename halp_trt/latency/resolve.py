@@ -239,6 +239,7 @@ class TableCheck:
         if self.probe is not None:
             out.append(self.probe.summary())
             out += [f"  - {r}" for r in self.probe.reasons]
+            out += [f"  - warning: {w}" for w in self.probe.warnings]
         if self.layers:
             out.append(f"coverage: {self.layers - len(self.uncovered)} of {self.layers} layers"
                        + (f"; missing: {', '.join(self.uncovered[:5])}" +

@@ -307,3 +307,43 @@ def test_a_refusal_stands_only_when_a_second_session_confirms_it(step8_table, mo
     refused = probe_table(table, sixteen)
     assert not refused.fits and refused.confirmed_by_second_session is True
     assert "confirmed by a second session" in refused.summary()
+
+
+def test_one_signature_alone_reading_another_step_is_inconclusive(step8_table, monkeypatch):
+    """The step verdict needs MIN_DIFFERING_SIGNATURES signatures that agree on another step:
+    one sweep alone reading 16 where the build read 8 is a warning, not a refusal."""
+    import halp_trt.latency.probe as probe_mod
+
+    table = LatencyTable.load(step8_table)
+    monkeypatch.setattr(probe_mod, "STEP_SWEEPS", 1)
+    one = probe_table(table, StaircaseTimedBackend(16))
+    assert len(one.step_sweeps) == 1 and one.step_sweeps[0]["found"] == [16, 0]
+    assert one.fits and not one.step_conclusive
+    assert any("inconclusive" in w for w in one.warnings) and "with warnings" in one.summary()
+    monkeypatch.setattr(probe_mod, "STEP_SWEEPS", 3)
+    many = probe_table(table, StaircaseTimedBackend(16))
+    assert len(many.step_sweeps) >= 2 and not many.fits
+
+
+def test_a_moderate_shape_drift_warns_and_a_large_one_refuses(step8_table, tmp_path):
+    """Shape deviations up to SHAPE_REFUSAL are what a table of small layers shows on its own
+    machine minutes later: reported as a warning. Beyond it, refused."""
+    from halp_trt.latency.probe import MAX_SHAPE_DEVIATION, SHAPE_REFUSAL
+
+    def scaled(factor):
+        d = json.load(open(step8_table))
+        for i, sig in enumerate(d["signatures"].values()):
+            if i % 2:
+                cols = [sig["entry_columns"].index(k) for k in ("min_ms", "p25_ms", "median_ms")]
+                for e in sig["entries"]:
+                    for c in cols:
+                        e[c] *= factor
+        path = tmp_path / f"x{factor}.json"
+        path.write_text(json.dumps(d))
+        return probe_table(LatencyTable.load(str(path)), StaircaseTimedBackend(8))
+
+    drift = scaled(1.3)
+    assert MAX_SHAPE_DEVIATION < drift.shape_deviation <= SHAPE_REFUSAL
+    assert drift.fits and any("relative latencies drift" in w for w in drift.warnings)
+    far = scaled(3.0)
+    assert far.shape_deviation > SHAPE_REFUSAL and not far.fits
