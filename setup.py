@@ -28,9 +28,9 @@ setup(
         "ort": ["onnxruntime>=1.18"],
         "openvino": ["openvino>=2025.0"],
         "timm": ["timm>=1.0"],
-        "dense": ["torchmetrics>=1.0"],
+        "dense": ["torchmetrics>=1.0", "pycocotools>=2.0"],
         "dev": ["pytest>=7", "pytest-timeout>=2.1", "ruff>=0.6", "openvino>=2025.0", "timm>=1.0",
-                "torchmetrics>=1.0"],
+                "torchmetrics>=1.0", "pycocotools>=2.0"],
     },
     entry_points={"console_scripts": ["halp-trt=halp_trt.cli:main"]},
 )

@@ -212,8 +212,14 @@ def _fashion_mnist(root: str, input_hw) -> DataSplits:
     return DataSplits(splits[0], splits[1], 10, f"fashion-mnist:{root}")
 
 
-def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0) -> DataSplits:
-    """``digits`` | ``imagefolder:DIR`` | ``cifar10:DIR`` | ``fashion-mnist[:DIR]``."""
+def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0,
+              task: str = "classification") -> DataSplits:
+    """``digits`` | ``imagefolder:DIR`` | ``cifar10:DIR`` | ``fashion-mnist[:DIR]`` |
+    ``shapes[:N]`` (for ``task`` segmentation or detection)."""
+    kind = spec.partition(":")[0]
+    if task != "classification" and kind != "shapes":
+        raise ConfigError("data", f"{{field}} {spec!r} is a classification dataset; {task} "
+                          "takes shapes[:N] (built in)")
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         return _digits(tuple(input_hw), seed)
@@ -224,15 +230,22 @@ def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0) -> DataSplits
     if kind == "fashion-mnist":
         return _fashion_mnist(arg or FASHION_MNIST_DIR, tuple(input_hw))
     if kind == "shapes":
-        return _shapes(arg, tuple(input_hw), seed)
+        return _shapes(arg, tuple(input_hw), seed, task)
     raise ConfigError("data", f"unknown {{field}} {spec!r}: use digits, imagefolder:DIR, "
-                      "cifar10:DIR, fashion-mnist[:DIR] or shapes[:N_TRAIN] (segmentation)")
+                      "cifar10:DIR, fashion-mnist[:DIR] or shapes[:N_TRAIN] (segmentation, detection)")
 
 
-def _shapes(arg: str, input_hw: tuple[int, int], seed: int) -> DataSplits:
-    """The built-in synthetic shapes task (segmentation pairs), generated from the seed; the
-    validation images come from another seed."""
+def _shapes(arg: str, input_hw: tuple[int, int], seed: int,
+            task: str = "segmentation") -> DataSplits:
+    """The built-in synthetic shapes task (segmentation pairs, or detection images with boxes),
+    generated from the seed; the validation images come from another seed."""
+    from halp_trt.tasks.detection import ShapesDetection
     from halp_trt.tasks.segmentation import ShapesSegmentation
+
+    if task == "classification":
+        raise ConfigError("data", "{field} shapes is a segmentation and detection task; give a "
+                          "segmentation or detection model (or --task)")
+    kind = ShapesDetection if task == "detection" else ShapesSegmentation
 
     if input_hw[0] != input_hw[1]:
         raise ConfigError("data", "{field} shapes makes square images; use a square input")
@@ -242,8 +255,8 @@ def _shapes(arg: str, input_hw: tuple[int, int], seed: int) -> DataSplits:
         n_train = 0
     if n_train < 1:
         raise ConfigError("data", f"{{field}} shapes:N takes a positive image count, got {arg!r}")
-    train = ShapesSegmentation(n_train, input_hw[0], seed)
-    val = ShapesSegmentation(max(64, n_train // 4), input_hw[0], seed + 10_000)
+    train = kind(n_train, input_hw[0], seed)
+    val = kind(max(64, n_train // 4), input_hw[0], seed + 10_000)
     return DataSplits(train, val, train.num_classes, f"shapes ({n_train} images)")
 
 
@@ -323,5 +336,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     g = torch.Generator()
     g.manual_seed(seed)
+    # a dataset whose targets cannot be stacked (detection boxes) says how to batch them
+    collate = getattr(_unwrap(dataset)[0], "collate_fn", None)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, generator=g, num_workers=0, drop_last=False)
+                      sampler=sampler, generator=g, num_workers=0, drop_last=False,
+                      collate_fn=collate)

@@ -1,5 +1,5 @@
-"""Resolving a model from the command line: a torchvision name (classification or
-segmentation), ``timm:NAME`` or ``module:factory``."""
+"""Resolving a model from the command line: a torchvision name (classification, segmentation
+or one-stage detection), ``timm:NAME`` or ``module:factory``."""
 from __future__ import annotations
 
 import importlib
@@ -7,6 +7,7 @@ import importlib
 import torch.nn as nn
 
 from halp_trt.errors import HalpError
+from halp_trt.tasks.detection import create_detection_model, detection_model_names
 from halp_trt.tasks.segmentation import create_segmentation_model, segmentation_model_names
 
 # torchvision builders whose architecture depends on the input size: built for the run's size
@@ -40,6 +41,11 @@ def create_model(name: str, num_classes: int | None = None,
             raise HalpError(f"model factory {name} failed: {type(exc).__name__}: {exc}") from exc
     elif name in segmentation_model_names():
         model = create_segmentation_model(name, num_classes)
+    elif name in detection_model_names() or name.startswith(("fasterrcnn", "maskrcnn",
+                                                             "keypointrcnn")):
+        if not input_size:
+            raise HalpError(f"{name}: a detector is built for its input size; give one")
+        model = create_detection_model(name, num_classes, input_size)
     else:
         import torchvision
 

@@ -137,6 +137,16 @@ def write_markdown(path: str, r: dict) -> None:
                      f"agreement {q['check']['top1_agreement']:.3f}, logit error "
                      f"{100 * q['check']['rel_logit_error']:.1f}% on "
                      f"{q['check']['n_inputs']} inputs. Latencies above are INT8.")
+    if r.get("outside_graph"):
+        og = r["outside_graph"]
+        o_end, p_end = (o["measured_ms"] + og["original"]["total_ms"],
+                        p["measured_ms"] + og["pruned"]["total_ms"])
+        lines.append(f"- Outside the pruned graph (PyTorch on this CPU, min of "
+                     f"{og['pruned']['rounds']} calls, batch {og['pruned']['images']}): "
+                     f"pre-processing {og['pruned']['preprocess_ms']:.2f} ms, post-processing "
+                     f"(anchors, decoding, NMS) {og['pruned']['postprocess_ms']:.2f} ms (original "
+                     f"{og['original']['postprocess_ms']:.2f} ms). End to end: "
+                     f"{o_end:.2f} → {p_end:.2f} ms, {o_end / p_end:.2f}×.")
     if r.get("noisy_measurement"):
         lines.append("- **Warning:** the latency measurements were noisy (median > 15% above "
                      "the minimum); re-run `halp-trt validate` on a quiet machine.")

@@ -12,6 +12,7 @@ import math
 import torch
 
 from halp_trt.errors import HalpError
+from halp_trt.runtime.export import output_tensors
 
 # Largest |logit| a trained classifier plausibly produces; diverged ones reach 1e10 and beyond.
 MAX_SANE_LOGIT = 1e4
@@ -31,13 +32,14 @@ def check_model_is_sane(model, val_loader, accuracy: float, allow_untrained: boo
     with torch.no_grad():
         for i, (x, y) in enumerate(val_loader):
             if i < max_batches:
-                out = model(x)
-                if not torch.isfinite(out).all():
+                outs = output_tensors(model(x))
+                if not all(torch.isfinite(o).all() for o in outs):
                     raise HalpError(f"{what} gives non-finite outputs (NaN/inf) on validation "
                                     "images: its training diverged. Lower --pretrain-lr, train longer "
                                     "(--pretrain-epochs) or give --weights")
-                peak = max(peak, float(out.abs().max()))
-            labels.append(y)
+                peak = max([peak] + [float(o.abs().max()) for o in outs if o.numel()])
+            if chance_test:  # class labels (a detector's targets are box lists)
+                labels.append(y)
     if allow_untrained:
         return
     hint = ("Train it properly (more --pretrain-epochs, another --pretrain-lr) or give "

@@ -79,15 +79,21 @@ def classification_loss(output, target: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def _classification_batch_loss(model, x, y):
+    return classification_loss(model(x), y)
+
+
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, pruner=None,
-                scheduler=None, clip_grad_norm: float | None = None) -> float:
-    """One epoch of cross-entropy training; with a pruner, importance is accumulated after each
-    backward and masks are updated/re-applied after each optimizer step."""
+                scheduler=None, clip_grad_norm: float | None = None, loss_fn=None) -> float:
+    """One epoch of training on ``loss_fn(model, x, y)`` (default: cross-entropy on the
+    logits; detection: the detector's own losses); with a pruner, importance is accumulated
+    after each backward and masks are updated/re-applied after each optimizer step."""
     model.train()
+    loss_fn = loss_fn or _classification_batch_loss
     total, n = 0.0, 0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
-        loss = classification_loss(model(x), y)
+        loss = loss_fn(model, x, y)
         if not torch.isfinite(loss):
             raise HalpError("training loss became NaN/inf; lower the learning rate or check the "
                             "data")
@@ -134,7 +140,7 @@ def train_epochs(net: nn.Module, loader, optimizer: torch.optim.Optimizer, n_epo
                  seed: int = 0, first_epoch: int = 0, pruner=None, scheduler=None, until=None,
                  on_epoch=None, clip_grad_norm: float | None = None,
                  max_batches: int | None = None, desc: str = "train",
-                 progress: bool = True) -> None:
+                 progress: bool = True, loss_fn=None) -> None:
     """``n_epochs`` epochs, or with ``until`` as many as it takes until it returns True. Each
     epoch's data order is seeded by (``seed``, ``first_epoch`` + epoch), so a resumed run sees
     the batches the uninterrupted run would have seen; ``on_epoch(epochs_done)`` after each."""
@@ -150,7 +156,7 @@ def train_epochs(net: nn.Module, loader, optimizer: torch.optim.Optimizer, n_epo
                            desc=f"{desc} epoch {epoch + 1}" + (f"/{n_epochs}" if until is None
                                                                else ""))
         train_epoch(net, bar, optimizer, pruner, scheduler=scheduler,
-                    clip_grad_norm=clip_grad_norm)
+                    clip_grad_norm=clip_grad_norm, loss_fn=loss_fn)
         epoch += 1
         if on_epoch:
             on_epoch(epoch)
@@ -158,7 +164,7 @@ def train_epochs(net: nn.Module, loader, optimizer: torch.optim.Optimizer, n_epo
 
 def pretrain(model: nn.Module, loader, epochs: int, lr: float = 2e-3, *, seed: int = 0,
              net: nn.Module | None = None, on_epoch=None, max_batches: int | None = None,
-             progress: bool = True) -> None:
+             progress: bool = True, loss_fn=None) -> None:
     """Train ``model`` from scratch: AdamW, one-cycle to ``lr``, gradients clipped at 2, then
     BatchNorm statistics re-estimated. Measured on digits at 64x64: SGD at batch 64 left RegNetY,
     GoogLeNet and MNASNet at chance after one epoch (MNASNet's BN momentum of 3e-4 barely moves
@@ -169,7 +175,7 @@ def pretrain(model: nn.Module, loader, epochs: int, lr: float = 2e-3, *, seed: i
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
     train_epochs(net or model, loader, opt, epochs, seed=seed, scheduler=sched,
                  clip_grad_norm=2.0, on_epoch=on_epoch, max_batches=max_batches,
-                 desc="pre-train", progress=progress)
+                 desc="pre-train", progress=progress, loss_fn=loss_fn)
     recalibrate_bn(model, capped(loader, max_batches), max_batches=20)
 
 

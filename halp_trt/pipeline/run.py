@@ -123,8 +123,8 @@ class DeployRun:
         the original's training is built so)."""
         from halp_trt.models import create_model, strip_aux_heads
 
-        return strip_aux_heads(create_model(self.cfg.model, self.data.num_classes,
-                                            self.cfg.input_size))
+        return strip_aux_heads(self.task.prepare(create_model(
+            self.cfg.model, self.data.num_classes, self.cfg.input_size), self.cfg.input_size))
 
     def _model_protocol(self):
         """Whole-model timing. Sessions of one graph read a few percent apart, which rounds
@@ -168,7 +168,7 @@ class DeployRun:
 
         train_epochs(DDP(net) if self.world > 1 else net, self.train_loader, optimizer, n_epochs,
                      seed=self.cfg.seed, max_batches=self.cfg.max_batches, desc=desc,
-                     progress=self.show_progress, **kwargs)
+                     progress=self.show_progress, loss_fn=self.task.loss, **kwargs)
 
     def _pretrain(self, model) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -181,7 +181,7 @@ class DeployRun:
                              self.world > 1)
         pretrain(model, loader, cfg.pretrain_epochs, cfg.pretrain_lr, seed=cfg.seed,
                  net=DDP(model) if self.world > 1 else None, max_batches=cfg.max_batches,
-                 progress=self.show_progress)
+                 progress=self.show_progress, loss_fn=self.task.loss)
         if self.world > 1:  # every rank starts pruning from rank 0's weights and statistics
             model.load_state_dict(broadcast_object(model.state_dict()))
 

@@ -14,6 +14,7 @@ from halp_trt.graph.groups import ChannelGroup, find_channel_groups, quiet_torch
 from halp_trt.graph.layers import is_depthwise
 from halp_trt.pruning.heads import remove_heads
 from halp_trt.pruning.masker import ChannelMasker
+from halp_trt.runtime.export import output_tensors
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Normalisations whose statistics span channels: zeroed channels still count in the statistics,
@@ -84,18 +85,6 @@ def unprunable_reason(group: ChannelGroup, modules: Mapping[str, nn.Module]) -> 
         if isinstance(mod, _CROSS_CHANNEL):
             return f"{m.module_name} ({type(mod).__name__}) normalises across channels"
     return group.held
-
-
-def output_tensors(output) -> list[torch.Tensor]:
-    """A model output's tensors in a fixed order: a tensor, or tuples/lists/dicts of them
-    (detection heads, segmentation dicts)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for k in output for t in output_tensors(output[k])]
-    if isinstance(output, (tuple, list)):
-        return [t for o in output for t in output_tensors(o)]
-    return []
 
 
 def masked_pruned_difference(masked, pruned) -> float:

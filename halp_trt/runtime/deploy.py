@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from halp_trt.errors import HalpError
+from halp_trt.runtime.export import output_tensors
 from halp_trt.runtime.protocol import (Protocol, Stats, mean_of_sessions, measure_sessions,
                                        model_protocol)
 
@@ -48,22 +49,14 @@ def check_outputs(backend, onnx_bytes: bytes, model: torch.nn.Module,
         model.eval()
         with torch.no_grad():
             for x in inputs:
-                want = model(x).numpy()
-                got = backend.infer(handle, [x.numpy()])[0]
-                if got.shape != want.shape:
-                    raise HalpError(f"{label}: runtime output shape {got.shape} differs from "
-                                    f"PyTorch's {want.shape}")
-                for side, out in (("PyTorch", want), ("the runtime", got)):
-                    if not np.all(np.isfinite(out)):
-                        raise HalpError(f"{label}: {side} gives non-finite outputs (NaN/inf) "
-                                        "on real inputs; the model is broken, nothing to deploy")
-                    peak = float(np.max(np.abs(out))) if out.size else 0.0
-                    if sane_outputs and peak > MAX_OUTPUT:
-                        raise HalpError(f"{label}: {side} gives outputs up to {peak:.3g}, beyond "
-                                        "any sane model's scale (it diverged); a numeric check "
-                                        "against it proves nothing")
-                worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want))))
-                ref_max = max(ref_max, float(np.max(np.abs(want))))
+                wants = [t.numpy() for t in output_tensors(model(x))]
+                gots = backend.infer(handle, [x.numpy()])
+                if len(gots) != len(wants):
+                    raise HalpError(f"{label}: the runtime gives {len(gots)} outputs, PyTorch "
+                                    f"{len(wants)}")
+                for i, (want, got) in enumerate(zip(wants, gots)):
+                    worst, ref_max = _compare_one(label, i, want, got, sane_outputs, worst,
+                                                  ref_max)
     finally:
         backend.release(handle)
     scale = min(max(ref_max, 1.0), SANE_OUTPUT_SCALE) if sane_outputs else max(ref_max, 1.0)
@@ -72,6 +65,29 @@ def check_outputs(backend, onnx_bytes: bytes, model: torch.nn.Module,
         raise HalpError(f"{label}: runtime outputs differ from PyTorch's by {worst:.3g} "
                         f"(tolerance {check.tolerance:.3g}); the exported model is wrong")
     return check
+
+
+def _compare_one(label: str, index: int, want: np.ndarray, got: np.ndarray, sane_outputs: bool,
+                 worst: float, ref_max: float) -> tuple[float, float]:
+    """One output of one input: shape, finiteness and scale checked; (worst difference,
+    largest reference magnitude) so far."""
+    which = f"output {index}" if index else "output"
+    if got.shape != want.shape:
+        raise HalpError(f"{label}: runtime {which} shape {got.shape} differs from "
+                        f"PyTorch's {want.shape}")
+    for side, out in (("PyTorch", want), ("the runtime", got)):
+        if not np.all(np.isfinite(out)):
+            raise HalpError(f"{label}: {side} gives non-finite outputs (NaN/inf) on real inputs; "
+                            "the model is broken, nothing to deploy")
+        peak = float(np.max(np.abs(out))) if out.size else 0.0
+        if sane_outputs and peak > MAX_OUTPUT:
+            raise HalpError(f"{label}: {side} gives outputs up to {peak:.3g}, beyond any sane "
+                            "model's scale (it diverged); a numeric check against it proves "
+                            "nothing")
+    if not want.size:
+        return worst, ref_max
+    return (max(worst, float(np.max(np.abs(got.astype(np.float64) - want)))),
+            max(ref_max, float(np.max(np.abs(want)))))
 
 
 # INT8 against the float model. Observed on tests/tiny_models.py's TinyResNet (a residual block

@@ -19,6 +19,18 @@ from halp_trt.errors import HalpError
 OPSET = 17
 
 
+def output_tensors(output) -> list[torch.Tensor]:
+    """A model output's tensors in a fixed order — the order of the exported graph's outputs: a
+    tensor, or tuples/lists/dicts of them (detection heads, segmentation dicts)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for k in output for t in output_tensors(output[k])]
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in output_tensors(o)]
+    return []
+
+
 def export_onnx(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:
     """Serialized ONNX of ``model`` in eval mode (BatchNorm uses running statistics)."""
     was_training = model.training

@@ -1,8 +1,10 @@
 """What a model is trained and scored for: one ``Task`` per kind, in a registry.
 
 Classification scores top-1 accuracy; segmentation (torchvision's segmentation models, the
-built-in ``shapes`` data) scores mean IoU (``halp_trt.tasks.segmentation``). Detection is not
-handled yet: it is refused with one clear error."""
+built-in ``shapes`` data) scores mean IoU (``halp_trt.tasks.segmentation``); detection
+(torchvision's one-stage detectors) trains with the detector's own losses and scores COCO mAP
+(``halp_trt.tasks.detection``). A task says how a batch becomes a loss, how the model is scored
+and how many classes the model predicts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +19,44 @@ class Task:
     metric: str  # what ``evaluate`` returns, for logs and reports
     # (model, loader, num_classes) -> the metric on the loader's data
     evaluate: Callable[..., float]
-    class_dim: int = 1  # the output dimension that holds the classes
+    # (model, x, y) -> the training loss of one batch
+    loss: Callable[..., "torch.Tensor"]
+    # (model, example input) -> the number of classes the model predicts
+    num_classes: Callable[..., int]
+    # (model, input size) -> the network the pipeline prunes, exports and times
+    prepare: Callable[..., "torch.nn.Module"] = lambda model, input_size: model
+
+
+def _class_dim_size(model, example):
+    from halp_trt.graph.groups import run_example
+
+    return run_example(model, example, fix="set {field} to the size the model expects").shape[1]
+
+
+def _classification_loss(model, x, y):
+    from halp_trt.train import classification_loss
+    return classification_loss(model(x), y)
+
+
+def _detection_loss(model, x, y):
+    from halp_trt.tasks.detection import detection_loss
+    return detection_loss(model, x, y)
+
+
+def _detection_core(model, input_size):
+    from halp_trt.tasks.detection import as_detection_core
+    return as_detection_core(model, input_size)
+
+
+def _detector_classes(model, example):
+    from halp_trt.tasks.detection import DetectionCore
+
+    if not isinstance(model, DetectionCore):
+        raise HalpError(f"{type(model).__name__} is not a detector halp-trt knows: detection "
+                        "takes torchvision's one-stage detectors (ssd*, retinanet*, fcos*)")
+    cls_head = getattr(model.head, "classification_head", model.head)
+    # RetinaNet and FCOS name it num_classes; SSD's scoring heads, num_columns
+    return int(getattr(cls_head, "num_classes", None) or getattr(cls_head, "num_columns", 0))
 
 
 def _top1(model, loader, num_classes):
@@ -30,13 +69,23 @@ def _miou(model, loader, num_classes):
     return mean_iou(model, loader, num_classes)
 
 
-TASKS = {"classification": Task("classification", "top-1 accuracy", _top1),
-         "segmentation": Task("segmentation", "mean IoU", _miou)}
+def _map(model, loader, num_classes):
+    from halp_trt.tasks.detection import mean_average_precision
+    return mean_average_precision(model, loader, num_classes)
+
+
+TASKS = {"classification": Task("classification", "top-1 accuracy", _top1,
+                                _classification_loss, _class_dim_size),
+         # torchvision's segmentation models return their logits (N, classes, H, W)
+         "segmentation": Task("segmentation", "mean IoU", _miou, _classification_loss,
+                              _class_dim_size),
+         "detection": Task("detection", "mAP", _map, _detection_loss, _detector_classes,
+                           _detection_core)}
 
 
 def task_of_model(model_name: str) -> str:
-    """The task a model name implies: torchvision's segmentation models are segmentation,
-    everything else classification."""
+    """The task a model name implies: torchvision's segmentation and detection models are
+    those, everything else classification."""
     import torchvision
 
     from halp_trt.tasks.segmentation import segmentation_model_names
@@ -51,10 +100,6 @@ def task_of_model(model_name: str) -> str:
 def resolve_task(task: str, model_name: str) -> Task:
     """``task`` ("auto" infers it from the model) as a Task; one clear error otherwise."""
     name = task_of_model(model_name) if task == "auto" else task
-    if name == "detection":
-        raise HalpError(f"{model_name}: detection models are not supported yet (their "
-                        "post-processing and box losses are not wired into the pipeline); "
-                        "classification and segmentation models are")
     if name not in TASKS:
         raise HalpError(f"unknown task {task!r}: use auto, {', '.join(TASKS)}")
     return TASKS[name]

@@ -1,22 +1,34 @@
-"""Detection: the part of a detector that halp-trt prunes, exports and times.
+"""Detection: the part of a detector that halp-trt prunes, exports and times, its training with
+the detector's own losses, mAP, and the post-processing time.
 
-torchvision's one-stage detectors (SSD, SSDlite, RetinaNet, FCOS) are a backbone (with its
-FPN), a head shared across pyramid levels, and post-processing (anchors, box decoding, NMS).
-``DetectionCore`` is the first two, returning the head's raw outputs as a tuple in name order:
-its channel groups couple the head's convs across every level they run on, and the
-post-processing — no channels to prune — stays outside the pruned graph. Training with the
-detectors' losses is not wired into the pipeline yet."""
+torchvision's one-stage detectors (SSD, SSDlite, RetinaNet, FCOS) are a transform (normalise,
+resize, batch), a backbone (with its FPN), a head shared across pyramid levels, and
+post-processing (anchors, box decoding, NMS). ``DetectionCore`` is the backbone and the head,
+returning the head's raw outputs as a tuple in name order: its channel groups couple the head's
+convs across every level they run on, and the post-processing — no channels to prune — stays
+outside the pruned graph. The core keeps the whole detector beside it (not as a submodule: the
+traced, exported and saved network is the core alone), so training calls the detector as
+torchvision's detection references do — ``detector(images, targets)`` returns a loss dict in
+train mode — and the Taylor importance comes from those losses."""
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from halp_trt.errors import HalpError
+from halp_trt.tasks.shapes import ShapesDataset
+
+# one-stage builders: a backbone and a head shared over the levels (two-stage ones, Faster and
+# Mask R-CNN, crop features per proposal between their heads: not a core of fixed shape)
+ONE_STAGE = ("ssd", "retinanet", "fcos")
 
 
 class DetectionCore(nn.Module):
     """Backbone + head of a one-stage torchvision detector; ``forward`` gives the head's
-    outputs (``output_names`` order). Shares its modules with the detector: pruning the core
+    outputs (``output_names`` order). Shares its modules with ``detector``: pruning the core
     prunes the detector."""
 
     def __init__(self, detector: nn.Module):
@@ -28,6 +40,8 @@ class DetectionCore(nn.Module):
                             "backbone and a shared head (SSD, SSDlite, RetinaNet, FCOS); "
                             "two-stage detectors (Faster/Mask R-CNN) are not handled yet")
         self.backbone, self.head = detector.backbone, detector.head
+        # a plain attribute: deepcopy keeps it sharing the copied backbone and head
+        self.__dict__["detector"] = detector
         self.output_names: tuple[str, ...] = ()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -38,3 +52,126 @@ class DetectionCore(nn.Module):
             return (out,)
         self.output_names = tuple(sorted(out))
         return tuple(out[k] for k in self.output_names)
+
+    def detect(self, images, targets=None):
+        """The whole detector: a loss dict in train mode (``targets`` given), else per image a
+        dict of ``boxes``, ``scores``, ``labels``."""
+        self.detector.train(self.training)
+        return self.detector(list(images), targets)
+
+
+def detection_model_names() -> list[str]:
+    import torchvision
+
+    return [n for n in torchvision.models.list_models(module=torchvision.models.detection)
+            if n.startswith(ONE_STAGE)]
+
+
+def create_detection_model(name: str, num_classes: int | None, input_size: int) -> DetectionCore:
+    """An untrained torchvision detector (no downloaded weights) as a ``DetectionCore``, its
+    transform set to ``input_size`` so the images the core sees are the ones it is timed on."""
+    import torchvision
+
+    if not any(name.startswith(p) for p in ONE_STAGE):
+        raise HalpError(f"{name}: only one-stage detectors ({', '.join(detection_model_names())})"
+                        " are handled; two-stage detectors (Faster/Mask R-CNN) are not yet")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    detector = torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs)
+    return as_detection_core(detector, input_size)
+
+
+def as_detection_core(model: nn.Module, input_size: int) -> DetectionCore:
+    """``model`` (a one-stage detector of torchvision's design, e.g. a user's ``module:factory``)
+    as the core halp-trt prunes; a torchvision transform is set to ``input_size``."""
+    if isinstance(model, DetectionCore):
+        return model
+    core = DetectionCore(model)
+    transform = getattr(model, "transform", None)
+    if transform is not None and hasattr(transform, "min_size"):
+        transform.min_size, transform.max_size = (input_size,), input_size
+        if getattr(transform, "fixed_size", None) is not None:  # SSD: a fixed square
+            transform.fixed_size = (input_size, input_size)
+    return core
+
+
+def _collate(batch):
+    return torch.stack([x for x, _ in batch]), [t for _, t in batch]
+
+
+class ShapesDetection(Dataset):
+    """The shapes task (``halp_trt.tasks.shapes``) as (image, {boxes, labels}) pairs; batches of
+    it are (images stacked, list of targets), as torchvision's detectors take them."""
+
+    collate_fn = staticmethod(_collate)
+
+    def __init__(self, n: int, size: int, seed: int):
+        self.shapes = ShapesDataset(n, size, seed)
+        self.num_classes = ShapesDataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int):
+        image, target = self.shapes[index]
+        return image, {"boxes": target["boxes"], "labels": target["labels"]}
+
+
+def _core(model: nn.Module) -> DetectionCore:
+    if not isinstance(model, DetectionCore):
+        raise HalpError(f"{type(model).__name__} is not a detector halp-trt knows; detection "
+                        "takes torchvision's one-stage detectors by name")
+    return model
+
+
+def detection_loss(model: nn.Module, images: torch.Tensor, targets: list) -> torch.Tensor:
+    """The sum of the detector's training losses (classification and box regression, as its
+    builder defines them)."""
+    losses = _core(model).detect(images, targets)
+    return sum(losses.values())
+
+
+def mean_average_precision(model: nn.Module, loader, num_classes: int) -> float:
+    """COCO mAP (IoU 0.50:0.95) of the detector's post-processed detections, torchmetrics'
+    ``MeanAveragePrecision``."""
+    try:
+        from torchmetrics.detection import MeanAveragePrecision
+
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise HalpError(f"detection needs torchmetrics and pycocotools ({exc}): pip install "
+                        "'halp-trt[dense]'") from None
+    core = _core(model)
+    core.eval()
+    with torch.no_grad():
+        for images, targets in loader:
+            metric.update(core.detect(images), targets)
+    return float(metric.compute()["map"])
+
+
+def postprocess_ms(model: nn.Module, images: torch.Tensor, rounds: int = 15) -> dict:
+    """Time of the detector's steps around the core, in PyTorch on this CPU: ``preprocess_ms``
+    (normalise, resize, batch) and ``postprocess_ms`` (anchors, box decoding, score filtering,
+    NMS, rescaling), the minimum over ``rounds`` calls on ``images``. The core is timed on
+    the runtime; these steps run beside it in a user's deployment."""
+    core = _core(model)
+    stamps: dict[str, float] = {}
+    hooks = [core.backbone.register_forward_pre_hook(
+                 lambda *_: stamps.__setitem__("core_start", time.perf_counter())),
+             core.head.register_forward_hook(
+                 lambda *_: stamps.__setitem__("core_end", time.perf_counter()))]
+    pre, post = [], []
+    core.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                core.detect(images)
+                t1 = time.perf_counter()
+                pre.append(stamps["core_start"] - t0)
+                post.append(t1 - stamps["core_end"])
+    finally:
+        for h in hooks:
+            h.remove()
+    pre_ms, post_ms = 1e3 * min(pre), 1e3 * min(post)
+    return {"preprocess_ms": pre_ms, "postprocess_ms": post_ms, "total_ms": pre_ms + post_ms,
+            "rounds": rounds, "images": int(images.shape[0])}

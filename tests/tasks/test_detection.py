@@ -1,5 +1,6 @@
 """A tiny detector (strided backbone, FPN, one head shared across its levels) through
 table -> prune -> channel removal -> ONNX, every output checked."""
+import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -89,3 +90,110 @@ def test_a_two_stage_detector_is_refused_clearly():
 
     with pytest.raises(HalpError, match="two-stage detectors"):
         DetectionCore(TwoStage())
+
+
+def _trained_step(core, images, targets):
+    from halp_trt.tasks import TASKS
+
+    core.train()
+    loss = TASKS["detection"].loss(core, images, targets)
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn"])
+def test_a_torchvision_detector_trains_on_its_losses_and_scores_map(name):
+    """The core the pipeline prunes is the detector's own backbone and head: a backward of the
+    detector's loss dict gives their weights gradients (Taylor importance needs them), and
+    evaluation runs the post-processing and scores COCO mAP."""
+    from halp_trt.data import make_loader
+    from halp_trt.models import create_model
+    from halp_trt.tasks import TASKS, resolve_task
+    from halp_trt.tasks.detection import ShapesDetection
+
+    torch.manual_seed(0)
+    core = create_model(name, 4, 64)
+    data = ShapesDetection(4, 64, seed=0)
+    images, targets = next(iter(make_loader(data, 2, False)))
+    assert images.shape == (2, 3, 64, 64) and isinstance(targets, list)
+    assert resolve_task("auto", name).name == "detection"
+    assert TASKS["detection"].num_classes(core, images[:1]) == 4
+    loss = _trained_step(core, images, targets)
+    assert torch.isfinite(loss) and loss > 0
+    grads = [p.grad for p in core.backbone.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    core.eval()
+    with torch.no_grad():
+        outs = core(images[:1])
+    assert len(outs) == len(core.output_names) >= 2  # raw head outputs, no post-processing
+    score = TASKS["detection"].evaluate(core, make_loader(data, 2, False), 4)
+    assert 0.0 <= score <= 1.0
+
+
+def test_map_is_one_for_perfect_boxes_and_zero_for_wrong_ones():
+    from halp_trt.tasks.detection import mean_average_precision
+
+    data = [(torch.zeros(3, 32, 32), {
+        "boxes": torch.tensor([[2.0, 3.0, 20.0, 25.0]]), "labels": torch.tensor([2])})]
+
+    class Answers(DetectionCore):
+        def __init__(self, shift):
+            super().__init__(TinyDetector())
+            self.shift = shift
+
+        def detect(self, images, targets=None):
+            return [{"boxes": t["boxes"] + self.shift, "scores": torch.ones(1),
+                     "labels": t["labels"]} for _, t in data]
+
+    loader = [(torch.stack([x for x, _ in data]), [t for _, t in data])]
+    assert mean_average_precision(Answers(0.0), loader, 4) == pytest.approx(1.0)
+    assert mean_average_precision(Answers(30.0), loader, 4) == pytest.approx(0.0)
+
+
+def test_post_processing_is_timed_outside_the_core():
+    from halp_trt.models import create_model
+    from halp_trt.tasks.detection import postprocess_ms
+
+    core = create_model("ssdlite320_mobilenet_v3_large", 4, 64)
+    t = postprocess_ms(core, torch.rand(1, 3, 64, 64), rounds=2)
+    assert t["postprocess_ms"] > 0 and t["preprocess_ms"] > 0
+    assert t["total_ms"] == pytest.approx(t["preprocess_ms"] + t["postprocess_ms"])
+
+
+def test_a_deepcopy_of_the_core_shares_its_modules_with_its_own_detector():
+    from halp_trt.models import create_model
+
+    core = create_model("ssdlite320_mobilenet_v3_large", 4, 64)
+    twin = copy.deepcopy(core)
+    assert twin.detector.backbone is twin.backbone and twin.detector.head is twin.head
+    assert twin.backbone is not core.backbone
+    assert set(core.state_dict()) == {k for k in core.state_dict()
+                                      if k.startswith(("backbone.", "head."))}
+
+
+def test_the_pipeline_prunes_a_detector_on_shapes_and_reports_map_and_post_processing(
+        tmp_path, monkeypatch):
+    """prune-and-deploy --task detection: trained on the detector's losses, pruned, exported,
+    every head output checked against PyTorch, mAP before and after, and the time of the steps
+    outside the graph in the report."""
+    import json
+
+    from halp_trt.pipeline import prune_and_deploy
+    from halp_trt.pipeline.config import DeployConfig
+
+    monkeypatch.setenv("HALP_TRT_CACHE", str(tmp_path / "cache"))  # its own table
+    cfg = DeployConfig(out=str(tmp_path / "out"), model="tiny_models:tiny_retinanet",
+                       task="detection", data="shapes:32", input_size=64, pretrain_epochs=1,
+                       train_batch_size=8, epochs=1, steps=2, interval=2, target="0.75",
+                       rounds=15, allow_untrained=True)
+    report = prune_and_deploy(cfg)
+    assert report["accuracy"]["metric"] == "mAP"
+    assert 0.0 <= report["accuracy"]["pruned"] <= 1.0
+    og = report["outside_graph"]
+    assert og["pruned"]["postprocess_ms"] > 0 and og["original"]["preprocess_ms"] > 0
+    assert report["numeric_check"]["n_inputs"] >= 1
+    assert any(w["kept"] < w["original"] for w in report["widths"].values())
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "post-processing (anchors, decoding, NMS)" in md
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["outside_graph"] == og

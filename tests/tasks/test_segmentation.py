@@ -69,8 +69,9 @@ def test_shapes_segmentation_pairs_are_images_and_class_masks():
     assert int(mask.max()) < ds.num_classes
 
 
-def test_the_task_follows_the_model_and_detection_is_refused_clearly():
+def test_the_task_follows_the_model():
     assert resolve_task("auto", "deeplabv3_mobilenet_v3_large").name == "segmentation"
     assert resolve_task("auto", "resnet18").metric == "top-1 accuracy"
-    with pytest.raises(HalpError, match="detection models are not supported yet"):
-        resolve_task("auto", "ssdlite320_mobilenet_v3_large")
+    assert resolve_task("auto", "ssdlite320_mobilenet_v3_large").metric == "mAP"
+    with pytest.raises(HalpError, match="unknown task"):
+        resolve_task("keypoints", "resnet18")
