@@ -8,9 +8,12 @@ and how many classes the model predicts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from halp_trt.errors import HalpError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
