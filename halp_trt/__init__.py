@@ -31,6 +31,7 @@ _LAZY = {
     "prune_and_deploy": "halp_trt.pipeline",
     "get_backend": "halp_trt.runtime",
     "available_backends": "halp_trt.runtime",
+    "DetectionCore": "halp_trt.tasks.detection",
 }
 
 __all__ = ["__version__", "HalpError", "ConfigError", "MissingBackendError", *_LAZY]

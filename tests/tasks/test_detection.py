@@ -197,3 +197,41 @@ def test_the_pipeline_prunes_a_detector_on_shapes_and_reports_map_and_post_proce
     assert "post-processing (anchors, decoding, NMS)" in md
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["outside_graph"] == og
+
+
+def test_a_users_detection_loop_prunes_the_detector_through_its_core():
+    """The README's loop: HALP on ``DetectionCore(detector)``, the user's optimizer and
+    torchvision-style loss dicts; after ``finalize`` the user's detector itself is smaller and
+    still detects."""
+    import halp_trt
+    from fakes import StaircaseLatencyModel, randomise_bn
+    from halp_trt.tasks.detection import ShapesDetection
+    from tiny_models import tiny_retinanet
+
+    torch.manual_seed(0)
+    detector = tiny_retinanet(4)
+    randomise_bn(detector)
+    core = halp_trt.DetectionCore(detector)
+    data = ShapesDetection(8, 64, seed=0)
+    batches = [(torch.stack([data[i][0] for i in range(j, j + 2)]),
+                [data[i][1] for i in range(j, j + 2)]) for j in (0, 2, 4, 6)]
+    pruner = halp_trt.HALPPruner(core, torch.randn(1, 3, 64, 64), StaircaseLatencyModel(step=4),
+                                 halp_trt.HALPConfig(target=0.6, steps=2, interval=2))
+    optimizer = torch.optim.SGD(detector.parameters(), lr=1e-3, momentum=0.9)
+    pruner.attach_optimizer(optimizer)
+    detector.train()
+    for images, targets in batches:
+        loss = sum(detector(list(images), targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        pruner.accumulate()
+        optimizer.step()
+        pruner.step()
+    assert pruner.done
+    before = sum(p.numel() for p in detector.parameters())
+    pruner.finalize()
+    assert sum(p.numel() for p in detector.parameters()) < before
+    detector.eval()
+    with torch.no_grad():
+        found = detector(list(batches[0][0]))
+    assert len(found) == 2 and set(found[0]) == {"boxes", "scores", "labels"}
