@@ -9,7 +9,13 @@ ONNX ≡ PyTorch and the measured ratio is within ±5% of the target. One proces
 row written when it finishes: the same command resumes.
 
     python tools/bench_zoo.py --json tools/results/bench_zoo.json [--only resnet18,vgg11]
-        [--skip-over-params 150e6] [--target 0.5]"""
+        [--skip-over-params 150e6] [--target 0.5]
+
+``--source timm``: the smallest model of every timm family. ``--source dense``: torchvision's
+segmentation and detection models at their usual small inputs (SSDlite at 320, the others at
+the smallest of 128/256/384 that fits the target), their importance from their own losses on
+the built-in shapes data, rows adding the task, the metric before and after (random weights:
+near 0, a record that scoring ran, not a quality figure) and the post-processing time."""
 from __future__ import annotations
 
 import argparse
@@ -33,8 +39,26 @@ FAMILIES = [("resnext", "ResNeXt"), ("wide_resnet", "Wide ResNet"), ("resnet", "
             ("swin", "Swin"), ("maxvit", "MaxViT"), ("vit", "ViT")]
 
 
+# the issue's seven dense models; task -> how the pipeline trains and scores them
+DENSE_MODELS = {"fcn_resnet50": "segmentation", "deeplabv3_mobilenet_v3_large": "segmentation",
+                "lraspp_mobilenet_v3_large": "segmentation",
+                "ssdlite320_mobilenet_v3_large": "detection",
+                "retinanet_resnet50_fpn_v2": "detection", "fcos_resnet50_fpn": "detection",
+                "fasterrcnn_mobilenet_v3_large_320_fpn": "detection"}
+DENSE_SIZES = {"ssdlite320_mobilenet_v3_large": (320,)}
+DENSE_DEFAULT_SIZES = (128, 256, 384)
+SHAPES_CLASSES = 4  # background, circle, square, triangle
+DENSE_DATA = "shapes:16"  # importance batches only: the zoo prunes random weights one-shot
+
+
 def family_of(name: str) -> str:
+    if name in DENSE_MODELS:
+        return DENSE_MODELS[name]
     return next((fam for prefix, fam in FAMILIES if name.startswith(prefix)), "other")
+
+
+def sizes_for(name: str) -> tuple[int, ...]:
+    return DENSE_SIZES.get(name, DENSE_DEFAULT_SIZES) if name in DENSE_MODELS else SIZES
 
 
 def timm_families() -> dict[str, str]:
@@ -58,13 +82,22 @@ def inputs_it_runs_at(name: str):
     (AlexNet runs at 64 but its 1×1 → 6×6 adaptive pooling has no ONNX form)."""
     import torch
 
+    from halp_trt.errors import HalpError
     from halp_trt.models import create_model
     from halp_trt.runtime.export import export_onnx
 
     last, any_size = None, False
-    for size in SIZES:
+    sizes = sizes_for(name)
+    classes = SHAPES_CLASSES if name in DENSE_MODELS else 10
+    for size in sizes:
         try:
-            model = create_model(name, 10, size).eval()
+            model = create_model(name, classes, size).eval()
+        except HalpError:  # an architecture halp-trt refuses, at any size
+            raise
+        except Exception as exc:  # noqa: BLE001 - try the next size
+            last = exc
+            continue
+        try:
             x = torch.randn(1, 3, size, size)
             with torch.no_grad():
                 model(x)
@@ -75,7 +108,7 @@ def inputs_it_runs_at(name: str):
         any_size = True
         yield size, model
     if not any_size:
-        raise RuntimeError(f"runs at none of {SIZES}: {type(last).__name__}: {last}")
+        raise RuntimeError(f"runs at none of {sizes}: {type(last).__name__}: {last}")
 
 
 def _infeasible(exc) -> bool:
@@ -145,8 +178,10 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
             build_table(model, (1, 3, size, size), get_backend("onnxruntime"), table, name, cfg)
             out = os.path.join(work, f"{name}_{size}")
             try:
+                dense = {"data": DENSE_DATA} if name in DENSE_MODELS else {}
                 with contextlib.redirect_stdout(io.StringIO()):
                     report = prune_and_deploy(DeployConfig(
+                        **dense,
                         out=out, model=name, input_size=size, table=table, target=str(target),
                         steps=1, interval=1, epochs=0, pretrain_epochs=0, max_batches=2,
                         train_batch_size=8, rounds=15, allow_untrained=True, progress=False,
@@ -155,14 +190,14 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                         # efficientnet_v2_l over one signature's step, 8 vs 16)
                         probe_table=False))
             except HalpError as exc:
-                if not _infeasible(exc) or size == SIZES[-1]:
+                if not _infeasible(exc) or size == sizes_for(name)[-1]:
                     raise
                 row.setdefault("infeasible_at", []).append(
                     {"input": size, "reason": str(exc).splitlines()[0][:300]})
                 continue
             missed = _no_candidate_within_band(report, target) or \
                 _missed_below_trusted_size(report, target)
-            if missed is None or size == SIZES[-1]:
+            if missed is None or size == sizes_for(name)[-1]:
                 break
             row.setdefault("infeasible_at", []).append({"input": size, "reason": missed})
         ratio = report["latency_ratio_measured"]
@@ -172,6 +207,15 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
         row["reason"] = "" if row["passed"] else \
             f"measured ratio {ratio:.3f} is {100 * off:+.1f}% off the target {target}"
         row["narrower_groups"] = sum(w["kept"] < w["original"] for w in report["widths"].values())
+        if name in DENSE_MODELS:
+            acc = report["accuracy"]
+            row.update(task=DENSE_MODELS[name], metric=acc.get("metric"),
+                       metric_original=round(acc["original"], 4),
+                       metric_pruned=round(acc["pruned"], 4))
+            if report.get("outside_graph"):
+                og = report["outside_graph"]
+                row["postprocess_ms"] = {k: round(og[k]["postprocess_ms"], 3)
+                                         for k in ("original", "pruned")}
     except HalpError as exc:
         row["reason"] = str(exc).splitlines()[0][:400]
     except Exception as exc:  # noqa: BLE001 - a traceback is this model's failure
@@ -220,9 +264,10 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", dest="json_path", required=True)
-    ap.add_argument("--source", choices=("torchvision", "timm"), default="torchvision",
-                    help="every torchvision classifier, or the smallest model of every timm "
-                         "family (needs timm: pip install 'halp-trt[timm]')")
+    ap.add_argument("--source", choices=("torchvision", "timm", "dense"), default="torchvision",
+                    help="every torchvision classifier, the smallest model of every timm "
+                         "family (needs timm: pip install 'halp-trt[timm]'), or torchvision's "
+                         "segmentation and detection models (needs halp-trt[dense])")
     ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("--rerun", action="store_true",
                     help="run the --only models again even if the JSON has their rows")
@@ -282,6 +327,8 @@ def main() -> None:
 def model_families(source: str, json_path: str) -> dict[str, str]:
     """Model name -> family: torchvision's classifiers, or one model per timm family (chosen
     once and kept in the results file, so a resumed run continues the same list)."""
+    if source == "dense":
+        return dict(DENSE_MODELS)
     if source == "torchvision":
         import torchvision
 
