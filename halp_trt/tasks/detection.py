@@ -16,10 +16,9 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
 from halp_trt.errors import HalpError
-from halp_trt.tasks.shapes import ShapesDataset
+from halp_trt.tasks.shapes import ShapesPairs
 
 # one-stage builders: a backbone and a head shared over the levels (two-stage ones, Faster and
 # Mask R-CNN, crop features per proposal between their heads: not a core of fixed shape)
@@ -98,22 +97,14 @@ def _collate(batch):
     return torch.stack([x for x, _ in batch]), [t for _, t in batch]
 
 
-class ShapesDetection(Dataset):
+class ShapesDetection(ShapesPairs):
     """The shapes task (``halp_trt.tasks.shapes``) as (image, {boxes, labels}) pairs; batches of
     it are (images stacked, list of targets), as torchvision's detectors take them."""
 
     collate_fn = staticmethod(_collate)
 
-    def __init__(self, n: int, size: int, seed: int):
-        self.shapes = ShapesDataset(n, size, seed)
-        self.num_classes = ShapesDataset.num_classes
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __getitem__(self, index: int):
-        image, target = self.shapes[index]
-        return image, {"boxes": target["boxes"], "labels": target["labels"]}
+    def target_of(self, target: dict):
+        return {"boxes": target["boxes"], "labels": target["labels"]}
 
 
 def _core(model: nn.Module) -> DetectionCore:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
 from halp_trt.errors import HalpError
-from halp_trt.tasks.shapes import ShapesDataset
+from halp_trt.tasks.shapes import ShapesPairs
 
 _OUT_ONLY: dict[type, type] = {}
 
@@ -47,19 +46,11 @@ def create_segmentation_model(name: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-class ShapesSegmentation(Dataset):
+class ShapesSegmentation(ShapesPairs):
     """The shapes task (``halp_trt.tasks.shapes``) as (image, class-per-pixel mask) pairs."""
 
-    def __init__(self, n: int, size: int, seed: int):
-        self.shapes = ShapesDataset(n, size, seed)
-        self.num_classes = ShapesDataset.num_classes
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __getitem__(self, index: int):
-        image, target = self.shapes[index]
-        return image, target["mask"]
+    def target_of(self, target: dict):
+        return target["mask"]
 
 
 def mean_iou(model: nn.Module, loader, num_classes: int) -> float:

@@ -81,6 +81,25 @@ def make_sample(index: int, size: int = 128, seed: int = 0, max_shapes: int = 3)
     return img.clamp(0, 1), target
 
 
+class ShapesPairs(Dataset):
+    """The shapes task as (image, what a task trains on) pairs: ``target_of`` picks it from the
+    full target (a subclass per task)."""
+
+    def __init__(self, n: int, size: int, seed: int):
+        self.shapes = ShapesDataset(n, size, seed)
+        self.num_classes = ShapesDataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int):
+        image, target = self.shapes[index]
+        return image, self.target_of(target)
+
+    def target_of(self, target: dict):
+        raise NotImplementedError
+
+
 class ShapesDataset(Dataset):
     """``n`` images of the shapes task (``make_sample``), generated on first use and kept."""
 

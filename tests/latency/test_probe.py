@@ -54,18 +54,23 @@ def test_a_faster_machine_with_the_same_steps_is_caught(step8_table):
     assert "0.40x" in r.reasons[0]
 
 
-def test_a_table_edited_by_hand_is_caught(step8_table, tmp_path):
-    d = json.load(open(step8_table))
-    # triple half of the signatures' entries: the shape changes, not only the scale
+def _half_scaled(table_path, factor: float, out) -> str:
+    """A copy of the table with every other signature's latencies times ``factor``: the shape
+    changes, not only the scale."""
+    d = json.load(open(table_path))
     for i, sig in enumerate(d["signatures"].values()):
         if i % 2:
             cols = [sig["entry_columns"].index(k) for k in ("min_ms", "p25_ms", "median_ms")]
             for e in sig["entries"]:
                 for c in cols:
-                    e[c] *= 3
-    path = tmp_path / "edited.json"
-    path.write_text(json.dumps(d))
-    r = probe_table(LatencyTable.load(str(path)), StaircaseTimedBackend(8))
+                    e[c] *= factor
+    out.write_text(json.dumps(d))
+    return str(out)
+
+
+def test_a_table_edited_by_hand_is_caught(step8_table, tmp_path):
+    path = _half_scaled(step8_table, 3, tmp_path / "edited.json")
+    r = probe_table(LatencyTable.load(path), StaircaseTimedBackend(8))
     assert not r.fits and any("relative latencies differ" in x for x in r.reasons)
 
 
@@ -331,16 +336,8 @@ def test_a_moderate_shape_drift_warns_and_a_large_one_refuses(step8_table, tmp_p
     from halp_trt.latency.probe import MAX_SHAPE_DEVIATION, SHAPE_REFUSAL
 
     def scaled(factor):
-        d = json.load(open(step8_table))
-        for i, sig in enumerate(d["signatures"].values()):
-            if i % 2:
-                cols = [sig["entry_columns"].index(k) for k in ("min_ms", "p25_ms", "median_ms")]
-                for e in sig["entries"]:
-                    for c in cols:
-                        e[c] *= factor
-        path = tmp_path / f"x{factor}.json"
-        path.write_text(json.dumps(d))
-        return probe_table(LatencyTable.load(str(path)), StaircaseTimedBackend(8))
+        path = _half_scaled(step8_table, factor, tmp_path / f"x{factor}.json")
+        return probe_table(LatencyTable.load(path), StaircaseTimedBackend(8))
 
     drift = scaled(1.3)
     assert MAX_SHAPE_DEVIATION < drift.shape_deviation <= SHAPE_REFUSAL
