@@ -78,6 +78,11 @@ def predict_onnx_ms(table, model) -> dict:
     return {"layers_sum_ms": total, "layers": matched}
 
 
+def _output_shapes(model) -> list[list]:
+    return [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
+            for o in model.graph.output]
+
+
 def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu: bool = False,
                   precision: str = "fp32", rounds: int = 30, backend: str | None = None) -> dict:
     from halp_trt.runtime import backend_for
@@ -85,6 +90,13 @@ def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu
     from halp_trt.runtime.protocol import model_protocol
 
     models = {"original": _read_onnx(original), "pruned": _read_onnx(pruned)}
+    # a detector's graph has several outputs (class logits, boxes, ...): the pruned one must
+    # give the same, or it is no drop-in replacement whatever its speed
+    shapes = {k: _output_shapes(m) for k, m in models.items()}
+    if shapes["original"] != shapes["pruned"]:
+        raise HalpError(f"{pruned} gives outputs of shapes {shapes['pruned']}, {original} "
+                        f"{shapes['original']}: the pruned model must keep every output's shape "
+                        "(prune with halp-trt, which keeps output layers at their width)")
     backend = backend_for(gpu, precision, backend=backend)
     cmp = compare_onnx(backend, models["original"].SerializeToString(),
                        models["pruned"].SerializeToString(), model_protocol(rounds))
@@ -98,7 +110,8 @@ def validate_onnx(original: str, pruned: str, table_path: str | None = None, gpu
                 # one session per graph could have read any ratio in this range
                 "latency_ratio_measured": cmp.ratio, "latency_ratio_spread": [lo, hi],
                 "speedup_spread": [1 / hi, 1 / lo],
-                "measurement_calls": len(set(cmp.original_calls)) or 1})
+                "measurement_calls": len(set(cmp.original_calls)) or 1,
+                "output_shapes": shapes["original"]})
     if table_path:
         from halp_trt.latency.calibration import Calibration
         from halp_trt.latency.table import LatencyTable

@@ -107,3 +107,31 @@ def test_a_file_that_is_not_onnx_is_refused_before_measuring(tmp_path, monkeypat
                         lambda *a, **kw: pytest.fail("measured an invalid model"))
     with pytest.raises(HalpError, match=f"{bad} is not a valid ONNX model"):
         validate_onnx(str(bad), str(bad))
+
+
+class _TwoHeads(nn.Module):
+    """A detector-like graph: one trunk, class and box outputs."""
+
+    def __init__(self, width, classes=4):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU())
+        self.cls, self.box = nn.Conv2d(width, classes, 1), nn.Conv2d(width, 4, 1)
+
+    def forward(self, x):
+        t = self.trunk(x)
+        return self.cls(t), self.box(t)
+
+
+def test_multi_output_graphs_are_measured_and_must_keep_every_output(tmp_path, monkeypatch):
+    monkeypatch.setattr("halp_trt.runtime.backend_for", lambda gpu, precision, **kw: SizeClock())
+    x = torch.randn(1, 3, 64, 64)
+    paths = {}
+    for name, net in (("original", _TwoHeads(64)), ("pruned", _TwoHeads(24)),
+                      ("other_classes", _TwoHeads(24, classes=3))):
+        paths[name] = tmp_path / f"{name}.onnx"
+        paths[name].write_bytes(export_onnx(net.eval(), x))
+    res = validate_onnx(str(paths["original"]), str(paths["pruned"]), rounds=3)
+    assert res["output_shapes"] == [[1, 4, 32, 32], [1, 4, 32, 32]]
+    assert res["speedup_measured"] > 1
+    with pytest.raises(HalpError, match="must keep every output's shape"):
+        validate_onnx(str(paths["original"]), str(paths["other_classes"]), rounds=3)
