@@ -215,11 +215,17 @@ def _fashion_mnist(root: str, input_hw) -> DataSplits:
 def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0,
               task: str = "classification") -> DataSplits:
     """``digits`` | ``imagefolder:DIR`` | ``cifar10:DIR`` | ``fashion-mnist[:DIR]`` |
-    ``shapes[:N]`` (for ``task`` segmentation or detection)."""
+    ``shapes[:N]`` (for ``task`` segmentation or detection) | ``coco:DIR`` (detection)."""
     kind = spec.partition(":")[0]
-    if task != "classification" and kind != "shapes":
-        raise ConfigError("data", f"{{field}} {spec!r} is a classification dataset; {task} "
-                          "takes shapes[:N] (built in)")
+    dense = {"segmentation": ("shapes",), "detection": ("shapes", "coco")}
+    if task in dense and kind not in dense[task]:
+        raise ConfigError("data", f"{{field}} {spec!r} is not {task} data; {task} takes "
+                          + " or ".join({"shapes": "shapes[:N] (built in)",
+                                         "coco": "coco:DIR (COCO-format annotations)"}[k]
+                                        for k in dense[task]))
+    if task == "classification" and kind == "coco":
+        raise ConfigError("data", "{field} coco:DIR is detection data; give a detection model "
+                          "(or --task detection)")
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         return _digits(tuple(input_hw), seed)
@@ -231,8 +237,11 @@ def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0,
         return _fashion_mnist(arg or FASHION_MNIST_DIR, tuple(input_hw))
     if kind == "shapes":
         return _shapes(arg, tuple(input_hw), seed, task)
+    if kind == "coco" and arg:
+        return _coco(arg, tuple(input_hw))
     raise ConfigError("data", f"unknown {{field}} {spec!r}: use digits, imagefolder:DIR, "
-                      "cifar10:DIR, fashion-mnist[:DIR] or shapes[:N_TRAIN] (segmentation, detection)")
+                      "cifar10:DIR, fashion-mnist[:DIR], shapes[:N_TRAIN] (segmentation, "
+                      "detection) or coco:DIR (detection)")
 
 
 def _shapes(arg: str, input_hw: tuple[int, int], seed: int,
@@ -258,6 +267,15 @@ def _shapes(arg: str, input_hw: tuple[int, int], seed: int,
     train = kind(n_train, input_hw[0], seed)
     val = kind(max(64, n_train // 4), input_hw[0], seed + 10_000)
     return DataSplits(train, val, train.num_classes, f"shapes ({n_train} images)")
+
+
+def _coco(root: str, input_hw: tuple[int, int]) -> DataSplits:
+    from halp_trt.tasks.coco import coco_splits
+
+    if input_hw[0] != input_hw[1]:
+        raise ConfigError("data", "{field} coco:DIR resizes images to a square input; use one")
+    train, val = coco_splits(root, input_hw[0])
+    return DataSplits(train, val, train.num_classes, f"coco:{root}")
 
 
 def check_sample(splits: DataSplits, input_shape) -> None:
