@@ -130,6 +130,7 @@ def main(argv=None):
         table = os.path.join(a.work_dir, f"{model}.json")
         if "first" in row and os.path.exists(table):
             continue
+        row = rows[model] = {}  # a new table: an earlier run's checks were of another one
         t0 = time.perf_counter()
         proc = halp_trt("build-table", model, "--input-shape", INPUT_SHAPE, "--out", table,
                         "--max-points", str(a.max_points))

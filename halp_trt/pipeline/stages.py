@@ -38,7 +38,12 @@ def load(run) -> None:
     if run.task.name == "detection" and (run.world > 1 or cfg.precision == "int8"):
         raise ConfigError("task", "{field} detection runs in one process at fp32 for now "
                           "(no torchrun, no --precision int8)")
-    run.data = load_data(cfg.data, (cfg.input_size, cfg.input_size), cfg.seed, run.task.name)
+    data = cfg.data
+    if run.task.name != "classification" and data == "digits":  # the default: a classification set
+        data = "shapes"
+        run.log(f"{run.task.name} trains on the built-in synthetic shapes (--data shapes:N sets "
+                "their number, coco:DIR gives your own detection data)")
+    run.data = load_data(data, (cfg.input_size, cfg.input_size), cfg.seed, run.task.name)
     run.model = run.task.prepare(create_model(cfg.model, run.data.num_classes, cfg.input_size),
                                  cfg.input_size)
     check_sample(run.data, cfg.input_shape)

@@ -235,3 +235,15 @@ def test_a_users_detection_loop_prunes_the_detector_through_its_core():
     with torch.no_grad():
         found = detector(list(batches[0][0]))
     assert len(found) == 2 and set(found[0]) == {"boxes", "scores", "labels"}
+
+
+def test_a_detection_run_without_data_trains_on_the_built_in_shapes(tmp_path):
+    from halp_trt.pipeline.config import DeployConfig
+    from halp_trt.pipeline.run import DeployRun
+
+    run = DeployRun(DeployConfig(out=str(tmp_path / "out"), model="tiny_models:tiny_retinanet",
+                                 task="detection", input_size=64))
+    run.run(until="load")
+    assert run.data.name.startswith("shapes") and run.data.num_classes == 4
+    images, targets = next(iter(run.train_loader))
+    assert images.shape[1:] == (3, 64, 64) and set(targets[0]) == {"boxes", "labels"}
