@@ -24,6 +24,9 @@ from halp_trt.errors import ConfigError, HalpError
 
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SHAPES_TRAIN_IMAGES = 2000
+# the datasets of the dense tasks and the tasks each serves (every other kind: classification)
+DENSE_DATA = {"shapes": ("segmentation", "detection"), "coco": ("detection",)}
+DENSE_SPECS = {"shapes": "shapes[:N] (built in)", "coco": "coco:DIR (COCO-format annotations)"}
 
 
 @dataclass
@@ -216,17 +219,15 @@ def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0,
               task: str = "classification") -> DataSplits:
     """``digits`` | ``imagefolder:DIR`` | ``cifar10:DIR`` | ``fashion-mnist[:DIR]`` |
     ``shapes[:N]`` (for ``task`` segmentation or detection) | ``coco:DIR`` (detection)."""
-    kind = spec.partition(":")[0]
-    dense = {"segmentation": ("shapes",), "detection": ("shapes", "coco")}
-    if task in dense and kind not in dense[task]:
-        raise ConfigError("data", f"{{field}} {spec!r} is not {task} data; {task} takes "
-                          + " or ".join({"shapes": "shapes[:N] (built in)",
-                                         "coco": "coco:DIR (COCO-format annotations)"}[k]
-                                        for k in dense[task]))
-    if task == "classification" and kind == "coco":
-        raise ConfigError("data", "{field} coco:DIR is detection data; give a detection model "
-                          "(or --task detection)")
     kind, _, arg = spec.partition(":")
+    serves = DENSE_DATA.get(kind, ("classification",))
+    if task not in serves:
+        if task == "classification":
+            raise ConfigError("data", f"{{field}} {kind} is {' and '.join(serves)} data; give a "
+                              f"{' or '.join(serves)} model (or --task)")
+        raise ConfigError("data", f"{{field}} {spec!r} is not {task} data; {task} takes "
+                          + " or ".join(DENSE_SPECS[k] for k, ts in DENSE_DATA.items()
+                                        if task in ts))
     if kind == "digits" and not arg:
         return _digits(tuple(input_hw), seed)
     if kind == "imagefolder" and arg:
@@ -251,9 +252,6 @@ def _shapes(arg: str, input_hw: tuple[int, int], seed: int,
     from halp_trt.tasks.detection import ShapesDetection
     from halp_trt.tasks.segmentation import ShapesSegmentation
 
-    if task == "classification":
-        raise ConfigError("data", "{field} shapes is a segmentation and detection task; give a "
-                          "segmentation or detection model (or --task)")
     kind = ShapesDetection if task == "detection" else ShapesSegmentation
 
     if input_hw[0] != input_hw[1]:

@@ -59,9 +59,10 @@ STAGES = (
           ("deployed", "check", "int8"), every_rank=False),
     # original and pruned measured interleaved
     Stage("verify", stages.verify, ("deployed", "latency_table", "specs"),
-          ("comparison", "pruned_layers_ms"), every_rank=False),
+          ("comparison", "pruned_layers_ms", "outside_graph_ms"), every_rank=False),
     # report.json / report.md / model.onnx / pruning.json / weights / PNGs
-    Stage("report", stages.report, ("task", "comparison", "check", "acc_pruned", "result"),
+    Stage("report", stages.report, ("task", "comparison", "check", "acc_pruned", "result",
+                                    "outside_graph_ms"),
           ("final_report",), every_rank=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -52,14 +52,8 @@ def _detection_core(model, input_size):
 
 
 def _detector_classes(model, example):
-    from halp_trt.tasks.detection import DetectionCore
-
-    if not isinstance(model, DetectionCore):
-        raise HalpError(f"{type(model).__name__} is not a detector halp-trt knows: detection "
-                        "takes torchvision's one-stage detectors (ssd*, retinanet*, fcos*)")
-    cls_head = getattr(model.head, "classification_head", model.head)
-    # RetinaNet and FCOS name it num_classes; SSD's scoring heads, num_columns
-    return int(getattr(cls_head, "num_classes", None) or getattr(cls_head, "num_columns", 0))
+    from halp_trt.tasks.detection import detector_num_classes
+    return detector_num_classes(model)
 
 
 def _top1(model, loader, num_classes):

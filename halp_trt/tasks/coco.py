@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from halp_trt.errors import HalpError
+from halp_trt.tasks.detection import collate_detection
 
 LAYOUTS = ("DIR/annotations/instances_{split}.json with images in DIR/{split}/, or "
            "DIR/{split}/_annotations.coco.json beside the images")
@@ -35,14 +36,10 @@ def _split_files(root: str, split: str) -> tuple[str, str]:
     raise HalpError(f"coco:{root} has no {split} split: expected {LAYOUTS}")
 
 
-def _collate(batch):
-    return torch.stack([x for x, _ in batch]), [t for _, t in batch]
-
-
 class CocoPairs(Dataset):
     """One split as (image (3, size, size) in [0, 1], {boxes (x1, y1, x2, y2), labels})."""
 
-    collate_fn = staticmethod(_collate)
+    collate_fn = staticmethod(collate_detection)
 
     def __init__(self, annotation_file: str, image_dir: str, size: int,
                  label_of: dict[int, int] | None = None):

@@ -93,7 +93,8 @@ def as_detection_core(model: nn.Module, input_size: int) -> DetectionCore:
     return core
 
 
-def _collate(batch):
+def collate_detection(batch):
+    """(images stacked, list of target dicts): boxes per image differ in number."""
     return torch.stack([x for x, _ in batch]), [t for _, t in batch]
 
 
@@ -101,7 +102,7 @@ class ShapesDetection(ShapesPairs):
     """The shapes task (``halp_trt.tasks.shapes``) as (image, {boxes, labels}) pairs; batches of
     it are (images stacked, list of targets), as torchvision's detectors take them."""
 
-    collate_fn = staticmethod(_collate)
+    collate_fn = staticmethod(collate_detection)
 
     def target_of(self, target: dict):
         return {"boxes": target["boxes"], "labels": target["labels"]}
@@ -109,9 +110,17 @@ class ShapesDetection(ShapesPairs):
 
 def _core(model: nn.Module) -> DetectionCore:
     if not isinstance(model, DetectionCore):
-        raise HalpError(f"{type(model).__name__} is not a detector halp-trt knows; detection "
-                        "takes torchvision's one-stage detectors by name")
+        raise HalpError(f"{type(model).__name__} is not a detector halp-trt knows: detection "
+                        "takes torchvision's one-stage detectors (ssd*, retinanet*, fcos*)")
     return model
+
+
+def detector_num_classes(model: nn.Module) -> int:
+    """Classes the detector's head scores, background included."""
+    head = _core(model).head
+    cls_head = getattr(head, "classification_head", head)
+    # RetinaNet and FCOS name it num_classes; SSD's scoring heads, num_columns
+    return int(getattr(cls_head, "num_classes", None) or getattr(cls_head, "num_columns", 0))
 
 
 def detection_loss(model: nn.Module, images: torch.Tensor, targets: list) -> torch.Tensor:
@@ -139,7 +148,7 @@ def mean_average_precision(model: nn.Module, loader, num_classes: int) -> float:
     return float(metric.compute()["map"])
 
 
-def postprocess_ms(model: nn.Module, images: torch.Tensor, rounds: int = 15) -> dict:
+def outside_graph_ms(model: nn.Module, images: torch.Tensor, rounds: int = 15) -> dict:
     """Time of the detector's steps around the core, in PyTorch on this CPU: ``preprocess_ms``
     (normalise, resize, batch) and ``postprocess_ms`` (anchors, box decoding, score filtering,
     NMS, rescaling), the minimum over ``rounds`` calls on ``images``. The core is timed on

@@ -152,10 +152,10 @@ def test_map_is_one_for_perfect_boxes_and_zero_for_wrong_ones():
 
 def test_post_processing_is_timed_outside_the_core():
     from halp_trt.models import create_model
-    from halp_trt.tasks.detection import postprocess_ms
+    from halp_trt.tasks.detection import outside_graph_ms
 
     core = create_model("ssdlite320_mobilenet_v3_large", 4, 64)
-    t = postprocess_ms(core, torch.rand(1, 3, 64, 64), rounds=2)
+    t = outside_graph_ms(core, torch.rand(1, 3, 64, 64), rounds=2)
     assert t["postprocess_ms"] > 0 and t["preprocess_ms"] > 0
     assert t["total_ms"] == pytest.approx(t["preprocess_ms"] + t["postprocess_ms"])
 
