@@ -250,7 +250,10 @@ HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   "halp-trt-norm-mean": {"importance_normalizer": "mean"},
                   # HALP's own importance: a coupled group's Taylor terms summed before the
                   # abs (the default, taylor_per_layer, takes each layer's abs first)
-                  "halp-trt-taylor": {"importance": "taylor"}}
+                  "halp-trt-taylor": {"importance": "taylor"},
+                  # every group keeps two latency steps (32 channels on AVX-512), as FastNAS's
+                  # search space floors a block's inner width at 32
+                  "halp-trt-min2groups": {"min_groups_kept": 2}}
 # levels 0.15 and 0.3 ran HALP's Taylor as the halp-trt row and the per-layer sum as this
 # ablation; it became the default afterwards
 RETIRED_ABLATIONS = {"halp-trt-taylor-per-layer"}

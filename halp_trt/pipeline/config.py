@@ -58,6 +58,9 @@ class DeployConfig:
     # taylor_per_layer: measured above HALP's taylor on Fashion-MNIST (BENCHMARKS.md)
     importance: str = "taylor_per_layer"
     importance_normalizer: str = "none"
+    # neuron groups (latency steps) every channel group keeps; 2 stops a block's inner width
+    # from falling to a single step at aggressive targets
+    min_groups_kept: int = 1
     calibration: str = "affine"
     gpu: bool = False  # shorthand for backend="tensorrt"
     backend: str = "onnxruntime"  # the runtime the model is deployed on and timed with
@@ -100,7 +103,7 @@ class DeployConfig:
             raise ConfigError("batch_size", f"{{field}} (latency measurement batch) must be at "
                               f"most {MAX_BATCH_SIZE}, got {self.batch_size}")
         for name in ("batch_size", "train_batch_size", "pretrain_batch_size", "steps", "interval",
-                     "rounds"):
+                     "rounds", "min_groups_kept"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "{field} must be >= 1")
         for name in ("epochs", "pretrain_epochs", "seed"):

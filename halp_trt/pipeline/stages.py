@@ -186,6 +186,7 @@ def calibrate(run) -> None:
                                  interval=cfg.interval, contribution=cfg.contribution,
                                  importance=cfg.importance,
                                  importance_normalizer=cfg.importance_normalizer,
+                                 min_groups_kept=cfg.min_groups_kept,
                                  exclude=tuple(cfg.exclude))
 
 
