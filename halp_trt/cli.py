@@ -268,7 +268,7 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
                help="none: raw importance values groups in the knapsack (HALP); mean: each "
                     "group's scores over their mean (Torch-Pruning's default).")
 @config_option("--min-groups-kept", type=int,
-               help="Latency steps of channels every prunable group keeps (default 1).")
+               help="Latency steps of channels every prunable group keeps.")
 @config_option("--calibration", help="How the rest of the model (outside the table) scales.")
 @click.option("--gpu", is_flag=True, help="Deploy with TensorRT (needs halp-trt[trt]).")
 @config_option("--backend", help="Runtime to time on (--gpu = tensorrt; "
