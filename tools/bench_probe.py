@@ -47,6 +47,7 @@ def check(path: str, json_path: str) -> dict:
             "step_found": probe.get("step_found"), "step_conclusive": probe.get("step_conclusive"),
             "scale_ratio": probe.get("scale_ratio"), "shape_deviation": probe.get("shape_deviation"),
             "confirmed_by_second_session": probe.get("confirmed_by_second_session"),
+            "lattice": probe.get("lattice", []),
             "time": time.time(), "wall_s": round(time.perf_counter() - t0, 1)}
 
 

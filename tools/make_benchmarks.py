@@ -301,6 +301,17 @@ steps instead of 5 (0.8933 ± 0.0117 over 3 seeds against 0.8965 ± 0.0048; seed
 looked better); round_to 8 for Torch-Pruning (0.8974 against 0.9020 at 16; at 0.3 0.9102 \
 against 0.9124).
 
+*A floor of two neuron groups per channel group* (`--min-groups-kept 2`, ablation \
+`halp-trt-min2groups`, 3 seeds, Zen 4, 2026-12-07, against the rows above): the default \
+drops every block's inner width to one neuron group (16) at 0.15 and keeps the streams wide \
+(416/208/128); with the floor the inner widths stay at 32 and the streams give way \
+(384–416/64–144/64–96). At 0.15: **0.9032 ± 0.0016 at 0.151** (seeds 0.9045, 0.9014, \
+0.9036) — +0.42 over the default's matched row, +0.33 over the best peer, and seed 2 no \
+longer weak (+1.1). At 0.3: 0.9125 ± 0.0031 at 0.294 (0.9159, 0.9100, 0.9116) — 0.3 below \
+the default (0.9154) and FastNAS (0.9156). Mixed across levels, within the spread of one \
+configuration between two runs (the default read 0.9014 and 0.8990 at 0.15): not made the \
+default; an option for aggressive targets.
+
 *A cosine fine-tuning rate* (`--ft-schedule cosine` for every method, `--lr-schedule cosine` \
 in prune-and-deploy; level 0.3, seed 0 only, run outside the level's rows): halp-trt 0.9193 \
 (+0.9 over the constant rate), Torch-Pruning L2-global 0.9174 (+0.5), FastNAS 0.9205 and \

@@ -79,6 +79,8 @@ class ProbeResult:
     # None when the table has no layer big enough to compare (all below MIN_LAYER_MS)
     shape_deviation: float | None = None  # 80th percentile of |ratio / median - 1|
     points: int = 0
+    # each lattice point: its configuration, the table's ms and this machine's
+    lattice: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     # a refusal measured twice (the second session's faster readings kept): None when the
     # first session found nothing to refuse
@@ -250,6 +252,9 @@ def _verdict(table, step_sigs, sweeps, lattice, ms: dict) -> ProbeResult:
     if lattice:
         ratios = np.array([ms[k] / table.signatures[k[0]].ms(k[1], k[2])
                            for k in lattice])
+        result.lattice = [{"config": f"{k[0]} {k[1]}->{k[2]}",
+                           "table_ms": round(table.signatures[k[0]].ms(k[1], k[2]), 5),
+                           "here_ms": round(ms[k], 5)} for k in lattice]
         median = float(np.median(ratios))
         result.scale_ratio = round(median, 4)
         result.shape_deviation = round(float(np.percentile(np.abs(ratios / median - 1), 80)), 4)

@@ -40,6 +40,9 @@ def test_the_same_landscape_fits(step8_table):
     assert r.fits and r.reasons == []
     assert r.step_expected == r.step_found == (8, 0) and r.step_conclusive
     assert r.scale_ratio == pytest.approx(1.0) and r.points >= 3
+    # every lattice point is kept with both readings, so a user sees which layer drifted
+    assert len(r.lattice) == r.points
+    assert all(p["here_ms"] == pytest.approx(p["table_ms"], rel=1e-3) for p in r.lattice)
 
 
 def test_steps_that_moved_are_caught_at_the_same_speed(step8_table):

@@ -107,6 +107,16 @@ def test_run_until_a_stage_stops_there_and_a_second_call_goes_on(tmp_path, tiny_
                                  "deploy", "verify", "report"]
 
 
+def test_pruning_options_reach_the_pruner(tmp_path, tiny_table):
+    from halp_trt.pipeline.run import DeployRun
+
+    run = DeployRun(toy_config(tmp_path, tiny_table, min_groups_kept=2,
+                               importance_normalizer="mean"))
+    run.run(until="calibrate")
+    assert run.halp_config.min_groups_kept == 2
+    assert run.halp_config.importance_normalizer == "mean"
+
+
 def test_interrupted_pruning_resumes_from_checkpoint(tmp_path, tiny_table, monkeypatch):
     from halp_trt.pruning import feedback
 
