@@ -254,10 +254,12 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @config_option("--epochs", type=int,
               help="Fine-tuning epochs after the last pruning step.")
 @config_option("--pretrain-lr", type=float,
-              help="Peak learning rate of the pre-training (AdamW, one-cycle).")
+              help="Peak learning rate of the pre-training (AdamW, one-cycle); default: the "
+                   "task's (2e-3, detection 3e-3).")
 @config_option("--pretrain-batch-size", type=int)
 @config_option("--pretrain-epochs", type=int,
-              help="Training epochs when no --weights are given.")
+              help="Training epochs when no --weights are given; default: the task's (4, "
+                   "detection 16).")
 @config_option("--lr", type=float)
 @config_option("--lr-schedule",
                help="constant, or cosine from --lr to 0 over pruning and fine-tuning.")

@@ -16,6 +16,10 @@ from halp_trt.runtime.export import output_tensors
 
 # Largest |logit| a trained classifier plausibly produces; diverged ones reach 1e10 and beyond.
 MAX_SANE_LOGIT = 1e4
+# A pruned model keeping less than this share of the original's metric has lost what pruning
+# was to preserve (seen: a detector fine-tuned after pruning went from mAP 0.255 to 0.0002 and
+# the run reported its speedup as met).
+MIN_KEPT_SHARE = 0.1
 
 
 def chance_accuracy(labels: torch.Tensor) -> float:
@@ -25,8 +29,11 @@ def chance_accuracy(labels: torch.Tensor) -> float:
 
 def check_model_is_sane(model, val_loader, accuracy: float, allow_untrained: bool,
                         what: str = "the starting model", max_batches: int = 4,
-                        chance_test: bool = True) -> None:
-    """Raise one clear error if ``model`` is not worth pruning (see the module docstring)."""
+                        chance_test: bool = True, untrained_at_or_below: float | None = None,
+                        metric: str = "accuracy") -> None:
+    """Raise one clear error if ``model`` is not worth pruning (see the module docstring).
+    ``untrained_at_or_below``: for a metric without a label-frequency chance (a detector's
+    mAP), the value an untrained model reaches."""
     labels, peak = [], 0.0
     model.eval()
     with torch.no_grad():
@@ -47,6 +54,10 @@ def check_model_is_sane(model, val_loader, accuracy: float, allow_untrained: boo
     if peak > MAX_SANE_LOGIT:
         raise HalpError(f"{what} gives absurdly large outputs (|logit| up to {peak:.3g}): its "
                         f"training diverged. {hint}")
+    if untrained_at_or_below is not None and accuracy <= untrained_at_or_below:
+        raise HalpError(f"{what} has learned nothing measurable ({metric} {accuracy:.4f} on the "
+                        f"validation split, untrained models reach {untrained_at_or_below:g}): "
+                        f"there is nothing to preserve. {hint}")
     y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     if y.numel() and chance_test:  # a classifier's top-1 against the label frequencies
         chance = chance_accuracy(y)
@@ -54,3 +65,15 @@ def check_model_is_sane(model, val_loader, accuracy: float, allow_untrained: boo
         if accuracy <= chance + margin:
             raise HalpError(f"{what} is at chance accuracy ({accuracy:.3f} on the validation "
                             f"split, chance {chance:.3f}): there is nothing to preserve. {hint}")
+
+
+def check_not_collapsed(original: float, pruned: float, metric: str, allow_untrained: bool
+                        ) -> None:
+    """Refuse to deploy a pruned model that kept under ``MIN_KEPT_SHARE`` of the original's
+    ``metric``: its speedup is no success."""
+    if allow_untrained or original <= 0 or pruned >= MIN_KEPT_SHARE * original:
+        return
+    raise HalpError(f"the pruned model lost what pruning was to preserve: {metric} "
+                    f"{original:.4f} -> {pruned:.4f} after fine-tuning (under "
+                    f"{100 * MIN_KEPT_SHARE:.0f}% kept); not deployed. Fine-tune longer "
+                    f"(--epochs), with a lower --lr, or prune less (a larger --target)")

@@ -43,3 +43,33 @@ def test_a_model_that_beats_chance_passes():
         check_model_is_sane(Scaled(1.0), data, 1.0, allow_untrained=False)
     data = loader(512)
     check_model_is_sane(Scaled(1.0), data, 0.5, allow_untrained=False)  # 0.5 >> 0.1 chance
+
+
+def test_an_untrained_detector_is_refused_before_pruning():
+    """mAP has no label-frequency chance: the detection task names the mAP an untrained
+    detector reaches, and a starting detector at or below it has nothing to preserve."""
+    from halp_trt.data import make_loader
+    from halp_trt.tasks import TASKS
+    from halp_trt.tasks.detection import ShapesDetection, as_detection_core
+    from tiny_models import tiny_retinanet
+
+    torch.manual_seed(0)
+    task = TASKS["detection"]
+    core = as_detection_core(tiny_retinanet(4), 64)
+    val = make_loader(ShapesDetection(16, 64, seed=1), 8, False)
+    untrained_map = task.evaluate(core, val, 4)
+    assert untrained_map <= task.untrained_at_or_below
+    with pytest.raises(HalpError, match="learned nothing measurable.*mAP.*--pretrain-epochs"):
+        check_model_is_sane(core, val, untrained_map, allow_untrained=False, chance_test=False,
+                            untrained_at_or_below=task.untrained_at_or_below, metric="mAP")
+    check_model_is_sane(core, val, untrained_map, allow_untrained=True, chance_test=False,
+                        untrained_at_or_below=task.untrained_at_or_below)
+
+
+def test_a_pruned_model_that_lost_its_metric_is_not_deployed():
+    from halp_trt.sanity import MIN_KEPT_SHARE, check_not_collapsed
+
+    with pytest.raises(HalpError, match=r"0\.2553 -> 0\.0002.*not deployed.*--epochs"):
+        check_not_collapsed(0.2553, 0.0002, "mAP", allow_untrained=False)
+    check_not_collapsed(0.2553, 0.2553 * MIN_KEPT_SHARE, "mAP", allow_untrained=False)
+    check_not_collapsed(0.2553, 0.0002, "mAP", allow_untrained=True)  # random-weight benchmarks

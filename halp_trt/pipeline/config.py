@@ -46,10 +46,12 @@ class DeployConfig:
     steps: int = 8
     interval: int = 5  # minibatches between pruning steps
     epochs: int = 2  # fine-tuning epochs after the last pruning step
-    pretrain_epochs: int = 4  # when no --weights are given
+    # when no --weights are given; None: the task's (halp_trt.tasks: 4, detection 16)
+    pretrain_epochs: int | None = None
     # pre-training recipe (AdamW, one-cycle, clipped gradients, small batches, BN statistics
-    # re-estimated after): converges in one epoch on digits for every torchvision family
-    pretrain_lr: float = 2e-3
+    # re-estimated after): converges in one epoch on digits for every torchvision family.
+    # None: the task's (2e-3, detection 3e-3)
+    pretrain_lr: float | None = None
     pretrain_batch_size: int = 16
     lr: float = 0.01  # pruning and fine-tuning (SGD with momentum)
     # "cosine": from lr down to 0 over the pruning epoch(s) and the fine-tuning epochs together
@@ -107,12 +109,13 @@ class DeployConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(name, "{field} must be >= 1")
         for name in ("epochs", "pretrain_epochs", "seed"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(name, "{field} must be >= 0")
         if self.max_batches is not None and self.max_batches < 1:
             raise ConfigError("max_batches", "{field} must be >= 1")
         for name in ("lr", "pretrain_lr"):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
                 raise ConfigError(name, "{field} must be a positive number")
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)

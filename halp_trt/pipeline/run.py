@@ -169,7 +169,8 @@ class DeployRun:
 
         train_epochs(DDP(net) if self.world > 1 else net, self.train_loader, optimizer, n_epochs,
                      seed=self.cfg.seed, max_batches=self.cfg.max_batches, desc=desc,
-                     progress=self.show_progress, loss_fn=self.task.loss, **kwargs)
+                     progress=self.show_progress, loss_fn=self.task.loss,
+                     clip_grad_norm=self.task.clip_grad_norm, **kwargs)
 
     def _pretrain(self, model) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -180,11 +181,22 @@ class DeployRun:
         cfg = self.cfg
         loader = make_loader(self.data.train, cfg.pretrain_batch_size, True, cfg.seed,
                              self.world > 1)
-        pretrain(model, loader, cfg.pretrain_epochs, cfg.pretrain_lr, seed=cfg.seed,
+        pretrain(model, loader, self.pretrain_epochs, self.pretrain_lr, seed=cfg.seed,
                  net=DDP(model) if self.world > 1 else None, max_batches=cfg.max_batches,
                  progress=self.show_progress, loss_fn=self.task.loss)
         if self.world > 1:  # every rank starts pruning from rank 0's weights and statistics
             model.load_state_dict(broadcast_object(model.state_dict()))
+
+    @property
+    def pretrain_epochs(self) -> int:
+        """--pretrain-epochs, or the task's when not given."""
+        given = self.cfg.pretrain_epochs
+        return self.task.pretrain_epochs if given is None else given
+
+    @property
+    def pretrain_lr(self) -> float:
+        given = self.cfg.pretrain_lr
+        return self.task.pretrain_lr if given is None else given
 
     @property
     def feedback_points(self) -> list:

@@ -108,9 +108,9 @@ def original(run) -> None:
         if cfg.weights:
             load_weights(model, cfg.weights)
             run.log(f"loaded weights {cfg.weights}")
-        elif cfg.pretrain_epochs:
+        elif run.pretrain_epochs:
             run.log(f"no --weights: training {cfg.model} on {run.data.name} for "
-                    f"{cfg.pretrain_epochs} epochs")
+                    f"{run.pretrain_epochs} epochs (AdamW, one-cycle to {run.pretrain_lr:g})")
             run._pretrain(model)
         # auxiliary heads train the original; the deployed (eval) graph has none
         strip_aux_heads(model)
@@ -127,7 +127,9 @@ def original(run) -> None:
     run.log(f"original {run.task.metric} on {run.data.name}: {run.acc_original:.4f}")
     try:
         check_model_is_sane(run.original_model, run.val_loader, run.acc_original,
-                            cfg.allow_untrained, chance_test=run.task.name == "classification")
+                            cfg.allow_untrained, chance_test=run.task.name == "classification",
+                            untrained_at_or_below=run.task.untrained_at_or_below,
+                            metric=run.task.metric)
     except HalpError:
         # nothing worth resuming: the same command with other settings starts afresh
         if run.is_main and os.path.exists(run.ckpt_path):
@@ -307,6 +309,8 @@ def prune(run) -> None:
 
 # ---- fine-tune ---------------------------------------------------------------------------
 def finetune(run) -> None:
+    from halp_trt.sanity import check_not_collapsed
+
     cfg, net = run.cfg, run.pruned_model
     done_epochs = run.state.finetune_epochs_done
     if done_epochs < cfg.epochs:
@@ -321,6 +325,8 @@ def finetune(run) -> None:
     net.eval()
     run.acc_pruned = run.evaluate(net)
     run.log(f"pruned {run.task.metric}: {run.acc_pruned:.4f}")
+    check_not_collapsed(run.acc_original, run.acc_pruned, run.task.metric,
+                        cfg.allow_untrained)
 
 
 # ---- deploy ------------------------------------------------------------------------------

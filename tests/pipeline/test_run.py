@@ -117,6 +117,24 @@ def test_pruning_options_reach_the_pruner(tmp_path, tiny_table):
     assert run.halp_config.importance_normalizer == "mean"
 
 
+def test_pretraining_defaults_come_from_the_task(tmp_path, tiny_table):
+    """Detectors need longer pre-training from scratch than classifiers: without
+    --pretrain-epochs / --pretrain-lr the run takes its task's."""
+    from halp_trt.pipeline.run import DeployRun
+    from halp_trt.tasks import TASKS
+
+    run = DeployRun(toy_config(tmp_path, tiny_table, pretrain_epochs=None))
+    run.run(until="load")
+    classification = TASKS["classification"]
+    assert (run.pretrain_epochs, run.pretrain_lr) == (classification.pretrain_epochs,
+                                                      classification.pretrain_lr)
+    assert TASKS["detection"].pretrain_epochs > classification.pretrain_epochs
+    run = DeployRun(toy_config(tmp_path / "given", tiny_table, pretrain_epochs=2,
+                               pretrain_lr=1e-3))
+    run.run(until="load")
+    assert (run.pretrain_epochs, run.pretrain_lr) == (2, 1e-3)
+
+
 def test_interrupted_pruning_resumes_from_checkpoint(tmp_path, tiny_table, monkeypatch):
     from halp_trt.pruning import feedback
 
