@@ -603,9 +603,26 @@ def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> di
     return entry
 
 
+def _method_figures(lv: dict) -> dict:
+    return {k: (e["n_seeds"], e["acc_ft_mean"], e["latency_ratio_mean"])
+            for k, e in lv.get("methods", {}).items()}
+
+
 def merge_level(results: dict, entry: dict) -> dict:
     """``results`` with ``entry`` in place of any earlier entry for its target (a level is
-    measured whole on one machine; levels may come from different machine classes)."""
+    measured whole on one machine; levels may come from different machine classes). When only
+    ablations were added, the level keeps its date and original reading, and each ablation
+    says when it was run."""
+    earlier = next((lv for lv in results.get("levels", [])
+                    if lv["target"] == entry["target"]), None)
+    if earlier is not None and _method_figures(earlier) == _method_figures(entry):
+        for key in ("date", "original_ms", "command"):
+            if key in earlier:
+                entry[key] = earlier[key]
+        for name, e in entry["ablations"].items():
+            before = earlier.get("ablations", {}).get(name)
+            e["date"] = (before or {}).get("date", earlier.get("date")) if before else \
+                time.strftime("%Y-%m-%d")
     levels = [lv for lv in results.get("levels", []) if lv["target"] != entry["target"]]
     return {**results, "levels": sorted(levels + [entry], key=lambda lv: lv["target"])}
 
@@ -651,7 +668,9 @@ def markdown_section(results: dict) -> str:
                     if name in OWN_TARGET else _pm(e, "latency_vs_halp", 3)
                 label = f"{bold}{name}{bold}" + (f" [{e['importance']}]" if name == "halp-trt"
                                                  and "importance" in e else "") \
-                    + (" (ablation)" if group == "ablations" else "")
+                    + (" (ablation" + (f", {e['date']}" if e.get("date", lv.get("date")) !=
+                                       lv.get("date") else "") + ")"
+                       if group == "ablations" else "")
                 lines.append(
                     f"| {machine} | {label} | {_pm(e, 'latency_ratio', 3)} | "
                     f"{vs} | "

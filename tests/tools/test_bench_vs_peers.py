@@ -56,6 +56,23 @@ def test_levels_from_two_machine_classes_live_in_one_json(bench):
         "acc_ft_std", "n_seeds"}
 
 
+def test_an_ablation_added_later_keeps_the_levels_date_and_carries_its_own(bench):
+    rows = [row("halp-trt", 0, 0.85), row("tp-l2-global-r16", 0, 0.84)]
+    first = bench.summarize_level(rows, 0.15, 16, {"machine": "zen4", "date": "2026-12-06",
+                                                   "original_ms": 10.5})
+    merged = bench.merge_level({}, first)
+    later = bench.summarize_level(rows + [row("halp-trt-min2groups", 0, 0.86)], 0.15, 16,
+                                  {"machine": "zen4", "date": "2099-01-01", "original_ms": 9.9})
+    lv = bench.merge_level(json.loads(json.dumps(merged)), later)["levels"][0]
+    assert (lv["date"], lv["original_ms"]) == ("2026-12-06", 10.5)
+    assert lv["ablations"]["halp-trt-min2groups"]["date"] != "2026-12-06"
+    assert "(ablation, " in bench.markdown_section({"levels": [lv]})
+    # a level whose own rows changed is a new measurement: its new date stands
+    redo = bench.summarize_level([row("halp-trt", 0, 0.9), row("tp-l2-global-r16", 0, 0.84)],
+                                 0.15, 16, {"machine": "zen4", "date": "2099-01-01"})
+    assert bench.merge_level(merged, redo)["levels"][0]["date"] == "2099-01-01"
+
+
 def test_a_peer_that_cannot_land_is_interpolated_from_a_bracketing_pair(bench):
     readings = [{"amount": 0.5, "latency_vs_halp": 1.12}, {"amount": 0.6, "latency_vs_halp": 0.93},
                 {"amount": 0.55, "latency_vs_halp": 1.05}, {"amount": 0.7, "latency_vs_halp": 0.8}]
