@@ -301,11 +301,21 @@ measured ms): within one signature the points agree (80th percentile of their de
 the signature's median ratio: 1–16%), but whole signatures read off together — \
 mobilenet_v3_small's four signatures at 0.66/0.54/0.54/0.69 of the table in the first check \
 and 0.67/0.55/0.57/0.68 ten minutes later, mobilenet_v2's at 0.72/1.04/0.61/0.74 and \
-0.74/1.26/0.58/0.84. The probe repeats itself; the table is the odd reading: its build \
-measured some signatures (depthwise convs at 0.1–0.3 ms among them) up to twice as slow as \
-they run minutes later. A per-signature offset from the build's sessions is the lead (the \
-table protocol runs no warm-up, `warm_ms` 0, and the protocol's notes record lifelong \
-per-session offsets without it); not fixed."""
+0.74/1.26/0.58/0.84. There the probe repeated itself and the table was the odd reading: \
+its build measured some signatures (depthwise convs at 0.1–0.3 ms among them) up to twice as \
+slow as they ran minutes later. The table protocol runs no warm-up (`warm_ms` 0); with one, \
+the offsets vanish (next section); not the default yet."""
+
+
+WARMUP_NOTE = """\
+Without warm-up (the table protocol's default, `warm_ms` 0) the probe finds whole signatures \
+off (mobilenet_v3_small: 0.57–0.81 of the table in one check, 1.00–1.42 in the next; shape \
+deviation 12–17%); with 3 ms of untimed runs before each timed sample every signature reads \
+0.98–1.04 and the deviation is 1–4% in all four checks. The probe measures with the \
+table's protocol, so both sides were unwarmed: the offsets come from timing without warm-up \
+(they can sit in the table, as in the bench above, or in one check). The \
+price: builds 4× longer (15 → 58–70 s here). Not the default yet: its effect on whole-model \
+predictions (bench_fidelity) and a cheaper warm-up are unmeasured."""
 
 
 VS_PEERS_NOTE = """\
@@ -536,6 +546,11 @@ def later_sections() -> list[str]:
 
         lines += [bench_probe.markdown_section(load("bench_probe.json")),
                   PROBE_NOTE, ""]
+        if load("bench_table_warmup.json"):
+            import bench_table_warmup
+
+            lines += [bench_table_warmup.markdown_section(load("bench_table_warmup.json")),
+                      WARMUP_NOTE, ""]
     lines += on_machine("zen4", runtimes_section(load("bench_runtimes.json")) +
                         transfer_section(load("bench_transfer.json")))
     xeon_transfer = load("bench_transfer_xeon.json")
