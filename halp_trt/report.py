@@ -26,10 +26,12 @@ def target_verdict(ratio: float, target_ratio: float, spread: tuple[float, float
 
 def build_report(cfg, table, table_path, table_reason, table_probe, backend, calib,
                  layers_full_ms, pruned_layers_ms, cmp, check, acc_original, acc_pruned, result,
-                 wall_s, stage_s, feedback_state, metric: str = "top-1 accuracy") -> dict:
+                 wall_s, stage_s, feedback_state, metric: str = "top-1 accuracy",
+                 data: str | None = None) -> dict:
     """Every figure of a run. ``cmp``: the interleaved original/pruned measurement;
     ``check``: the numeric check; ``stage_s``: wall seconds per pipeline stage;
-    ``feedback_state``: ``LatencyFeedback.state_dict()``."""
+    ``feedback_state``: ``LatencyFeedback.state_dict()``; ``data``: the data spec the run
+    trained on (default: ``cfg.data``)."""
     from dataclasses import asdict
 
     est = cmp.estimator
@@ -42,7 +44,7 @@ def build_report(cfg, table, table_path, table_reason, table_probe, backend, cal
                 for k in ("original", "pruned")}
     return {
         "halp_trt_version": __version__,
-        "model": cfg.model, "data": cfg.data, "input_shape": list(cfg.input_shape),
+        "model": cfg.model, "data": data or cfg.data, "input_shape": list(cfg.input_shape),
         "target": cfg.target, "target_ratio": target_ratio,
         "original": {"measured_ms": orig_ms, "predicted_ms": pred_orig,
                      "stats": cmp.original.to_json(), "layers_sum_ms": layers_full_ms,

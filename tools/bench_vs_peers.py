@@ -621,7 +621,7 @@ def merge_level(results: dict, entry: dict) -> dict:
                 entry[key] = earlier[key]
         for name, e in entry["ablations"].items():
             before = earlier.get("ablations", {}).get(name)
-            e["date"] = (before or {}).get("date", earlier.get("date")) if before else \
+            e["date"] = before.get("date", earlier.get("date")) if before else \
                 time.strftime("%Y-%m-%d")
     levels = [lv for lv in results.get("levels", []) if lv["target"] != entry["target"]]
     return {**results, "levels": sorted(levels + [entry], key=lambda lv: lv["target"])}

@@ -33,7 +33,7 @@ class DeployConfig:
     out: str
     model: str = "resnet18"
     weights: str | None = None
-    data: str = "digits"
+    data: str | None = None  # None: the task's (digits; shapes for segmentation and detection)
     # what the model is trained and scored for; auto: from the model (halp_trt.tasks)
     task: str = "auto"
     input_size: int = 64

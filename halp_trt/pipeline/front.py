@@ -97,7 +97,7 @@ def pareto_front(cfg: DeployConfig, reports: dict[str, dict]) -> dict:
     for p in points:
         p["on_front"] = p["accuracy"] > best
         best = max(best, p["accuracy"])
-    return {"model": cfg.model, "data": cfg.data, "input_shape": list(cfg.input_shape),
+    return {"model": cfg.model, "data": first["data"], "input_shape": list(cfg.input_shape),
             "original": {"measured_ms": first["original"]["measured_ms"],
                          "accuracy": first["accuracy"]["original"]},
             "machine": first["backend"].get("cpu_model") or first["backend"].get("device"),

@@ -35,8 +35,8 @@ class Stage:
 
 STAGES = (
     # data, model, layer graph, backend; every check that needs no training
-    Stage("load", stages.load, (), ("task", "data", "model", "example", "train_loader",
-                                    "val_loader", "backend", "specs", "state",
+    Stage("load", stages.load, (), ("task", "data_spec", "data", "model", "example",
+                                    "train_loader", "val_loader", "backend", "specs", "state",
                                     "explicit_table")),
     # weights (given or trained briefly), the original's accuracy and ONNX graph
     Stage("original", stages.original, ("task", "model", "data"),
@@ -61,8 +61,8 @@ STAGES = (
     Stage("verify", stages.verify, ("deployed", "latency_table", "specs"),
           ("comparison", "pruned_layers_ms", "outside_graph_ms"), every_rank=False),
     # report.json / report.md / model.onnx / pruning.json / weights / PNGs
-    Stage("report", stages.report, ("task", "comparison", "check", "acc_pruned", "result",
-                                    "outside_graph_ms"),
+    Stage("report", stages.report, ("task", "data_spec", "comparison", "check", "acc_pruned",
+                                    "result", "outside_graph_ms"),
           ("final_report",), every_rank=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -38,12 +38,12 @@ def load(run) -> None:
     if run.task.name == "detection" and (run.world > 1 or cfg.precision == "int8"):
         raise ConfigError("task", "{field} detection runs in one process at fp32 for now "
                           "(no torchrun, no --precision int8)")
-    data = cfg.data
-    if run.task.name != "classification" and data == "digits":  # the default: a classification set
-        data = "shapes"
+    run.data_spec = cfg.data or run.task.default_data
+    if cfg.data is None and run.task.default_data == "shapes":
         run.log(f"{run.task.name} trains on the built-in synthetic shapes (--data shapes:N sets "
                 "their number, coco:DIR gives your own detection data)")
-    run.data = load_data(data, (cfg.input_size, cfg.input_size), cfg.seed, run.task.name)
+    run.data = load_data(run.data_spec, (cfg.input_size, cfg.input_size), cfg.seed,
+                         run.task.name)
     run.model = run.task.prepare(create_model(cfg.model, run.data.num_classes, cfg.input_size),
                                  cfg.input_size)
     check_sample(run.data, cfg.input_shape)
@@ -83,7 +83,7 @@ def load(run) -> None:
 
 def _resumed_state(run) -> RunState:
     cfg = run.cfg
-    identity = {"model": cfg.model, "data": cfg.data, "input_size": cfg.input_size,
+    identity = {"model": cfg.model, "data": run.data_spec, "input_size": cfg.input_size,
                 "batch_size": cfg.batch_size}
     state = RunState.load(run.ckpt_path) if os.path.exists(run.ckpt_path) else \
         RunState(run=identity)
@@ -393,7 +393,7 @@ def report(run) -> None:
         run.calib, run.layers_full_ms, run.pruned_layers_ms, run.comparison, run.check,
         run.acc_original, run.acc_pruned, run.result,
         time.perf_counter() - run.t_start, run.stage_s, run.state.feedback or {},
-        metric=run.task.metric)
+        metric=run.task.metric, data=run.data_spec)
     if run.int8 is not None:
         report["int8"] = run.int8
     if run.outside_graph_ms:

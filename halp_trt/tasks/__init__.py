@@ -37,6 +37,8 @@ class Task:
     # pre-training from scratch when no weights are given (AdamW, one-cycle to the rate)
     pretrain_epochs: int = 4
     pretrain_lr: float = 2e-3
+    # what a run trains on when --data is not given (``halp_trt.data.load_data``'s specs)
+    default_data: str = "digits"
 
 
 def _class_dim_size(model, example):
@@ -84,7 +86,7 @@ TASKS = {"classification": Task("classification", "top-1 accuracy", _top1,
                                 _classification_loss, _class_dim_size),
          # torchvision's segmentation models return their logits (N, classes, H, W)
          "segmentation": Task("segmentation", "mean IoU", _miou, _classification_loss,
-                              _class_dim_size),
+                              _class_dim_size, default_data="shapes"),
          # untrained torchvision detectors read mAP 0.000-0.0014 on shapes. Their losses
          # spike: two epochs of SGD at 0.01 took an SSDlite (shapes, 64 px) from mAP 0.150 to
          # 0.094 unclipped, to 0.243 clipped at 2 (the pre-training's clip). From scratch an
@@ -92,7 +94,7 @@ TASKS = {"classification": Task("classification", "top-1 accuracy", _top1,
          # after 12 at 3e-3, 0.255 after 16 (Zen 4: 6 min)
          "detection": Task("detection", "mAP", _map, _detection_loss, _detector_classes,
                            _detection_core, untrained_at_or_below=0.01, clip_grad_norm=2.0,
-                           pretrain_epochs=16, pretrain_lr=3e-3)}
+                           pretrain_epochs=16, pretrain_lr=3e-3, default_data="shapes")}
 
 
 def task_of_model(model_name: str) -> str:

@@ -125,6 +125,7 @@ def test_pretraining_defaults_come_from_the_task(tmp_path, tiny_table):
 
     run = DeployRun(toy_config(tmp_path, tiny_table, pretrain_epochs=None))
     run.run(until="load")
+    assert run.data_spec == "digits"  # the classification task's default data
     classification = TASKS["classification"]
     assert (run.pretrain_epochs, run.pretrain_lr) == (classification.pretrain_epochs,
                                                       classification.pretrain_lr)

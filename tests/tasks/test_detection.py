@@ -199,6 +199,24 @@ def test_the_pipeline_prunes_a_detector_on_shapes_and_reports_map_and_post_proce
     assert on_disk["outside_graph"] == og
 
 
+def test_without_data_a_detector_trains_on_shapes_and_digits_is_refused(tmp_path, monkeypatch):
+    """--data left out: the task's default data (shapes for detection), named as such in the
+    run (and so in its report); digits given explicitly is classification data, refused."""
+    from halp_trt.errors import ConfigError
+    from halp_trt.pipeline.config import DeployConfig
+    from halp_trt.pipeline.run import DeployRun
+
+    monkeypatch.setenv("HALP_TRT_CACHE", str(tmp_path / "cache"))
+    kw = dict(model="tiny_models:tiny_retinanet", task="detection", input_size=64,
+              progress=False)
+    run = DeployRun(DeployConfig(out=str(tmp_path / "default"), **kw))
+    run.run(until="load")
+    assert run.data_spec == "shapes" and run.data.name.startswith("shapes")
+    with pytest.raises(ConfigError, match="'digits' is not detection data"):
+        DeployRun(DeployConfig(out=str(tmp_path / "digits"), data="digits", **kw)).run(
+            until="load")
+
+
 def test_a_users_detection_loop_prunes_the_detector_through_its_core():
     """The README's loop: HALP on ``DetectionCore(detector)``, the user's optimizer and
     torchvision-style loss dicts; after ``finalize`` the user's detector itself is smaller and
