@@ -146,7 +146,10 @@ def write_markdown(path: str, r: dict) -> None:
         lines.append(f"- Outside the pruned graph (PyTorch on this CPU, min of "
                      f"{og['pruned']['rounds']} calls, batch {og['pruned']['images']}): "
                      f"pre-processing {og['pruned']['preprocess_ms']:.2f} ms, post-processing "
-                     f"(anchors, decoding, NMS) {og['pruned']['postprocess_ms']:.2f} ms (original "
+                     + ("(proposals, ROI pooling, ROI heads — not pruned —, decoding, NMS) "
+                        if og["pruned"].get("roi_heads_included") else
+                        "(anchors, decoding, NMS) ")
+                     + f"{og['pruned']['postprocess_ms']:.2f} ms (original "
                      f"{og['original']['postprocess_ms']:.2f} ms). End to end: "
                      f"{o_end:.2f} → {p_end:.2f} ms, {o_end / p_end:.2f}×.")
     if r.get("noisy_measurement"):

@@ -364,3 +364,21 @@ def tiny_retinanet(num_classes=4):
     anchors = AnchorGenerator(((8,), (16,)), ((0.5, 1.0, 2.0),) * 2)
     return RetinaNet(_TinyFPNBackbone(), num_classes, min_size=64, max_size=64,
                      anchor_generator=anchors)
+
+
+def tiny_fasterrcnn(num_classes=4):
+    """torchvision's Faster R-CNN (RPN over two pyramid levels, ROI pooling, a small box head)
+    on the tiny backbone: a two-stage detector through the pipeline in seconds."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = _TinyFPNBackbone()
+    return FasterRCNN(backbone, None, min_size=64, max_size=64,
+                      box_predictor=FastRCNNPredictor(64, num_classes),
+                      rpn_anchor_generator=AnchorGenerator(((8,), (16,)), ((0.5, 1.0, 2.0),) * 2),
+                      box_roi_pool=MultiScaleRoIAlign(["p2", "p3"], 4, 2),
+                      box_head=TwoMLPHead(backbone.out_channels * 16, 64),
+                      rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=20,
+                      rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=40)

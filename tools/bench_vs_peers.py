@@ -254,6 +254,9 @@ HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # every group keeps two latency steps (32 channels on AVX-512), as FastNAS's
                   # search space floors a block's inner width at 32
                   "halp-trt-min2groups": {"min_groups_kept": 2}}
+# the base itself, fine-tuned as every method is: what the recipe gives a model that lost
+# nothing; no method can be expected to end above it
+UNPRUNED = "unpruned"
 # levels 0.15 and 0.3 ran HALP's Taylor as the halp-trt row and the per-layer sum as this
 # ablation; it became the default afterwards
 RETIRED_ABLATIONS = {"halp-trt-taylor-per-layer"}
@@ -290,6 +293,16 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
             "acc_ft": acc_ft, "prune_batches": prune_batches, "ft_batches": ft_batches,
             "result": run.result.to_json(),
             "feedback_points": run.feedback_points}
+
+
+def run_unpruned(s: Setup, seed: int, halp_row: dict) -> dict:
+    """The base fine-tuned with the level's recipe: the ceiling of that recipe."""
+    model = copy.deepcopy(s.base)
+    acc_bn = s.score_bn(model, seed)
+    acc_ft = s.finetune(model, s.a.ft_steps, seed)
+    return {"latency_ratio": 1.0, "latency_vs_halp": 1.0 / halp_row["latency_ratio"],
+            "matched": False, "acc_bn": acc_bn, "acc_ft": acc_ft, "prune_batches": 0,
+            "ft_batches": s.a.ft_steps}
 
 
 def halp_arch_onnx(s: Setup, row: dict) -> bytes:
@@ -527,6 +540,8 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
         plan += [(name, seed) for seed in range(getattr(a, "halp_ablation_seeds", 1))
                  for name in HALP_ABLATIONS
                  if name in (getattr(a, "halp_ablations", None) or HALP_ABLATIONS)]
+    if getattr(a, "reference", False):  # the unpruned base under the same fine-tuning
+        plan += [(UNPRUNED, seed) for seed in range(a.seeds)]
     if a.screen and len(seed0) < len(variants):
         # the carried variants are known once seed 0 is done: stop the plan there
         plan = plan[:plan.index(("halp-trt", 1))] if a.seeds > 1 else plan
@@ -567,6 +582,21 @@ def read_rows(path: str, level: float, signature: dict) -> list[dict]:
     return rows
 
 
+def unpruned_elsewhere(path: str, seed: int, signature: dict) -> dict | None:
+    """The unpruned base's row at ``seed`` from another level of this setup (it does not
+    depend on the level), as a copy this level can keep; None if there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line) if line.strip() else {}
+            if (r.get("method"), r.get("seed"), r.get("setup")) == (UNPRUNED, seed, signature):
+                keep = ("latency_ratio", "matched", "acc_bn", "acc_ft", "prune_batches",
+                        "ft_batches")
+                return {**{k: r[k] for k in keep}, "copied_from_level": r["level"]}
+    return None
+
+
 def append_row(path: str, row: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
@@ -581,7 +611,8 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
 
 def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> dict:
     """One level's entry: per method mean ± std over seeds; peers at halp-trt's latency."""
-    entry = {"target": level, **info, "round_to": step, "methods": {}, "ablations": {}}
+    entry = {"target": level, **info, "round_to": step, "methods": {}, "ablations": {},
+             "reference": {}}
     for method in sorted({r["method"] for r in rows}):
         rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
         e = {"n_seeds": len(rs)}
@@ -599,7 +630,10 @@ def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> di
             e["importance"] = ",".join(sorted(str(i) for i in importances))
         is_ablation = method in OWN_TARGET or (method.startswith("tp-") and
                                                    not method.endswith(f"-r{step}"))
-        (entry["ablations"] if is_ablation else entry["methods"])[method] = e
+        group = "reference" if method == UNPRUNED else "ablations" if is_ablation else "methods"
+        entry[group][method] = e
+    if not entry["reference"]:
+        del entry["reference"]
     return entry
 
 
@@ -619,10 +653,11 @@ def merge_level(results: dict, entry: dict) -> dict:
         for key in ("date", "original_ms", "command"):
             if key in earlier:
                 entry[key] = earlier[key]
-        for name, e in entry["ablations"].items():
-            before = earlier.get("ablations", {}).get(name)
-            e["date"] = before.get("date", earlier.get("date")) if before else \
-                time.strftime("%Y-%m-%d")
+        for group in ("ablations", "reference"):
+            for name, e in entry.get(group, {}).items():
+                before = earlier.get(group, {}).get(name)
+                e["date"] = before.get("date", earlier.get("date")) if before else \
+                    time.strftime("%Y-%m-%d")
     levels = [lv for lv in results.get("levels", []) if lv["target"] != entry["target"]]
     return {**results, "levels": sorted(levels + [entry], key=lambda lv: lv["target"])}
 
@@ -659,18 +694,21 @@ def markdown_section(results: dict) -> str:
                   "acc, fine-tuned | seeds | matched ±2% / interpolated |",
                   "|---|---|---|---|---|---|---|---|"]
         machine = lv["machine"].split(";")[0] + (")" if ";" in lv["machine"] else "")
-        for group in ("methods", "ablations"):
-            for name, e in sorted(lv[group].items(),
+        for group in ("methods", "ablations", "reference"):
+            for name, e in sorted(lv.get(group, {}).items(),
                                   key=lambda kv: (kv[0] != "halp-trt", -kv[1]["acc_ft_mean"])):
                 bold = "**" if name == "halp-trt" else ""
                 # halp-trt's own ablations prune to the level themselves, matched to no one
                 vs = "reference" if name == "halp-trt" else "own target" \
-                    if name in OWN_TARGET else _pm(e, "latency_vs_halp", 3)
+                    if name in OWN_TARGET else "—" if group == "reference" else \
+                    _pm(e, "latency_vs_halp", 3)
                 label = f"{bold}{name}{bold}" + (f" [{e['importance']}]" if name == "halp-trt"
                                                  and "importance" in e else "") \
                     + (" (ablation" + (f", {e['date']}" if e.get("date", lv.get("date")) !=
                                        lv.get("date") else "") + ")"
-                       if group == "ablations" else "")
+                       if group == "ablations" else
+                       " (not pruned: the fine-tuning recipe's ceiling)"
+                       if group == "reference" else "")
                 lines.append(
                     f"| {machine} | {label} | {_pm(e, 'latency_ratio', 3)} | "
                     f"{vs} | "
@@ -682,6 +720,12 @@ def markdown_section(results: dict) -> str:
             lines += ["", f"halp-trt {h['acc_ft_mean']:.4f} vs the best peer ({best}) "
                       f"{p['acc_ft_mean']:.4f} after fine-tuning: "
                       f"{100 * (h['acc_ft_mean'] - p['acc_ft_mean']):+.2f} points."]
+            ref = lv.get("reference", {}).get(UNPRUNED)
+            if ref:
+                lines[-1] += (f" The unpruned base under the same fine-tuning: "
+                              f"{ref['acc_ft_mean']:.4f} ({100 * (p['acc_ft_mean'] - ref['acc_ft_mean']):+.2f}"
+                              f" for the best peer, {100 * (h['acc_ft_mean'] - ref['acc_ft_mean']):+.2f} "
+                              "for halp-trt).")
         for name, why in (lv.get("excluded") or {}).items():
             lines.append(f"- {name} excluded: {why}")
         if lv.get("png"):
@@ -712,6 +756,8 @@ def plot_level(lv: dict, path: str) -> None:
                 pts = [p for p in e["raw_points"] if p["seed"] == seed]
                 ax.plot([p["latency_ratio"] for p in pts], [p[key] for p in pts], ".:",
                         color=color, lw=0.7, alpha=0.6)
+        for name, e in lv.get("reference", {}).items():
+            ax.axhline(e[f"{key}_mean"], color="grey", ls="--", lw=1, label=f"{name} base")
         ax.set_title(f"level {lv['target']}: {title}")
         ax.set_xlabel(f"measured latency / original (ORT CPU, batch {TIMING_BATCH})")
         ax.set_ylabel("Fashion-MNIST test accuracy")
@@ -745,6 +791,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-ablation", dest="ablation", action="store_false",
                     help="skip the one-seed ablations (the best variant at the other round_to, "
                          "halp-trt's own)")
+    ap.add_argument("--no-reference", dest="reference", action="store_false",
+                    help="skip the unpruned base fine-tuned with the same recipe (one row per "
+                         "seed, after every method: the recipe's ceiling)")
     ap.add_argument("--halp-ablation-seeds", type=int, default=1,
                     help="seeds for halp-trt's ablations (an ablation that explains a gap "
                          "needs them all)")
@@ -831,6 +880,11 @@ def _main(a):
         try:
             if method == "halp-trt" or method in HALP_ABLATIONS:
                 row = run_halp(s, a.level, seed, **HALP_ABLATIONS.get(method, {}))
+            elif method == UNPRUNED:  # the same at every level: measured once per seed
+                halp_row = next(r for r in rows if (r["method"], r["seed"]) == ("halp-trt", seed))
+                row = unpruned_elsewhere(a.rows, seed, signature) or run_unpruned(s, seed,
+                                                                                  halp_row)
+                row["latency_vs_halp"] = 1.0 / halp_row["latency_ratio"]
             else:
                 halp_row = next((r for r in rows if (r["method"], r["seed"]) ==
                                  ("halp-trt", seed)), None)
@@ -880,8 +934,11 @@ def _main(a):
 
 
 def level_command(a) -> str:
+    json_path = os.path.relpath(a.json_path) if a.json_path else \
+        "tools/results/vs_peers_fashion.json"
     return (f"python tools/bench_vs_peers.py --level {a.level} --modelopt-python "
-            f"/tmp/mo/bin/python --json tools/results/vs_peers_fashion.json")
+            f"/tmp/mo/bin/python --json {json_path}"
+            + (f" --ft-schedule {a.ft_schedule}" if a.ft_schedule != "constant" else ""))
 
 
 if __name__ == "__main__":

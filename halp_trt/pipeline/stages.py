@@ -379,7 +379,8 @@ def verify(run) -> None:
                                     "pruned": outside_graph_ms(run.pruned_model, images)}
         og = run.outside_graph_ms
         run.log(f"outside the graph (PyTorch): post-processing "
-                f"{og['original']['postprocess_ms']:.2f} -> {og['pruned']['postprocess_ms']:.2f}"
+                + ("(with the ROI heads) " if og["pruned"].get("roi_heads_included") else "")
+                + f"{og['original']['postprocess_ms']:.2f} -> {og['pruned']['postprocess_ms']:.2f}"
                 f" ms, pre-processing {og['pruned']['preprocess_ms']:.2f} ms")
 
 

@@ -6,7 +6,11 @@ resize, batch), a backbone (with its FPN), a head shared across pyramid levels, 
 post-processing (anchors, box decoding, NMS). ``DetectionCore`` is the backbone and the head,
 returning the head's raw outputs as a tuple in name order: its channel groups couple the head's
 convs across every level they run on, and the post-processing — no channels to prune — stays
-outside the pruned graph. The core keeps the whole detector beside it (not as a submodule: the
+outside the pruned graph. Faster R-CNN is the same up to its region proposal network: the core
+is the backbone and the RPN head, returning the pyramid's features beside the RPN's outputs
+(the features are outputs, so their channels — which the ROI heads read — are kept); proposal
+selection, ROI pooling and the ROI heads run per proposal, with no fixed shape, and stay
+outside with the post-processing (timed and reported, as they are part of a user's speedup). The core keeps the whole detector beside it (not as a submodule: the
 traced, exported and saved network is the core alone), so training calls the detector as
 torchvision's detection references do — ``detector(images, targets)`` returns a loss dict in
 train mode — and the Taylor importance comes from those losses."""
@@ -20,9 +24,11 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.tasks.shapes import ShapesPairs
 
-# one-stage builders: a backbone and a head shared over the levels (two-stage ones, Faster and
-# Mask R-CNN, crop features per proposal between their heads: not a core of fixed shape)
+# one-stage builders: a backbone and a head shared over the levels
 ONE_STAGE = ("ssd", "retinanet", "fcos")
+# two-stage: the core ends at the RPN head. Mask and keypoint R-CNN train on masks and keypoints
+# the shapes data has no keypoints for; they are refused by name
+TWO_STAGE = ("fasterrcnn",)
 
 
 class DetectionCore(nn.Module):
@@ -32,21 +38,41 @@ class DetectionCore(nn.Module):
 
     def __init__(self, detector: nn.Module):
         super().__init__()
-        missing = [a for a in ("backbone", "head") if not isinstance(getattr(detector, a, None),
-                                                                       nn.Module)]
-        if missing or hasattr(detector, "roi_heads"):
-            raise HalpError(f"{type(detector).__name__} is not a one-stage detector with a "
-                            "backbone and a shared head (SSD, SSDlite, RetinaNet, FCOS); "
-                            "two-stage detectors (Faster/Mask R-CNN) are not handled yet")
-        self.backbone, self.head = detector.backbone, detector.head
+        rpn_head = getattr(getattr(detector, "rpn", None), "head", None)
+        self.two_stage = isinstance(rpn_head, nn.Module) and isinstance(
+            getattr(detector, "roi_heads", None), nn.Module)
+        head = rpn_head if self.two_stage else getattr(detector, "head", None)
+        if not isinstance(getattr(detector, "backbone", None), nn.Module) or \
+                not isinstance(head, nn.Module):
+            raise HalpError(f"{type(detector).__name__} is not a detector halp-trt knows: it "
+                            "takes a backbone with a head shared across levels (SSD, SSDlite, "
+                            "RetinaNet, FCOS) or with a region proposal network (Faster R-CNN)")
+        roi = getattr(detector, "roi_heads", None)
+        if self.two_stage and (getattr(roi, "mask_head", None) is not None or
+                               getattr(roi, "keypoint_head", None) is not None):
+            raise HalpError(f"{type(detector).__name__} has mask or keypoint heads: Mask and "
+                            "Keypoint R-CNN are not handled (their training needs masks or "
+                            "keypoints); Faster R-CNN is")
+        self.backbone, self.head = detector.backbone, head
+        if self.two_stage:
+            # a submodule, so the pipeline trains and saves it; it is not in ``forward`` (not
+            # traced, exported or timed): it runs per proposal after the core
+            self.roi_heads = roi
         # a plain attribute: deepcopy keeps it sharing the copied backbone and head
         self.__dict__["detector"] = detector
         self.output_names: tuple[str, ...] = ()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.backbone(x)
+        names = [str(k) for k in features] if isinstance(features, dict) else ["0"]
         features = list(features.values()) if isinstance(features, dict) else [features]
         out = self.head(features)
+        if self.two_stage:  # the ROI heads read the features: they are outputs too
+            objectness, deltas = out
+            self.output_names = tuple([f"features_{n}" for n in names] +
+                                      [f"objectness_{n}" for n in names] +
+                                      [f"rpn_deltas_{n}" for n in names])
+            return (*features, *objectness, *deltas)
         if isinstance(out, torch.Tensor):
             return (out,)
         self.output_names = tuple(sorted(out))
@@ -63,7 +89,7 @@ def detection_model_names() -> list[str]:
     import torchvision
 
     return [n for n in torchvision.models.list_models(module=torchvision.models.detection)
-            if n.startswith(ONE_STAGE)]
+            if n.startswith(ONE_STAGE + TWO_STAGE)]
 
 
 def create_detection_model(name: str, num_classes: int | None, input_size: int) -> DetectionCore:
@@ -71,9 +97,10 @@ def create_detection_model(name: str, num_classes: int | None, input_size: int) 
     transform set to ``input_size`` so the images the core sees are the ones it is timed on."""
     import torchvision
 
-    if not any(name.startswith(p) for p in ONE_STAGE):
-        raise HalpError(f"{name}: only one-stage detectors ({', '.join(detection_model_names())})"
-                        " are handled; two-stage detectors (Faster/Mask R-CNN) are not yet")
+    if not name.startswith(ONE_STAGE + TWO_STAGE):
+        raise HalpError(f"{name}: the detectors handled are {', '.join(detection_model_names())}"
+                        "; Mask and Keypoint R-CNN are not (their training needs masks or "
+                        "keypoints)")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     detector = torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs)
     return as_detection_core(detector, input_size)
@@ -111,13 +138,16 @@ class ShapesDetection(ShapesPairs):
 def _core(model: nn.Module) -> DetectionCore:
     if not isinstance(model, DetectionCore):
         raise HalpError(f"{type(model).__name__} is not a detector halp-trt knows: detection "
-                        "takes torchvision's one-stage detectors (ssd*, retinanet*, fcos*)")
+                        "takes torchvision's detectors ssd*, retinanet*, fcos*, fasterrcnn*")
     return model
 
 
 def detector_num_classes(model: nn.Module) -> int:
     """Classes the detector's head scores, background included."""
-    head = _core(model).head
+    core = _core(model)
+    if core.two_stage:
+        return int(core.roi_heads.box_predictor.cls_score.out_features)
+    head = core.head
     cls_head = getattr(head, "classification_head", head)
     # RetinaNet and FCOS name it num_classes; SSD's scoring heads, num_columns
     return int(getattr(cls_head, "num_classes", None) or getattr(cls_head, "num_columns", 0))
@@ -151,7 +181,8 @@ def mean_average_precision(model: nn.Module, loader, num_classes: int) -> float:
 def outside_graph_ms(model: nn.Module, images: torch.Tensor, rounds: int = 15) -> dict:
     """Time of the detector's steps around the core, in PyTorch on this CPU: ``preprocess_ms``
     (normalise, resize, batch) and ``postprocess_ms`` (anchors, box decoding, score filtering,
-    NMS, rescaling), the minimum over ``rounds`` calls on ``images``. The core is timed on
+    NMS, rescaling; for Faster R-CNN the proposals, ROI pooling and ROI heads too), the minimum
+    over ``rounds`` calls on ``images``. The core is timed on
     the runtime; these steps run beside it in a user's deployment."""
     core = _core(model)
     stamps: dict[str, float] = {}
@@ -174,4 +205,5 @@ def outside_graph_ms(model: nn.Module, images: torch.Tensor, rounds: int = 15) -
             h.remove()
     pre_ms, post_ms = 1e3 * min(pre), 1e3 * min(post)
     return {"preprocess_ms": pre_ms, "postprocess_ms": post_ms, "total_ms": pre_ms + post_ms,
-            "rounds": rounds, "images": int(images.shape[0])}
+            "rounds": rounds, "images": int(images.shape[0]),
+            "roi_heads_included": bool(core.two_stage)}

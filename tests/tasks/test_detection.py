@@ -82,14 +82,63 @@ def test_a_detector_core_prunes_its_shared_head_and_every_output_survives():
         np.testing.assert_allclose(g, o[:1].numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_a_two_stage_detector_is_refused_clearly():
-    class TwoStage(TinyDetector):
-        def __init__(self):
-            super().__init__()
-            self.roi_heads = nn.Identity()
+def test_a_two_stage_core_ends_at_the_rpn_and_keeps_the_channels_the_roi_heads_read():
+    """Faster R-CNN: the core is the backbone and the RPN head; the pyramid's features are
+    outputs beside the RPN's, so pruning never narrows what the ROI heads pool, and the pruned
+    detector (ROI heads untouched) still trains and detects."""
+    from tiny_models import tiny_fasterrcnn
 
-    with pytest.raises(HalpError, match="two-stage detectors"):
-        DetectionCore(TwoStage())
+    from halp_trt.tasks import TASKS
+    from halp_trt.tasks.detection import ShapesDetection
+
+    torch.manual_seed(0)
+    core = DetectionCore(tiny_fasterrcnn(4)).eval()
+    assert core.two_stage and core.head is core.detector.rpn.head
+    assert any(k.startswith("roi_heads.") for k in core.state_dict())  # trained and saved
+    x = torch.rand(2, 3, 64, 64)
+    pruner, record = prune_one_step(core, x[:1])
+    assert any(record.kept[g.root] < g.size for g in pruner.prunable), "nothing was pruned"
+    pruned_outs = {m for g in pruner.prunable for m in g.modules("out")}
+    assert not {m for m in pruned_outs if m.startswith("backbone.fpn.layer_blocks")}
+    assert "head.conv.0.0" in pruned_outs  # the RPN's own conv is the core's to prune
+    with torch.no_grad():
+        masked = core(x)
+    pruned = pruner.finalize().eval()
+    with torch.no_grad():
+        outs = pruned(x)
+    assert pruned.output_names == ("features_p2", "features_p3", "objectness_p2",
+                                   "objectness_p3", "rpn_deltas_p2", "rpn_deltas_p3")
+    assert outs[0].shape[1] == outs[1].shape[1] == 48
+    for a, b in zip(masked, outs):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    session = ort.InferenceSession(export_onnx(pruned, x[:1]),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
+    assert len(got) == 6
+    for g, o in zip(got, outs):
+        np.testing.assert_allclose(g, o[:1].numpy(), rtol=1e-4, atol=1e-5)
+    data = ShapesDetection(4, 64, seed=0)
+    images = torch.stack([data[i][0] for i in range(2)])
+    targets = [data[i][1] for i in range(2)]
+    assert TASKS["detection"].num_classes(pruned, x[:1]) == 4
+    pruned.train()
+    loss = TASKS["detection"].loss(pruned, images, targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert pruned.roi_heads.box_head.fc6.weight.grad is not None  # the ROI heads train too
+    pruned.eval()
+    with torch.no_grad():
+        found = pruned.detect(images)
+    assert len(found) == 2 and set(found[0]) == {"boxes", "scores", "labels"}
+
+
+def test_mask_and_keypoint_rcnn_are_refused_by_name():
+    from halp_trt.models import create_model
+
+    for name in ("maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn"):
+        with pytest.raises(HalpError, match="Mask and Keypoint R-CNN are not"):
+            create_model(name, 4, 64)
 
 
 def _trained_step(core, images, targets):
@@ -158,6 +207,27 @@ def test_post_processing_is_timed_outside_the_core():
     t = outside_graph_ms(core, torch.rand(1, 3, 64, 64), rounds=2)
     assert t["postprocess_ms"] > 0 and t["preprocess_ms"] > 0
     assert t["total_ms"] == pytest.approx(t["preprocess_ms"] + t["postprocess_ms"])
+    assert not t["roi_heads_included"]
+
+
+def test_a_two_stage_detectors_roi_heads_are_timed_with_its_post_processing():
+    """Faster R-CNN's ROI heads run per proposal after the core: their time is in
+    post-processing, and a heavier box head makes it longer."""
+    from tiny_models import tiny_fasterrcnn
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    from halp_trt.tasks.detection import outside_graph_ms
+
+    torch.manual_seed(0)
+    light = DetectionCore(tiny_fasterrcnn(4))
+    heavy = DetectionCore(tiny_fasterrcnn(4))
+    heavy.roi_heads.box_head = TwoMLPHead(48 * 16, 4096)
+    heavy.roi_heads.box_predictor.cls_score = nn.Linear(4096, 4)
+    heavy.roi_heads.box_predictor.bbox_pred = nn.Linear(4096, 16)
+    images = torch.rand(2, 3, 64, 64)
+    t_light, t_heavy = (outside_graph_ms(c, images, rounds=5) for c in (light, heavy))
+    assert t_light["roi_heads_included"]
+    assert t_heavy["postprocess_ms"] > t_light["postprocess_ms"]
 
 
 def test_a_deepcopy_of_the_core_shares_its_modules_with_its_own_detector():
@@ -171,18 +241,21 @@ def test_a_deepcopy_of_the_core_shares_its_modules_with_its_own_detector():
                                       if k.startswith(("backbone.", "head."))}
 
 
+@pytest.mark.parametrize("model,outside", [
+    ("tiny_retinanet", "post-processing (anchors, decoding, NMS)"),
+    ("tiny_fasterrcnn", "post-processing (proposals, ROI pooling, ROI heads — not pruned —")])
 def test_the_pipeline_prunes_a_detector_on_shapes_and_reports_map_and_post_processing(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, model, outside):
     """prune-and-deploy --task detection: trained on the detector's losses, pruned, exported,
-    every head output checked against PyTorch, mAP before and after, and the time of the steps
-    outside the graph in the report."""
+    every core output checked against PyTorch, mAP before and after, and the time of the steps
+    outside the graph in the report (a two-stage detector's ROI heads among them)."""
     import json
 
     from halp_trt.pipeline import prune_and_deploy
     from halp_trt.pipeline.config import DeployConfig
 
     monkeypatch.setenv("HALP_TRT_CACHE", str(tmp_path / "cache"))  # its own table
-    cfg = DeployConfig(out=str(tmp_path / "out"), model="tiny_models:tiny_retinanet",
+    cfg = DeployConfig(out=str(tmp_path / "out"), model=f"tiny_models:{model}",
                        task="detection", data="shapes:32", input_size=64, pretrain_epochs=1,
                        train_batch_size=8, epochs=1, steps=2, interval=2, target="0.75",
                        rounds=15, allow_untrained=True)
@@ -194,7 +267,7 @@ def test_the_pipeline_prunes_a_detector_on_shapes_and_reports_map_and_post_proce
     assert report["numeric_check"]["n_inputs"] >= 1
     assert any(w["kept"] < w["original"] for w in report["widths"].values())
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "post-processing (anchors, decoding, NMS)" in md
+    assert outside in md
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["outside_graph"] == og
 

@@ -112,3 +112,30 @@ def test_halp_ablations_can_run_at_every_seed(bench):
     assert [p for p in plan if p[0].startswith("halp-trt-")] == [
         ("halp-trt-interval40", 1), ("halp-trt-interval40", 2)]
 
+
+
+def test_the_unpruned_base_is_the_recipes_ceiling_and_no_peer(bench, tmp_path):
+    """The base fine-tuned with the level's recipe runs last (one row per seed), sits in its
+    own group — never the best peer — and the section says how far each side ends below it; a
+    level whose setup already has that row at another level copies it."""
+    a = SimpleNamespace(seeds=2, screen=False, carry=2, ablation=False, with_fastnas=False,
+                        reference=True)
+    plan = bench.level_plan(a, 16, [])
+    assert plan[-2:] == [(bench.UNPRUNED, 0), (bench.UNPRUNED, 1)]
+    rows = [row("halp-trt", 0, 0.85), row("tp-l2-global-r16", 0, 0.84),
+            row(bench.UNPRUNED, 0, 0.90, ratio=1.0)]
+    lv = bench.summarize_level(rows, 0.15, 16, {"machine": "zen4"})
+    assert set(lv["methods"]) == {"halp-trt", "tp-l2-global-r16"}
+    assert bench.best_peer(lv) == "tp-l2-global-r16"
+    assert lv["reference"][bench.UNPRUNED]["acc_ft_mean"] == pytest.approx(0.90)
+    md = bench.markdown_section({"levels": [lv]})
+    assert "same fine-tuning: 0.9000 (-6.00 for the best peer, -5.00 for halp-trt)" in md
+    assert "the fine-tuning recipe's ceiling" in md
+    path = str(tmp_path / "rows.jsonl")
+    setup = {"machine": "zen4", "base_sha256": "abc"}
+    bench.append_row(path, {**row(bench.UNPRUNED, 0, 0.9, level=0.3, ratio=1.0),
+                            "prune_batches": 0, "ft_batches": 938})
+    copied = bench.unpruned_elsewhere(path, 0, setup)
+    assert copied["acc_ft"] == 0.9 and copied["copied_from_level"] == 0.3
+    assert bench.unpruned_elsewhere(path, 1, setup) is None
+    assert bench.unpruned_elsewhere(path, 0, {**setup, "machine": "xeon"}) is None
