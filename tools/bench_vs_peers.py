@@ -671,13 +671,16 @@ def _pm(e: dict, key: str, digits: int = 4) -> str:
     return f"{e[key + '_mean']:.{digits}f} ± {e[key + '_std']:.{digits}f}"
 
 
-def markdown_section(results: dict) -> str:
-    """The BENCHMARKS.md section for ``results`` (the JSON this script writes)."""
+def markdown_section(results: dict, title: str = "", with_method: bool = True) -> str:
+    """The BENCHMARKS.md section for ``results`` (the JSON this script writes); ``title``
+    follows the section's name (another recipe's run), ``with_method`` off leaves out the
+    method and budget notes (given once)."""
     lines = ["## Against Torch-Pruning and ModelOpt FastNAS at equal measured latency "
-             "(resnet18, Fashion-MNIST)", ""]
+             "(resnet18, Fashion-MNIST)" + title, ""]
     if not results.get("levels"):
         return "\n".join(lines + ["(not run yet)", ""])
-    lines += [METHOD_NOTE, "", "```text", BUDGET_NOTE, "```", ""]
+    if with_method:
+        lines += [METHOD_NOTE, "", "```text", BUDGET_NOTE, "```", ""]
     for lv in results["levels"]:
         base = lv.get("base", {})
         wall = lv.get("wall_s", {})

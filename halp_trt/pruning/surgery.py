@@ -160,7 +160,27 @@ def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
     for gid, idxs in drop.items():
         if by_id[gid].heads_of is not None:
             remove_heads(model, by_id[gid], idxs)
+    check_no_empty_layers(model, groups, drop)
     return model
+
+
+def check_no_empty_layers(model: nn.Module, groups: Sequence[ChannelGroup],
+                          drop: Mapping[int, Sequence[int]]) -> None:
+    """One HalpError naming the layer if channel removal left a conv or linear layer with no
+    channels on a side (every group keeps one, so a layer emptied is a pattern mapped wrong,
+    e.g. channels reached through a concat or slice): not a PyTorch or ONNX error later."""
+    for name, mod in model.named_modules():
+        weight = getattr(mod, "weight", None)
+        if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or \
+                weight is None or weight.numel():
+            continue
+        cut_by = sorted({g.root for g in groups if drop.get(g.id) and
+                         any(m.module_name == name for m in g.members)})
+        raise HalpError(f"channel removal left {name} ({type(mod).__name__}, weight "
+                        f"{tuple(weight.shape)}) with no channels, through the group(s) of "
+                        f"{', '.join(cut_by) or 'none of its own'}: a channel pattern halp-trt "
+                        f"mapped wrong around {name}. Keep it out of pruning (--exclude "
+                        f"{', '.join(cut_by) or name}) and report the model")
 
 
 def _rebuild_grouped_conv(conv, name: str, weight, bias, keep_in: list[int],

@@ -80,3 +80,19 @@ def test_masked_vs_pruned_check_names_the_problem():
         check_masked_equals_pruned(a, a + 1.0)
     with pytest.raises(HalpError):
         check_masked_equals_pruned(a, a * float("nan"))
+
+
+def test_a_layer_left_with_no_channels_is_one_error_naming_it_and_its_group():
+    """Every group keeps a channel, so an emptied layer means a pattern mapped wrong (as seen
+    once on a timm GhostNet: ONNX export failed on a [0, 12, 1, 1] weight); the check after
+    removal names the layer and the group that cut it instead."""
+    from halp_trt.pruning.surgery import check_no_empty_layers
+
+    model, _, groups, _ = _resnext()
+    check_no_empty_layers(model, groups, {})  # an intact model passes
+    g = next(g for g in groups if g.root == "block2.conv3")
+    conv = model.block2.conv3
+    conv.weight = nn.Parameter(conv.weight.detach()[:0])  # what a wrong mapping would leave
+    with pytest.raises(HalpError, match=r"left block2.conv3 \(Conv2d, weight \(0, .*group\(s\) "
+                                        r"of block2.conv3.*--exclude block2.conv3"):
+        check_no_empty_layers(model, groups, {g.id: [0]})
