@@ -40,11 +40,21 @@ def build(model_name: str, warm_ms: float, path: str) -> float:
 
 
 def check(path: str) -> dict:
+    """One ``check-table`` of ``path`` in a fresh process: fit, shape deviation and each
+    signature's median here/table; ``error`` (the command's last words) if it wrote no probe."""
     out = path + ".check.json"
-    subprocess.run([sys.executable, "-m", "halp_trt.cli", "check-table", path, "--json", out],
-                   capture_output=True, text=True)
-    with open(out) as f:
-        probe = json.load(f)["probe"]
+    if os.path.exists(out):
+        os.unlink(out)  # an earlier check's file is not this check
+    done = subprocess.run([sys.executable, "-m", "halp_trt.cli", "check-table", path, "--json",
+                           out], capture_output=True, text=True)
+    probe = None
+    if os.path.exists(out):
+        with open(out) as f:
+            probe = json.load(f).get("probe")
+    if not probe:
+        words = (done.stderr or done.stdout).strip().splitlines()
+        return {"fits": None, "error": (words[-1] if words else
+                                        f"check-table exited {done.returncode}")[:300]}
     by_signature: dict[str, list[float]] = {}
     for p in probe["lattice"]:
         by_signature.setdefault(p["config"].split(" ")[0], []).append(
@@ -64,10 +74,13 @@ def markdown_section(results: dict) -> str:
              "| model | warm_ms | build | shape deviation (two checks) | signatures here / "
              "table (first check) |", "|---|---|---|---|---|"]
     for r in results["rows"]:
-        c1, c2 = r["checks"]
+        c1 = r["checks"][0]
+        deviations = ", ".join("failed" if "error" in c else f"{100 * c['shape_deviation']:.0f}%"
+                               for c in r["checks"])
+        medians = c1["error"] if "error" in c1 else \
+            " ".join(f"{v:.2f}" for v in c1["signature_medians"].values())
         lines.append(f"| {r['model']} | {r['warm_ms']:g} | {r['build_s']:.0f} s | "
-                     f"{100 * c1['shape_deviation']:.0f}%, {100 * c2['shape_deviation']:.0f}% | "
-                     + " ".join(f"{v:.2f}" for v in c1["signature_medians"].values()) + " |")
+                     f"{deviations} | {medians} |")
     return "\n".join(lines + [""])
 
 
@@ -87,11 +100,9 @@ def main(argv=None):
             row = {"model": model, "warm_ms": warm, "build_s": round(build(model, warm, path), 1),
                    "checks": [check(path), check(path)]}
             rows.append(row)
-            print(f"{model} warm_ms {warm:g}: build {row['build_s']:.0f} s, shape deviation "
-                  + ", ".join(f"{100 * c['shape_deviation']:.0f}%" for c in row["checks"])
-                  + "; signatures here/table "
-                  + " ".join(f"{v:.2f}" for v in row["checks"][0]["signature_medians"].values()),
-                  flush=True)
+            print(f"{model} warm_ms {warm:g}: build {row['build_s']:.0f} s | "
+                  + markdown_section({"command": "", "machine": "", "date": "",
+                                      "rows": [row]}).splitlines()[-1], flush=True)
     result = {"machine": machine_class(cpu_identity()), "date": time.strftime("%Y-%m-%d"),
               "input_shape": list(INPUT_SHAPE),
               "command": "python tools/bench_table_warmup.py --json " + a.json_path,
