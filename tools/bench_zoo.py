@@ -45,7 +45,8 @@ DENSE_MODELS = {"fcn_resnet50": "segmentation", "deeplabv3_mobilenet_v3_large": 
                 "ssdlite320_mobilenet_v3_large": "detection",
                 "retinanet_resnet50_fpn_v2": "detection", "fcos_resnet50_fpn": "detection",
                 "fasterrcnn_mobilenet_v3_large_320_fpn": "detection"}
-DENSE_SIZES = {"ssdlite320_mobilenet_v3_large": (320,)}
+DENSE_SIZES = {"ssdlite320_mobilenet_v3_large": (320,),
+               "fasterrcnn_mobilenet_v3_large_320_fpn": (320,)}
 DENSE_DEFAULT_SIZES = (128, 256, 384)
 SHAPES_CLASSES = 4  # background, circle, square, triangle
 DENSE_DATA = "shapes:16"  # importance batches only: the zoo prunes random weights one-shot
@@ -216,6 +217,11 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                 og = report["outside_graph"]
                 row["postprocess_ms"] = {k: round(og[k]["postprocess_ms"], 3)
                                          for k in ("original", "pruned")}
+                # Faster R-CNN's ROI heads run per proposal, outside the graph, unpruned
+                row["postprocess_includes_roi_heads"] = bool(og["pruned"].get(
+                    "roi_heads_included"))
+                row["graph_ms"] = {k: round(report[k]["measured_ms"], 3)
+                                   for k in ("original", "pruned")}
     except HalpError as exc:
         row["reason"] = str(exc).splitlines()[0][:400]
     except Exception as exc:  # noqa: BLE001 - a traceback is this model's failure

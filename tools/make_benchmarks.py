@@ -132,8 +132,11 @@ def zoo_section(z, source: str = "torchvision") -> list[str]:
         size = f"{r.get('input') or '-'}" + (f" (tried {', '.join(skipped)} first)"
                                               if skipped else "")
         if r.get("postprocess_ms"):  # detection: the steps outside the graph
-            reason = (reason + "; " if reason else "") + "post-processing {original:.1f} → " \
-                "{pruned:.1f} ms (PyTorch)".format(**r["postprocess_ms"])
+            reason = (reason + "; " if reason else "") + "post-processing " + \
+                ("with the ROI heads " if r.get("postprocess_includes_roi_heads") else "") + \
+                "{original:.1f} → {pruned:.1f} ms (PyTorch)".format(**r["postprocess_ms"])
+            if r.get("graph_ms"):
+                reason += "; graph {original:.1f} → {pruned:.1f} ms".format(**r["graph_ms"])
         lines.append(f"| {r['model']} | {r['family']} | {size} | {params} | "
                      f"{'pass' if r['passed'] else 'FAIL'} | {ratio} | {wall} | "
                      + f"{labels[r.get('machine') or 'unknown']} | {reason} |")
