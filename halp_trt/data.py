@@ -25,7 +25,7 @@ from halp_trt.errors import ConfigError, HalpError
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SHAPES_TRAIN_IMAGES = 2000
 # the datasets of the dense tasks and the tasks each serves (every other kind: classification)
-DENSE_DATA = {"shapes": ("segmentation", "detection"), "coco": ("detection",)}
+DENSE_DATA = {"shapes": ("segmentation", "detection"), "coco": ("segmentation", "detection")}
 DENSE_SPECS = {"shapes": "shapes[:N] (built in)", "coco": "coco:DIR (COCO-format annotations)"}
 
 
@@ -218,7 +218,7 @@ def _fashion_mnist(root: str, input_hw) -> DataSplits:
 def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0,
               task: str = "classification") -> DataSplits:
     """``digits`` | ``imagefolder:DIR`` | ``cifar10:DIR`` | ``fashion-mnist[:DIR]`` |
-    ``shapes[:N]`` (for ``task`` segmentation or detection) | ``coco:DIR`` (detection)."""
+    ``shapes[:N]`` | ``coco:DIR`` (both for ``task`` segmentation or detection)."""
     kind, _, arg = spec.partition(":")
     serves = DENSE_DATA.get(kind, ("classification",))
     if task not in serves:
@@ -239,10 +239,10 @@ def load_data(spec: str, input_hw: tuple[int, int], seed: int = 0,
     if kind == "shapes":
         return _shapes(arg, tuple(input_hw), seed, task)
     if kind == "coco" and arg:
-        return _coco(arg, tuple(input_hw))
+        return _coco(arg, tuple(input_hw), task)
     raise ConfigError("data", f"unknown {{field}} {spec!r}: use digits, imagefolder:DIR, "
                       "cifar10:DIR, fashion-mnist[:DIR], shapes[:N_TRAIN] (segmentation, "
-                      "detection) or coco:DIR (detection)")
+                      "detection) or coco:DIR (segmentation, detection)")
 
 
 def _shapes(arg: str, input_hw: tuple[int, int], seed: int,
@@ -267,12 +267,12 @@ def _shapes(arg: str, input_hw: tuple[int, int], seed: int,
     return DataSplits(train, val, train.num_classes, f"shapes ({n_train} images)")
 
 
-def _coco(root: str, input_hw: tuple[int, int]) -> DataSplits:
+def _coco(root: str, input_hw: tuple[int, int], task: str = "detection") -> DataSplits:
     from halp_trt.tasks.coco import coco_splits
 
     if input_hw[0] != input_hw[1]:
         raise ConfigError("data", "{field} coco:DIR resizes images to a square input; use one")
-    train, val = coco_splits(root, input_hw[0])
+    train, val = coco_splits(root, input_hw[0], task)
     return DataSplits(train, val, train.num_classes, f"coco:{root}")
 
 

@@ -1,5 +1,5 @@
-"""Users' detection data in COCO format (``--data coco:DIR``), read with torchvision's
-``CocoDetection`` (pycocotools underneath).
+"""Users' detection and segmentation data in COCO format (``--data coco:DIR``), read with
+torchvision's ``CocoDetection`` (pycocotools underneath).
 
 Two layouts are found, per split (``train``, ``val``):
 
@@ -8,7 +8,10 @@ Two layouts are found, per split (``train``, ``val``):
 
 Each image is resized to the run's square input (boxes scaled with it) and given as a float
 tensor in [0, 1] — the detector's transform normalises it. COCO's category ids (any integers)
-become labels 1..K in id order, 0 being the background, as torchvision's detectors count."""
+become labels 1..K in id order, 0 being the background, as torchvision's detectors count. For
+segmentation the objects' masks (polygons or RLE; a box where an object has none) are painted
+into one class-per-pixel mask, larger objects first so that a smaller one on top stays
+visible, and resized with the image (nearest neighbour)."""
 from __future__ import annotations
 
 import os
@@ -82,15 +85,47 @@ class CocoPairs(Dataset):
                    "labels": torch.tensor(labels, dtype=torch.int64)}
 
 
-def coco_splits(root: str, size: int) -> tuple[CocoPairs, CocoPairs]:
-    """(train, val) of ``coco:root`` at ``size``; the validation split is labelled with the
-    training split's categories (a category only in val has nothing to learn from)."""
+class CocoSegmentation(CocoPairs):
+    """One split as (image (3, size, size) in [0, 1], class-per-pixel mask (size, size))."""
+
+    collate_fn = None  # (image, mask) pairs stack as they are
+
+    def __getitem__(self, index: int):
+        import numpy as np
+        import torchvision.transforms.functional as F
+
+        image, annotations = self.coco[index]
+        width, height = image.size
+        x = F.to_tensor(F.resize(image.convert("RGB"), [self.size, self.size]))
+        mask = np.zeros((height, width), dtype=np.int64)
+        objects = [a for a in annotations if not a.get("iscrowd", 0) and
+                   a["category_id"] in self.label_of]
+        for a in sorted(objects, key=lambda a: -float(a.get("area") or
+                                                       a["bbox"][2] * a["bbox"][3])):
+            if a.get("segmentation"):
+                painted = self.coco.coco.annToMask(a).astype(bool)
+            else:  # boxes only: the box is the object
+                left, top, w, h = (int(round(v)) for v in a["bbox"])
+                painted = np.zeros_like(mask, dtype=bool)
+                painted[max(top, 0):top + h, max(left, 0):left + w] = True
+            mask[painted] = self.label_of[a["category_id"]]
+        mask = torch.from_numpy(mask)[None, None].float()
+        mask = torch.nn.functional.interpolate(mask, size=(self.size, self.size),
+                                               mode="nearest")
+        return x, mask[0, 0].long()
+
+
+def coco_splits(root: str, size: int, task: str = "detection") -> tuple[CocoPairs, CocoPairs]:
+    """(train, val) of ``coco:root`` at ``size`` (boxes for ``task`` detection, class masks
+    for segmentation); the validation split is labelled with the training split's categories
+    (a category only in val has nothing to learn from)."""
     if not os.path.isdir(root):
         raise HalpError(f"data folder {root} does not exist (coco:DIR needs {LAYOUTS})")
     try:
         import pycocotools  # noqa: F401
     except ImportError:
         raise HalpError("coco:DIR needs pycocotools: pip install 'halp-trt[dense]'") from None
-    train = CocoPairs(*_split_files(root, "train"), size)
-    val = CocoPairs(*_split_files(root, "val"), size, label_of=train.label_of)
+    kind = CocoSegmentation if task == "segmentation" else CocoPairs
+    train = kind(*_split_files(root, "train"), size)
+    val = kind(*_split_files(root, "val"), size, label_of=train.label_of)
     return train, val
