@@ -73,3 +73,49 @@ def test_a_pruned_model_that_lost_its_metric_is_not_deployed():
         check_not_collapsed(0.2553, 0.0002, "mAP", allow_untrained=False)
     check_not_collapsed(0.2553, 0.2553 * MIN_KEPT_SHARE, "mAP", allow_untrained=False)
     check_not_collapsed(0.2553, 0.0002, "mAP", allow_untrained=True)  # random-weight benchmarks
+
+
+def test_a_segmentation_model_must_beat_predicting_background_everywhere():
+    """Background fills most pixels, so a constant prediction already scores a high mean
+    IoU; a model that learned nothing more is refused, one that segments passes."""
+    import torch.nn as nn
+
+    from halp_trt.data import make_loader
+    from halp_trt.tasks.segmentation import ShapesSegmentation, constant_prediction_miou, mean_iou
+
+    val = make_loader(ShapesSegmentation(16, 32, seed=1), 8, False)
+    masks = torch.cat([m for _, m in val])
+    floor = constant_prediction_miou(masks, 4)
+    share = float((masks == 0).float().mean())
+    assert floor == pytest.approx(share / 4, abs=1e-4)  # background's IoU, 0 for the others
+
+    class Answers(nn.Module):
+        """Logits from a lookup: perfect masks, or background everywhere."""
+        def __init__(self, perfect):
+            super().__init__()
+            self.perfect, self.bias = perfect, nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            # the loader is not shuffled: the masks of these images, in order
+            out = []
+            for _ in range(x.shape[0]):
+                m = masks[self.i] if self.perfect else torch.zeros_like(masks[0])
+                self.i = (self.i + 1) % len(masks)
+                out.append(nn.functional.one_hot(m, 4).permute(2, 0, 1).float())
+            return torch.stack(out) + self.bias
+
+    for perfect, refused in ((False, True), (True, False)):
+        model = Answers(perfect)
+        model.i = 0
+        score = mean_iou(model, val, 4)
+        model.i = 0
+        kw = dict(allow_untrained=False, chance_test=False, metric="mean IoU",
+                  constant_score=lambda y: constant_prediction_miou(y, 4))
+        if refused:
+            assert score == pytest.approx(floor, abs=1e-4)
+            with pytest.raises(HalpError, match="no better than predicting the most frequent "
+                                                "class everywhere.*--allow-untrained"):
+                check_model_is_sane(model, val, score, **kw)
+        else:
+            assert score == pytest.approx(1.0)
+            check_model_is_sane(model, val, score, **kw)

@@ -126,10 +126,16 @@ def original(run) -> None:
     run.acc_original = run.evaluate(run.original_model)
     run.log(f"original {run.task.metric} on {run.data.name}: {run.acc_original:.4f}")
     try:
+        constant_score = None
+        if run.task.name == "segmentation":  # background alone scores a high mean IoU
+            from halp_trt.tasks.segmentation import constant_prediction_miou
+
+            def constant_score(masks):
+                return constant_prediction_miou(masks, run.data.num_classes)
         check_model_is_sane(run.original_model, run.val_loader, run.acc_original,
                             cfg.allow_untrained, chance_test=run.task.name == "classification",
                             untrained_at_or_below=run.task.untrained_at_or_below,
-                            metric=run.task.metric)
+                            metric=run.task.metric, constant_score=constant_score)
     except HalpError:
         # nothing worth resuming: the same command with other settings starts afresh
         if run.is_main and os.path.exists(run.ckpt_path):

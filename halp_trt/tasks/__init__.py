@@ -29,8 +29,8 @@ class Task:
     # (model, input size) -> the network the pipeline prunes, exports and times
     prepare: Callable[..., "torch.nn.Module"] = lambda model, input_size: model
     # a starting model at or below this has learned nothing (None: judged otherwise —
-    # classification against its label frequencies; segmentation's mean IoU, whose
-    # background class alone scores high, is not judged)
+    # classification against its label frequencies, segmentation against predicting the most
+    # frequent class everywhere)
     untrained_at_or_below: float | None = None
     # gradients clipped to this global norm while pruning and fine-tuning (None: not clipped)
     clip_grad_norm: float | None = None

@@ -67,3 +67,18 @@ def mean_iou(model: nn.Module, loader, num_classes: int) -> float:
         for x, mask in loader:
             metric.update(model(x).argmax(1), mask)
     return float(metric.compute())
+
+
+def constant_prediction_miou(masks: torch.Tensor, num_classes: int) -> float:
+    """Mean IoU (as ``mean_iou`` scores it) of predicting the most frequent class of ``masks``
+    at every pixel: what a model that learned nothing reaches."""
+    try:
+        from torchmetrics.classification import MulticlassJaccardIndex
+    except ImportError:
+        raise HalpError("segmentation needs torchmetrics: pip install 'halp-trt[dense]'") \
+            from None
+    masks = masks.long()
+    majority = int(torch.bincount(masks.flatten(), minlength=num_classes).argmax())
+    metric = MulticlassJaccardIndex(num_classes=num_classes, average="macro")
+    metric.update(torch.full_like(masks, majority), masks)
+    return float(metric.compute())
