@@ -1,5 +1,5 @@
 """Resolving a model from the command line: a torchvision name (classification, segmentation
-or one-stage detection), ``timm:NAME`` or ``module:factory``."""
+or detection: one-stage and Faster R-CNN), ``timm:NAME`` or ``module:factory``."""
 from __future__ import annotations
 
 import importlib
