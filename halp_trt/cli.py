@@ -234,8 +234,9 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
               help="digits (embedded) | imagefolder:DIR (DIR/train, DIR/val) | cifar10:DIR | "
                    "fashion-mnist[:DIR] (idx files, default /usr/share/datasets/fashion-mnist) "
                    "| shapes[:N] (built-in synthetic shapes for segmentation and detection, N "
-                   "training images) | coco:DIR (segmentation or detection; COCO-format annotations). Default: "
-                   "digits, shapes for segmentation and detection models.")
+                   "training images) | coco:DIR (segmentation or detection; COCO-format "
+                   "annotations). Default: digits, shapes for segmentation and detection "
+                   "models.")
 @config_option("--task", help="What the model is trained and scored for (auto: from the "
                "model; torchvision's segmentation models are segmentation, scored by mean IoU; its "
                "one-stage detectors and Faster R-CNN are detection, trained on their own losses "
