@@ -725,10 +725,11 @@ def markdown_section(results: dict, title: str = "", with_method: bool = True) -
                       f"{100 * (h['acc_ft_mean'] - p['acc_ft_mean']):+.2f} points."]
             ref = lv.get("reference", {}).get(UNPRUNED)
             if ref:
+                below = {k: 100 * (e["acc_ft_mean"] - ref["acc_ft_mean"]) for k, e in
+                         (("peer", p), ("halp", h))}
                 lines[-1] += (f" The unpruned base under the same fine-tuning: "
-                              f"{ref['acc_ft_mean']:.4f} ({100 * (p['acc_ft_mean'] - ref['acc_ft_mean']):+.2f}"
-                              f" for the best peer, {100 * (h['acc_ft_mean'] - ref['acc_ft_mean']):+.2f} "
-                              "for halp-trt).")
+                              f"{ref['acc_ft_mean']:.4f} ({below['peer']:+.2f} for the best "
+                              f"peer, {below['halp']:+.2f} for halp-trt).")
         for name, why in (lv.get("excluded") or {}).items():
             lines.append(f"- {name} excluded: {why}")
         if lv.get("png"):

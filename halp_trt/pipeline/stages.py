@@ -384,7 +384,7 @@ def verify(run) -> None:
             run.outside_graph_ms = {"original": outside_graph_ms(run.original_model, images),
                                     "pruned": outside_graph_ms(run.pruned_model, images)}
         og = run.outside_graph_ms
-        run.log(f"outside the graph (PyTorch): post-processing "
+        run.log("outside the graph (PyTorch): post-processing "
                 + ("(with the ROI heads) " if og["pruned"].get("roi_heads_included") else "")
                 + f"{og['original']['postprocess_ms']:.2f} -> {og['pruned']['postprocess_ms']:.2f}"
                 f" ms, pre-processing {og['pruned']['preprocess_ms']:.2f} ms")

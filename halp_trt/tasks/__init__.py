@@ -2,9 +2,9 @@
 
 Classification scores top-1 accuracy; segmentation (torchvision's segmentation models, the
 built-in ``shapes`` data or COCO masks) scores mean IoU (``halp_trt.tasks.segmentation``);
-detection (torchvision's one-stage detectors and Faster R-CNN) trains with the detector's own losses and scores COCO mAP
-(``halp_trt.tasks.detection``). A task says how a batch becomes a loss, how the model is scored
-and how many classes the model predicts."""
+detection (torchvision's one-stage detectors and Faster R-CNN) trains with the detector's own
+losses and scores COCO mAP (``halp_trt.tasks.detection``). A task says how a batch becomes a
+loss, how the model is scored and how many classes the model predicts."""
 from __future__ import annotations
 
 from dataclasses import dataclass

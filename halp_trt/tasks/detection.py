@@ -10,10 +10,13 @@ outside the pruned graph. Faster R-CNN is the same up to its region proposal net
 is the backbone and the RPN head, returning the pyramid's features beside the RPN's outputs
 (the features are outputs, so their channels — which the ROI heads read — are kept); proposal
 selection, ROI pooling and the ROI heads run per proposal, with no fixed shape, and stay
-outside with the post-processing (timed and reported, as they are part of a user's speedup). The core keeps the whole detector beside it (not as a submodule: the
-traced, exported and saved network is the core alone), so training calls the detector as
-torchvision's detection references do — ``detector(images, targets)`` returns a loss dict in
-train mode — and the Taylor importance comes from those losses."""
+outside with the post-processing (timed and reported, as they are part of a user's speedup).
+
+The core keeps the whole detector beside it (not as a submodule: the traced and exported
+network is the core alone; a two-stage core holds the ROI heads as a submodule so that they
+train and are saved, but never calls them), so training calls the detector as torchvision's
+detection references do — ``detector(images, targets)`` returns a loss dict in train mode —
+and the Taylor importance comes from those losses."""
 from __future__ import annotations
 
 import time
