@@ -271,6 +271,11 @@ def check_table_cmd(table_path, model, input_shape, num_classes, no_probe, json_
 @config_option("--importance-normalizer",
                help="none: raw importance values groups in the knapsack (HALP); mean: each "
                     "group's scores over their mean (Torch-Pruning's default).")
+@config_option("--distill", type=float,
+               help="Weight in [0, 1) of distillation from the unpruned original in the "
+                    "pruning and fine-tuning loss (classification); 0: cross-entropy alone.")
+@config_option("--distill-temperature", type=float,
+               help="Temperature of the distilled logits (default 4).")
 @config_option("--min-groups-kept", type=int,
                help="Latency steps of channels every prunable group keeps.")
 @config_option("--calibration", help="How the rest of the model (outside the table) scales.")

@@ -83,6 +83,26 @@ def _classification_batch_loss(model, x, y):
     return classification_loss(model(x), y)
 
 
+def distillation_loss_fn(teacher: nn.Module, weight: float, temperature: float = 4.0):
+    """``loss_fn(model, x, y)`` for ``train_epoch``: (1 - ``weight``) × the classification loss
+    plus ``weight`` × T² × KL(teacher ‖ student) on logits softened by ``temperature`` (Hinton
+    et al.; T² keeps the soft term's gradients on the scale of the hard one's). The teacher —
+    the unpruned original, in a pruning run — runs in eval mode without gradients."""
+    teacher.eval()
+    t = float(temperature)
+
+    def loss_fn(model, x, y):
+        output = model(x)
+        hard = classification_loss(output, y)
+        with torch.no_grad():
+            soft_target = nn.functional.softmax(split_outputs(teacher(x))[0] / t, dim=1)
+        student = nn.functional.log_softmax(split_outputs(output)[0] / t, dim=1)
+        soft = nn.functional.kl_div(student, soft_target, reduction="batchmean") * t * t
+        return (1 - weight) * hard + weight * soft
+
+    return loss_fn
+
+
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, pruner=None,
                 scheduler=None, clip_grad_norm: float | None = None, loss_fn=None) -> float:
     """One epoch of training on ``loss_fn(model, x, y)`` (default: cross-entropy on the

@@ -2,6 +2,7 @@
 pre-training recipe, on real small models and the embedded digits data."""
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -56,3 +57,31 @@ def test_pretrain_learns_digits_and_leaves_settled_batchnorm_statistics():
     assert after > max(0.5, before + 0.3), (before, after)
     bn = net[1]
     assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 20  # re-estimated: 20 batches
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    """weight 0 is the classification loss alone; a student equal to its teacher pays no soft
+    term; training on the soft term alone moves a different student's outputs to the
+    teacher's."""
+    import torch.nn as nn
+
+    from halp_trt.train import classification_loss, distillation_loss_fn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+    teacher, student = nn.Linear(8, 4), nn.Linear(8, 4)
+    assert distillation_loss_fn(teacher, 0.0)(student, x, y).item() == pytest.approx(
+        classification_loss(student(x), y).item())
+    twin = nn.Linear(8, 4)
+    twin.load_state_dict(teacher.state_dict())
+    assert distillation_loss_fn(teacher, 0.5)(twin, x, y).item() == pytest.approx(
+        0.5 * classification_loss(twin(x), y).item(), rel=1e-5)
+    soft_only = distillation_loss_fn(teacher, 0.999, temperature=2.0)
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    gap = [(student(x).softmax(1) - teacher(x).softmax(1)).abs().mean().item()]
+    for _ in range(200):
+        opt.zero_grad()
+        soft_only(student, x, y).backward()
+        opt.step()
+    gap.append((student(x).softmax(1) - teacher(x).softmax(1)).abs().mean().item())
+    assert gap[1] < 0.2 * gap[0]

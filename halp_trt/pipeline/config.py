@@ -60,6 +60,10 @@ class DeployConfig:
     # taylor_per_layer: measured above HALP's taylor on Fashion-MNIST (BENCHMARKS.md)
     importance: str = "taylor_per_layer"
     importance_normalizer: str = "none"
+    # classification: the pruning and fine-tuning loss mixes in this weight of distillation
+    # from the unpruned original (its logits softened by distill_temperature); 0: none
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     # neuron groups (latency steps) every channel group keeps; 2 stops a block's inner width
     # from falling to a single step at aggressive targets
     min_groups_kept: int = 1
@@ -117,6 +121,13 @@ class DeployConfig:
             v = getattr(self, name)
             if v is not None and not (v > 0 and math.isfinite(v)):
                 raise ConfigError(name, "{field} must be a positive number")
+        if not 0 <= self.distill < 1:
+            raise ConfigError("distill", "{field} is the distillation loss's weight, in [0, 1)")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ConfigError("distill_temperature", "{field} must be a positive number")
+        if self.distill and self.task in ("segmentation", "detection"):
+            raise ConfigError("distill", f"{{field}} distils a classifier's logits; it is not "
+                              f"available for {self.task}")
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude)

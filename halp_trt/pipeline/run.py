@@ -169,8 +169,22 @@ class DeployRun:
 
         train_epochs(DDP(net) if self.world > 1 else net, self.train_loader, optimizer, n_epochs,
                      seed=self.cfg.seed, max_batches=self.cfg.max_batches, desc=desc,
-                     progress=self.show_progress, loss_fn=self.task.loss,
+                     progress=self.show_progress, loss_fn=self._loss_fn(),
                      clip_grad_norm=self.task.clip_grad_norm, **kwargs)
+
+    def _loss_fn(self):
+        """The task's loss, or with ``cfg.distill`` the distillation loss from the original."""
+        if not self.cfg.distill:
+            return self.task.loss
+        if self.task.name != "classification":
+            from halp_trt.errors import ConfigError
+
+            raise ConfigError("distill", f"{{field}} distils a classifier's logits; "
+                              f"{self.task.name} has none to distil")
+        from halp_trt.train import distillation_loss_fn
+
+        return distillation_loss_fn(self.original_model, self.cfg.distill,
+                                    self.cfg.distill_temperature)
 
     def _pretrain(self, model) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -117,6 +117,31 @@ def test_pruning_options_reach_the_pruner(tmp_path, tiny_table):
     assert run.halp_config.importance_normalizer == "mean"
 
 
+def test_distillation_from_the_original_is_the_loss_of_pruning_and_fine_tuning(
+        tmp_path, tiny_table, monkeypatch):
+    """--distill: every pruning and fine-tuning batch is scored against the unpruned original's
+    softened logits (the original itself, never trained), and the run deploys as usual."""
+    import halp_trt.train as train
+    from halp_trt.pipeline.run import DeployRun
+
+    teachers = []
+    real = train.distillation_loss_fn
+
+    def spy(teacher, weight, temperature=4.0):
+        teachers.append((teacher, weight, temperature))
+        return real(teacher, weight, temperature)
+
+    monkeypatch.setattr(train, "distillation_loss_fn", spy)
+    run = DeployRun(toy_config(tmp_path, tiny_table, distill=0.7, distill_temperature=2.0))
+    report = run.run()
+    assert teachers and all(t is run.original_model and (w, temp) == (0.7, 2.0)
+                            for t, w, temp in teachers)
+    assert len(teachers) == 2  # the pruning epoch(s) and the fine-tuning
+    original = {k: v.clone() for k, v in run.original_model.state_dict().items()}
+    assert all(torch.equal(original[k], v) for k, v in run.state.original.items())
+    assert report["speedup_measured"] > 0 and report["config"]["distill"] == 0.7
+
+
 def test_pretraining_defaults_come_from_the_task(tmp_path, tiny_table):
     """Detectors need longer pre-training from scratch than classifiers: without
     --pretrain-epochs / --pretrain-lr the run takes its task's."""
@@ -180,6 +205,8 @@ def _run_cli(args):
     (["--input-size", "4"], "--input-size"),
     (["--input-size", "100000"], "between 8 and 4096"),
     (["--batch-size", "100000"], "at most 1024"),
+    (["--distill", "1.0"], "--distill is the distillation loss's weight, in [0, 1)"),
+    (["--distill", "0.5", "--task", "detection"], "not available for detection"),
 ])
 def test_bad_options_give_one_clear_error(tmp_path, args, fragment):
     code, out = _run_cli(["--out", str(tmp_path / "o")] + args)
