@@ -114,6 +114,8 @@ class Setup:
                           "quick": bool(a.quick)}
         if a.ft_schedule != "constant":  # rows of the constant rate predate the option
             self.signature["ft_schedule"] = a.ft_schedule
+        if a.distill:  # so do rows without distillation
+            self.signature["distill"] = a.distill
 
     def loader(self, seed: int, batch: int = TRAIN_BATCH, dataset=None):
         from halp_trt.data import make_loader
@@ -199,9 +201,12 @@ class Setup:
 
     def finetune(self, model, n_batches: int, seed: int) -> float:
         """``n_batches`` SGD steps (whole epochs re-seeded per epoch), then test accuracy."""
-        from halp_trt.train import capped, cosine_schedule, evaluate, progress_bar, train_epoch
+        from halp_trt.train import (capped, cosine_schedule, distillation_loss_fn, evaluate,
+                                    progress_bar, train_epoch)
 
         torch.manual_seed(seed)
+        # --distill: every method learns from the unpruned base as prune-and-deploy --distill
+        loss_fn = distillation_loss_fn(self.base, self.a.distill) if self.a.distill else None
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
         # cosine: LR to 0 over these batches, as prune-and-deploy's --lr-schedule cosine does
         sched = None if self.a.ft_schedule == "constant" else cosine_schedule(opt, n_batches)
@@ -210,7 +215,7 @@ class Setup:
             loader.generator.manual_seed(20_000 + 100 * seed + epoch)
             n = min(len(loader), n_batches - done)
             train_epoch(model, progress_bar(capped(loader, n), total=n, desc="fine-tune"), opt,
-                        scheduler=sched)
+                        scheduler=sched, loss_fn=loss_fn)
             done, epoch = done + n, epoch + 1
         return evaluate(model.eval(), self._val_loader())
 
@@ -275,6 +280,7 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
                        input_size=INPUT_SIZE, batch_size=TIMING_BATCH,
                        train_batch_size=TRAIN_BATCH, table=s.table_path, target=str(level),
                        epochs=0, lr=LR, rounds=s.a.rounds, seed=seed,
+                       distill=s.a.distill,
                        **{"contribution": "two_sided", "lr_schedule": s.a.ft_schedule,
                           **schedule},
                        max_batches=math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
@@ -783,6 +789,9 @@ def parse_args(argv=None):
     ap.add_argument("--ft-schedule", choices=("constant", "cosine"), default="constant",
                     help="fine-tuning learning rate for every method: constant, or cosine to 0 "
                          "over the --ft-steps (halp-trt: over its pruning epoch)")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="weight of distillation from the unpruned base in every method's "
+                         "fine-tuning loss (halp-trt: prune-and-deploy --distill); 0: none")
     ap.add_argument("--ft-steps", type=int, default=FT_STEPS,
                     help="SGD steps of batch 64 after the base model, the same for every "
                          "method (halp-trt's pruning steps counted in it)")
@@ -942,7 +951,8 @@ def level_command(a) -> str:
         "tools/results/vs_peers_fashion.json"
     return (f"python tools/bench_vs_peers.py --level {a.level} --modelopt-python "
             f"/tmp/mo/bin/python --json {json_path}"
-            + (f" --ft-schedule {a.ft_schedule}" if a.ft_schedule != "constant" else ""))
+            + (f" --ft-schedule {a.ft_schedule}" if a.ft_schedule != "constant" else "")
+            + (f" --distill {a.distill:g}" if a.distill else ""))
 
 
 if __name__ == "__main__":

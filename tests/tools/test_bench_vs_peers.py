@@ -139,3 +139,12 @@ def test_the_unpruned_base_is_the_recipes_ceiling_and_no_peer(bench, tmp_path):
     assert copied["acc_ft"] == 0.9 and copied["copied_from_level"] == 0.3
     assert bench.unpruned_elsewhere(path, 1, setup) is None
     assert bench.unpruned_elsewhere(path, 0, {**setup, "machine": "xeon"}) is None
+
+
+def test_a_distilled_run_names_itself_in_its_command(bench):
+    a = bench.parse_args(["--level", "0.15", "--distill", "0.5", "--ft-schedule", "cosine",
+                          "--json", "tools/results/x.json"])
+    assert a.distill == 0.5
+    assert bench.level_command(a).endswith("--json tools/results/x.json --ft-schedule cosine "
+                                           "--distill 0.5")
+    assert "--distill" not in bench.level_command(bench.parse_args(["--level", "0.3"]))
