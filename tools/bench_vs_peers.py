@@ -551,7 +551,8 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
     if a.screen and len(seed0) < len(variants):
         # the carried variants are known once seed 0 is done: stop the plan there
         plan = plan[:plan.index(("halp-trt", 1))] if a.seeds > 1 else plan
-    return [(m, sd) for m, sd in plan if (m, sd) not in done]
+    wanted = getattr(a, "methods", None)  # a screening run of a few methods
+    return [(m, sd) for m, sd in plan if (m, sd) not in done and (not wanted or m in wanted)]
 
 
 def table_step(path: str) -> int:
@@ -813,6 +814,9 @@ def parse_args(argv=None):
     ap.add_argument("--halp-ablations", type=lambda v: [x for x in v.split(",") if x],
                     default=None, help=f"comma-separated, from {', '.join(HALP_ABLATIONS)} "
                                        "(default: all)")
+    ap.add_argument("--methods", type=lambda v: [x for x in v.split(",") if x], default=None,
+                    help="comma-separated: run only these of the level's rows (a screening "
+                         "of another recipe; the level is not complete without the rest)")
     ap.add_argument("--modelopt-python", default=None,
                     help="python of a virtualenv with nvidia-modelopt (see the docstring)")
     ap.add_argument("--cache-dir", default=_default_cache())

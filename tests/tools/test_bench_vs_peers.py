@@ -148,3 +148,10 @@ def test_a_distilled_run_names_itself_in_its_command(bench):
     assert bench.level_command(a).endswith("--json tools/results/x.json --ft-schedule cosine "
                                            "--distill 0.5")
     assert "--distill" not in bench.level_command(bench.parse_args(["--level", "0.3"]))
+
+
+def test_a_screening_runs_only_the_methods_named(bench):
+    a = SimpleNamespace(seeds=1, screen=True, carry=2, ablation=False, with_fastnas=True,
+                        methods=["halp-trt", "modelopt-fastnas", "tp-l2-global-r16"])
+    assert bench.level_plan(a, 16, []) == [("halp-trt", 0), ("tp-l2-global-r16", 0),
+                                           ("modelopt-fastnas", 0)]
