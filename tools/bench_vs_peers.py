@@ -956,7 +956,9 @@ def level_command(a) -> str:
     return (f"python tools/bench_vs_peers.py --level {a.level} --modelopt-python "
             f"/tmp/mo/bin/python --json {json_path}"
             + (f" --ft-schedule {a.ft_schedule}" if a.ft_schedule != "constant" else "")
-            + (f" --distill {a.distill:g}" if a.distill else ""))
+            + (f" --distill {a.distill:g}" if a.distill else "")
+            + (f" --seeds {a.seeds}" if a.seeds != 3 else "")
+            + (f" --methods {','.join(a.methods)}" if getattr(a, "methods", None) else ""))
 
 
 if __name__ == "__main__":
