@@ -55,6 +55,20 @@ class TinyDetector(nn.Module):
         self.backbone, self.head = Backbone(), Head()
 
 
+def _check_every_output(masked, outs, pruned, x, n_outputs):
+    """The pruned core computes what the masked one did, and its ONNX export gives the same
+    ``n_outputs`` outputs."""
+    for a, b in zip(masked, outs):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    session = ort.InferenceSession(export_onnx(pruned, x[:1]),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
+    assert len(got) == n_outputs
+    for g, o in zip(got, outs):
+        np.testing.assert_allclose(g, o[:1].numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_a_detector_core_prunes_its_shared_head_and_every_output_survives():
     torch.manual_seed(0)
     core = DetectionCore(TinyDetector()).eval()
@@ -71,15 +85,7 @@ def test_a_detector_core_prunes_its_shared_head_and_every_output_survives():
     with torch.no_grad():
         outs = pruned(x)
     assert core.output_names == ("bbox_regression", "cls_logits")
-    for a, b in zip(masked, outs):
-        assert a.shape == b.shape
-        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
-    session = ort.InferenceSession(export_onnx(pruned, x[:1]),
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
-    assert len(got) == 2
-    for g, o in zip(got, outs):
-        np.testing.assert_allclose(g, o[:1].numpy(), rtol=1e-4, atol=1e-5)
+    _check_every_output(masked, outs, pruned, x, 2)
 
 
 def test_a_two_stage_core_ends_at_the_rpn_and_keeps_the_channels_the_roi_heads_read():
@@ -109,15 +115,7 @@ def test_a_two_stage_core_ends_at_the_rpn_and_keeps_the_channels_the_roi_heads_r
     assert pruned.output_names == ("features_p2", "features_p3", "objectness_p2",
                                    "objectness_p3", "rpn_deltas_p2", "rpn_deltas_p3")
     assert outs[0].shape[1] == outs[1].shape[1] == 48
-    for a, b in zip(masked, outs):
-        assert a.shape == b.shape
-        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
-    session = ort.InferenceSession(export_onnx(pruned, x[:1]),
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
-    assert len(got) == 6
-    for g, o in zip(got, outs):
-        np.testing.assert_allclose(g, o[:1].numpy(), rtol=1e-4, atol=1e-5)
+    _check_every_output(masked, outs, pruned, x, 6)
     data = ShapesDetection(4, 64, seed=0)
     images = torch.stack([data[i][0] for i in range(2)])
     targets = [data[i][1] for i in range(2)]

@@ -1,20 +1,14 @@
 """The warm-up benchmark's bookkeeping: a check-table that writes no probe (a table it cannot
 read) is a row saying so, not a traceback that loses the other rows."""
-import importlib.util
 import json
-import os
 
 import pytest
-
-TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "bench_table_warmup.py")
+from tool_scripts import load_tool
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_table_warmup", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("bench_table_warmup")
 
 
 def test_a_check_that_writes_no_probe_is_an_error_row(bench, tmp_path):

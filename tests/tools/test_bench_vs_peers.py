@@ -1,22 +1,16 @@
 """The Fashion-MNIST comparison's bookkeeping: one level per run, levels from different
 machines side by side, a level cut off on another machine re-run rather than mixed, peers
 interpolated at halp-trt's latency from a bracketing pair, and the screening plan."""
-import importlib.util
 import json
-import os
 from types import SimpleNamespace
 
 import pytest
-
-TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "bench_vs_peers.py")
+from tool_scripts import load_tool
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_peers", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("bench_vs_peers")
 
 
 def row(method, seed, acc_ft, machine="zen4", level=0.15, ratio=0.15, vs=1.0, points=()):
