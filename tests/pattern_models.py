@@ -213,6 +213,25 @@ class MultiScaleLinearAttention(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class ConcatUnderOneGate(nn.Module):
+    """timm's CSPNeXt layer: two branches concatenated, one squeeze-excite gating the concat
+    (its fc ties every concat channel into one group), then a fusing conv."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.short = nn.Conv2d(16, 8, 1)
+        self.main = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Conv2d(16, 16, 1)
+        self.fuse = nn.Conv2d(16, 16, 3, padding=1)
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        y = torch.cat([self.short(s), self.main(s)], 1)
+        y = y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        return self.classifier(F.relu(self.fuse(y)).mean((2, 3)))
+
+
 def timm_bnact():
     from timm.layers import BatchNormAct2d
 
@@ -235,4 +254,5 @@ PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": Split
             "stochastic depth": DropPathNet, "data-dependent control flow": ControlFlow,
             "timm BatchNormAct2d": timm_bnact, "ghost module under a gate": GhostSE,
             "segmentation: ASPP head, upsampled logits": ASPPHead,
-            "multi-scale linear attention": MultiScaleLinearAttention}
+            "multi-scale linear attention": MultiScaleLinearAttention,
+            "concat under one squeeze-excite": ConcatUnderOneGate}

@@ -3,7 +3,10 @@
 A group is cut in whole neuron groups (sized to the latency table's step, so every option sits
 on a step of the layer's latency curve) from its least important end. A group that feeds or
 leaves a grouped conv is split by conv group and cut evenly: each neuron group spans all conv
-groups, and channels go in rounds, so every conv group keeps the same count."""
+groups, and channels go in rounds, so every conv group keeps the same count. Where a group's
+channels come from several layers (the producers of a concat) or reach a layer only in part (a
+slice), each of those layers keeps at least its most important channel: a layer left with none
+cannot exist (seen on timm's CSPNeXt: a concat of two branches gated by one squeeze-excite)."""
 from __future__ import annotations
 
 import math
@@ -34,6 +37,17 @@ def split_prunable(groups: list[ChannelGroup], modules: Mapping[str, nn.Module]
     return prunable, fixed
 
 
+def member_segments(g: ChannelGroup) -> list[list[int]]:
+    """The group channels each member layer covers where that is not the whole group (a
+    concat's producers, a slice's readers): each needs one kept channel."""
+    segments = []
+    for m in g.members:
+        idx = sorted(set(int(i) for i in m.root_idxs))
+        if 0 < len(idx) < g.size and idx not in segments:
+            segments.append(idx)
+    return segments
+
+
 class ChannelOptions:
     def __init__(self, prunable: list[ChannelGroup], layers, latency_model,
                  modules: Mapping[str, nn.Module], config):
@@ -41,12 +55,15 @@ class ChannelOptions:
         self.group_sizes = {g.id: neuron_group_size(g, layers, latency_model, config.group_size)
                             for g in prunable}
         self.slices: dict[int, list[list[int]]] = {}  # group id -> channels of each conv group
+        self.segments: dict[int, list[list[int]]] = {}  # group id -> member_segments
         for g in prunable:
             sl = conv_group_slices(g, modules)
             if sl is not None:
                 self.slices[g.id] = sl
                 n = len(sl)
                 self.group_sizes[g.id] = n * max(1, math.ceil(self.group_sizes[g.id] / n))
+            elif member_segments(g):
+                self.segments[g.id] = member_segments(g)
 
     def min_count(self, g: ChannelGroup, n_cur: int) -> int:
         by_groups = self.config.min_groups_kept * self.group_sizes[g.id]
@@ -54,7 +71,8 @@ class ChannelOptions:
         if g.id in self.slices:  # whole rounds over the conv groups
             n = len(self.slices[g.id])
             by_ratio = n * math.ceil(by_ratio / n)
-        return max(1, min(n_cur, max(by_groups, by_ratio)))
+        by_segments = len(self.segments.get(g.id, ()))  # one channel each
+        return max(1, min(n_cur, max(by_groups, by_ratio, by_segments)))
 
     def counts(self, g: ChannelGroup, n_cur: int) -> np.ndarray:
         """The channel counts ``g`` may keep from ``n_cur``, ascending: prefixes in whole
@@ -74,10 +92,23 @@ class ChannelOptions:
             return idx[torch.sort(-scores[idx], stable=True).indices]
 
         if g.id not in self.slices:
-            return ranked(torch.nonzero(keep).flatten())
+            return self._segments_first(g, ranked(torch.nonzero(keep).flatten()))
         per = [ranked(torch.as_tensor([i for i in s if keep[i]], dtype=torch.long))
                for s in self.slices[g.id]]
         return torch.stack(per, dim=1).flatten()  # row r: the r-th best of every slice
+
+    def _segments_first(self, g: ChannelGroup, order: torch.Tensor) -> torch.Tensor:
+        """``order`` with each segment's first channel in it moved to the front (in ``order``'s
+        own order), so every prefix as long as the segments keeps one of each."""
+        segments = self.segments.get(g.id)
+        if not segments:
+            return order
+        position = {int(c): i for i, c in enumerate(order)}
+        firsts = {min((position[c] for c in seg if c in position), default=None)
+                  for seg in segments} - {None}
+        front = [int(order[i]) for i in sorted(firsts)]
+        rest = [int(c) for i, c in enumerate(order) if i not in firsts]
+        return torch.as_tensor(front + rest, dtype=torch.long)
 
     def knapsack_items(self, prunable: list[ChannelGroup], keep: Mapping[int, torch.Tensor],
                        scores: list[torch.Tensor]) -> tuple[dict, list]:
@@ -104,7 +135,7 @@ class ChannelOptions:
         split by conv groups, the first k/n of each), for calibration copies."""
         keep = torch.zeros(g.size, dtype=torch.bool)
         if g.id not in self.slices:
-            keep[:k] = True
+            keep[self._segments_first(g, torch.arange(g.size))[:k]] = True
             return keep
         n = len(self.slices[g.id])
         for s in self.slices[g.id]:

@@ -62,3 +62,56 @@ def test_knapsack_items_value_each_count_by_the_importance_it_keeps():
     # 5+4, +3+2, +1+0, each with a tie-break of a millionth of the mean importance per channel
     assert values == pytest.approx([9.0, 14.0, 15.0], rel=1e-5)
     assert values[0] > 9.0
+
+
+def test_each_producer_of_a_concat_keeps_a_channel_however_little_it_matters():
+    """One group spans a concat of two branches (a squeeze-excite gates it all); when one
+    branch's channels are the least important, cutting the group must still leave that branch
+    a channel — a conv with no output channels cannot exist (timm's CSPNeXt: ONNX export failed
+    on a [0, 1, 1, 1] weight)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from fakes import prune_one_step
+    from halp_trt.pruning.options import member_segments
+    from halp_trt.runtime.export import export_onnx
+    from pattern_models import ConcatUnderOneGate
+
+    torch.manual_seed(0)
+    model = ConcatUnderOneGate().eval()
+    with torch.no_grad():  # the short branch matters least to a magnitude importance
+        model.short.weight.mul_(1e-3)
+        model.short.bias.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    pruner, record = prune_one_step(model, x[:1], target=0.4)
+    gate = next(g for g in pruner.prunable if g.root == "fc")
+    assert member_segments(gate) == [list(range(8)), list(range(8, 16))]
+    assert record.kept["fc"] < 16
+    kept = pruner.keep[gate.id]
+    assert kept[:8].sum() >= 1 and kept[8:].sum() >= 1
+    with torch.no_grad():
+        masked = model(x)
+    pruned = pruner.finalize().eval()
+    assert pruned.short.out_channels >= 1 and pruned.main.out_channels >= 1
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
+    session = ort.InferenceSession(export_onnx(pruned, x[:1]), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
+    np.testing.assert_allclose(got, masked[:1].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_segments_first_puts_each_segments_best_channel_in_every_prefix():
+    g = ChannelGroup(id=0, root="gate", size=6)
+    g.members = [SimpleNamespace(module_name="a", side="out", idxs=[0, 1, 2], root_idxs=[0, 1, 2]),
+                 SimpleNamespace(module_name="b", side="out", idxs=[0, 1, 2], root_idxs=[3, 4, 5]),
+                 SimpleNamespace(module_name="gate", side="out", idxs=list(range(6)),
+                                 root_idxs=list(range(6)))]
+    cfg = SimpleNamespace(group_size=2, min_groups_kept=1, max_prune_ratio=1.0)
+    modules = {"a": torch.nn.Conv2d(4, 3, 1), "b": torch.nn.Conv2d(4, 3, 1),
+               "gate": torch.nn.Conv2d(6, 6, 1)}
+    opts = ChannelOptions([g], [], None, modules, cfg)
+    scores = torch.tensor([0.01, 0.03, 0.02, 0.9, 0.8, 0.7])  # a's channels all least important
+    order = opts.order(g, torch.ones(6, dtype=torch.bool), scores).tolist()
+    assert order[:2] == [3, 1] and sorted(order) == list(range(6))  # b's best, then a's best
+    assert opts.min_count(g, 6) == 2
+    assert opts.uniform_mask(g, 2).nonzero().flatten().tolist() == [0, 3]
