@@ -174,7 +174,8 @@ def option_costs(rule: str, layers: Sequence[LayerSpec], groups: Sequence[Channe
         for h, ratio in wm.in_terms.get(s.name, ()):
             if h in opts:
                 k0 = int(widths.get(h, wm.full(h) or 0))
-                delta[h] += [T(s, max(0, int(round(a0 + (int(k) - k0) * ratio))), b0) - t0
+                # a layer reading the group in part keeps one input channel (the segments rule)
+                delta[h] += [T(s, max(1, int(round(a0 + (int(k) - k0) * ratio))), b0) - t0
                              for k in opts[h]]
     costs, constant = {}, base
     for g, d in delta.items():
