@@ -301,13 +301,12 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
             "feedback_points": run.feedback_points}
 
 
-def run_unpruned(s: Setup, seed: int, halp_row: dict) -> dict:
+def run_unpruned(s: Setup, seed: int) -> dict:
     """The base fine-tuned with the level's recipe: the ceiling of that recipe."""
     model = copy.deepcopy(s.base)
     acc_bn = s.score_bn(model, seed)
     acc_ft = s.finetune(model, s.a.ft_steps, seed)
-    return {"latency_ratio": 1.0, "latency_vs_halp": 1.0 / halp_row["latency_ratio"],
-            "matched": False, "acc_bn": acc_bn, "acc_ft": acc_ft, "prune_batches": 0,
+    return {"latency_ratio": 1.0, "matched": False, "acc_bn": acc_bn, "acc_ft": acc_ft, "prune_batches": 0,
             "ft_batches": s.a.ft_steps}
 
 
@@ -899,8 +898,7 @@ def _main(a):
                 row = run_halp(s, a.level, seed, **HALP_ABLATIONS.get(method, {}))
             elif method == UNPRUNED:  # the same at every level: measured once per seed
                 halp_row = next(r for r in rows if (r["method"], r["seed"]) == ("halp-trt", seed))
-                row = unpruned_elsewhere(a.rows, seed, signature) or run_unpruned(s, seed,
-                                                                                  halp_row)
+                row = unpruned_elsewhere(a.rows, seed, signature) or run_unpruned(s, seed)
                 row["latency_vs_halp"] = 1.0 / halp_row["latency_ratio"]
             else:
                 halp_row = next((r for r in rows if (r["method"], r["seed"]) ==

@@ -127,9 +127,6 @@ class DeployConfig:
             raise ConfigError("distill", "{field} is the distillation loss's weight, in [0, 1)")
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ConfigError("distill_temperature", "{field} must be a positive number")
-        if self.distill and self.task in ("segmentation", "detection"):
-            raise ConfigError("distill", f"{{field}} distils a classifier's logits; it is not "
-                              f"available for {self.task}")
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude)

@@ -173,14 +173,10 @@ class DeployRun:
                      clip_grad_norm=self.task.clip_grad_norm, **kwargs)
 
     def _loss_fn(self):
-        """The task's loss, or with ``cfg.distill`` the distillation loss from the original."""
+        """The task's loss, or with ``cfg.distill`` (classification: checked at load) the
+        distillation loss from the original."""
         if not self.cfg.distill:
             return self.task.loss
-        if self.task.name != "classification":
-            from halp_trt.errors import ConfigError
-
-            raise ConfigError("distill", f"{{field}} distils a classifier's logits; "
-                              f"{self.task.name} has none to distil")
         from halp_trt.train import distillation_loss_fn
 
         return distillation_loss_fn(self.original_model, self.cfg.distill,

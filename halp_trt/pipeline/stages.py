@@ -38,6 +38,9 @@ def load(run) -> None:
     if run.task.name == "detection" and (run.world > 1 or cfg.precision == "int8"):
         raise ConfigError("task", "{field} detection runs in one process at fp32 for now "
                           "(no torchrun, no --precision int8)")
+    if cfg.distill and run.task.name != "classification":
+        raise ConfigError("distill", f"{{field}} distils a classifier's logits; it is not "
+                          f"available for {run.task.name}")
     run.data_spec = cfg.data or run.task.default_data
     if cfg.data is None and run.task.default_data == "shapes":
         run.log(f"{run.task.name} trains on the built-in synthetic shapes (--data shapes:N sets "
@@ -126,12 +129,8 @@ def original(run) -> None:
     run.acc_original = run.evaluate(run.original_model)
     run.log(f"original {run.task.metric} on {run.data.name}: {run.acc_original:.4f}")
     try:
-        constant_score = None
-        if run.task.name == "segmentation":  # background alone scores a high mean IoU
-            from halp_trt.tasks.segmentation import constant_prediction_miou
-
-            def constant_score(masks):
-                return constant_prediction_miou(masks, run.data.num_classes)
+        constant_score = None if run.task.constant_score is None else (
+            lambda labels: run.task.constant_score(labels, run.data.num_classes))
         check_model_is_sane(run.original_model, run.val_loader, run.acc_original,
                             cfg.allow_untrained, chance_test=run.task.name == "classification",
                             untrained_at_or_below=run.task.untrained_at_or_below,

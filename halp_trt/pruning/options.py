@@ -62,8 +62,8 @@ class ChannelOptions:
                 self.slices[g.id] = sl
                 n = len(sl)
                 self.group_sizes[g.id] = n * max(1, math.ceil(self.group_sizes[g.id] / n))
-            elif member_segments(g):
-                self.segments[g.id] = member_segments(g)
+            elif segments := member_segments(g):
+                self.segments[g.id] = segments
 
     def min_count(self, g: ChannelGroup, n_cur: int) -> int:
         by_groups = self.config.min_groups_kept * self.group_sizes[g.id]

@@ -32,6 +32,9 @@ class Task:
     # classification against its label frequencies, segmentation against predicting the most
     # frequent class everywhere)
     untrained_at_or_below: float | None = None
+    # (validation labels, num_classes) -> the metric of the best constant prediction, which a
+    # starting model must beat (None: not judged this way)
+    constant_score: Callable[..., float] | None = None
     # gradients clipped to this global norm while pruning and fine-tuning (None: not clipped)
     clip_grad_norm: float | None = None
     # pre-training from scratch when no weights are given (AdamW, one-cycle to the rate)
@@ -77,6 +80,11 @@ def _miou(model, loader, num_classes):
     return mean_iou(model, loader, num_classes)
 
 
+def _constant_miou(masks, num_classes):
+    from halp_trt.tasks.segmentation import constant_prediction_miou
+    return constant_prediction_miou(masks, num_classes)
+
+
 def _map(model, loader, num_classes):
     from halp_trt.tasks.detection import mean_average_precision
     return mean_average_precision(model, loader, num_classes)
@@ -86,7 +94,8 @@ TASKS = {"classification": Task("classification", "top-1 accuracy", _top1,
                                 _classification_loss, _class_dim_size),
          # torchvision's segmentation models return their logits (N, classes, H, W)
          "segmentation": Task("segmentation", "mean IoU", _miou, _classification_loss,
-                              _class_dim_size, default_data="shapes"),
+                              _class_dim_size, default_data="shapes",
+                              constant_score=_constant_miou),
          # untrained torchvision detectors read mAP 0.000-0.0014 on shapes. Their losses
          # spike: two epochs of SGD at 0.01 took an SSDlite (shapes, 64 px) from mAP 0.150 to
          # 0.094 unclipped, to 0.243 clipped at 2 (the pre-training's clip). From scratch an

@@ -53,15 +53,20 @@ class ShapesSegmentation(ShapesPairs):
         return target["mask"]
 
 
-def mean_iou(model: nn.Module, loader, num_classes: int) -> float:
-    """Mean intersection over union over the classes (background included), torchmetrics'
-    ``MulticlassJaccardIndex``; under DDP each rank's counts are synced."""
+def _jaccard_index(num_classes: int):
+    """torchmetrics' macro-averaged ``MulticlassJaccardIndex`` (mean IoU over the classes)."""
     try:
         from torchmetrics.classification import MulticlassJaccardIndex
     except ImportError:
         raise HalpError("segmentation needs torchmetrics: pip install 'halp-trt[dense]'") \
             from None
-    metric = MulticlassJaccardIndex(num_classes=num_classes, average="macro")
+    return MulticlassJaccardIndex(num_classes=num_classes, average="macro")
+
+
+def mean_iou(model: nn.Module, loader, num_classes: int) -> float:
+    """Mean intersection over union over the classes (background included), torchmetrics'
+    ``MulticlassJaccardIndex``; under DDP each rank's counts are synced."""
+    metric = _jaccard_index(num_classes)
     model.eval()
     with torch.no_grad():
         for x, mask in loader:
@@ -72,13 +77,8 @@ def mean_iou(model: nn.Module, loader, num_classes: int) -> float:
 def constant_prediction_miou(masks: torch.Tensor, num_classes: int) -> float:
     """Mean IoU (as ``mean_iou`` scores it) of predicting the most frequent class of ``masks``
     at every pixel: what a model that learned nothing reaches."""
-    try:
-        from torchmetrics.classification import MulticlassJaccardIndex
-    except ImportError:
-        raise HalpError("segmentation needs torchmetrics: pip install 'halp-trt[dense]'") \
-            from None
     masks = masks.long()
     majority = int(torch.bincount(masks.flatten(), minlength=num_classes).argmax())
-    metric = MulticlassJaccardIndex(num_classes=num_classes, average="macro")
+    metric = _jaccard_index(num_classes)
     metric.update(torch.full_like(masks, majority), masks)
     return float(metric.compute())
