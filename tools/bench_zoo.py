@@ -15,7 +15,16 @@ row written when it finishes: the same command resumes.
 segmentation and detection models at their usual small inputs (SSDlite at 320, the others at
 the smallest of 128/256/384 that fits the target), their importance from their own losses on
 the built-in shapes data, rows adding the task, the metric before and after (random weights:
-near 0, a record that scoring ran, not a quality figure) and the post-processing time."""
+near 0, a record that scoring ran, not a quality figure) and the post-processing time.
+
+``--structural``: no timing, so it needs no quiet machine and runs beside a benchmark (each
+model under the shared lock): one pruning step on a synthetic MAC-count staircase
+(``halp_trt.latency.synthetic``), channels removed, masked ≡ pruned, ONNX Runtime ≡ PyTorch. A
+screen for the architectures a full row would fail on, in seconds per model; a row passes on
+structure alone and says nothing of latency.
+
+``--timeout`` counts a model's own work: time spent waiting for another job's timing (the
+machine-wide lock) is left out."""
 from __future__ import annotations
 
 import argparse
@@ -26,10 +35,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
 SIZES = (64, 96, 128, 224)
+BACKSTOP_FACTOR = 4  # the parent's kill, after the child's own budget and its lock waits
 FAMILIES = [("resnext", "ResNeXt"), ("wide_resnet", "Wide ResNet"), ("resnet", "ResNet"),
             ("regnet_x", "RegNetX"), ("regnet_y", "RegNetY"), ("mobilenet", "MobileNet"),
             ("efficientnet_v2", "EfficientNetV2"), ("efficientnet", "EfficientNet"),
@@ -109,7 +120,30 @@ def inputs_it_runs_at(name: str):
         any_size = True
         yield size, model
     if not any_size:
-        raise RuntimeError(f"runs at none of {sizes}: {type(last).__name__}: {last}")
+        native = native_input_size(name)
+        if native and native > sizes[-1]:
+            raise NeedsLargerInput(f"not run: runs at none of {sizes}; its own input is "
+                                   f"{native}x{native}, larger than the zoo's largest")
+        # halp-trt's own clean refusal stays one (not a traceback)
+        error = HalpError if isinstance(last, HalpError) else RuntimeError
+        raise error(f"runs at none of {sizes}: {type(last).__name__}: {last}")
+
+
+class NeedsLargerInput(Exception):
+    """A model that runs only at an input over the zoo's largest size: not run, with why."""
+
+
+def native_input_size(name: str) -> int | None:
+    """The input side timm's configuration gives the model (crossvit_*_240: 240), if any."""
+    if not name.startswith("timm:"):
+        return None
+    try:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name[len("timm:"):])
+        return int(max(cfg.input_size[1:])) if cfg is not None else None
+    except Exception:  # noqa: BLE001 - no configuration: nothing to say
+        return None
 
 
 def _infeasible(exc) -> bool:
@@ -222,13 +256,94 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                     "roi_heads_included"))
                 row["graph_ms"] = {k: round(report[k]["measured_ms"], 3)
                                    for k in ("original", "pruned")}
-    except HalpError as exc:
+    except (HalpError, NeedsLargerInput) as exc:
         row["reason"] = str(exc).splitlines()[0][:400]
     except Exception as exc:  # noqa: BLE001 - a traceback is this model's failure
         row["reason"] = f"traceback: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         row["traceback"] = traceback.format_exc()[-2000:]
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def screen_one(name: str, target: float) -> dict:
+    """One model's structure, in this process, nothing timed: its row (``--structural``)."""
+    import torch
+
+    from halp_trt.errors import HalpError
+    from halp_trt.latency.synthetic import StaircaseLatencyModel
+    from halp_trt.pruning.config import HALPConfig
+    from halp_trt.pruning.pruner import HALPPruner
+    from halp_trt.pruning.surgery import check_masked_equals_pruned
+    from halp_trt.runtime import get_backend
+    from halp_trt.runtime.deploy import check_outputs
+    from halp_trt.runtime.export import export_onnx
+
+    row = {"model": name, "family": family_of(name), "input": None, "params": None,
+           "passed": False, "reason": "", "structural": True}
+    t0 = time.perf_counter()
+    try:
+        size, model = next(inputs_it_runs_at(name))
+        row["input"], row["params"] = size, sum(p.numel() for p in model.parameters())
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, size, size)
+        try:  # running statistics that are not the identity, so a wrong channel shows
+            with torch.no_grad():
+                model.train()(x)
+        except Exception:  # noqa: BLE001 - train mode may want targets; eval is checked below
+            pass
+        model.eval()
+        pruner = HALPPruner(model, x[:1], StaircaseLatencyModel(step=16),
+                            HALPConfig(target=1 - 1e-9, steps=1, interval=1,
+                                       importance="magnitude"))
+        # the target, or halfway to the floor where the synthetic floor is above it: a step
+        # that prunes is what is checked, not whether this staircase reaches the target
+        pruner.retarget([max(target * pruner.full_ms, (pruner.min_ms + pruner.full_ms) / 2)])
+        record = pruner.prune_step()
+        with torch.no_grad():
+            masked = model(x)
+        pruned = pruner.finalize().eval()
+        with torch.no_grad():
+            check_masked_equals_pruned(masked, pruned(x))
+        check_outputs(get_backend("onnxruntime"), export_onnx(pruned, x[:1]), pruned, [x[:1]],
+                      label="pruned model", sane_outputs=False)
+        row["passed"] = True
+        row["groups"] = len(pruner.prunable) + len(pruner.fixed)
+        row["narrower_groups"] = sum(record.kept[g.root] < g.size for g in pruner.prunable)
+        row["held_groups"] = len(pruner.fixed)
+        # the share of the convs' and linears' MACs that pruning cannot remove: near or above
+        # the target, a measured row cannot reach it (the unpruned ops come on top)
+        row["synthetic_floor_ratio"] = round(pruner.min_ms / pruner.full_ms, 3)
+    except (HalpError, NeedsLargerInput) as exc:
+        row["reason"] = str(exc).splitlines()[0][:400]
+    except Exception as exc:  # noqa: BLE001 - a traceback is this model's failure
+        row["reason"] = f"traceback: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        row["traceback"] = traceback.format_exc()[-2000:]
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def over_budget_row(name: str, budget_s: float) -> dict:
+    return {"model": name, "input": None, "params": None, "passed": False,
+            "measured_ratio": None,
+            "reason": f"over the {budget_s:.0f} s budget per model (waits for other jobs' "
+                      "timing not counted)"}
+
+
+def stop_when_over_budget(name: str, budget_s: float) -> None:
+    """In the child: a thread that writes the over-budget row and ends the process once the
+    model's own time — wall time less waits for the machine's timing lock — passes
+    ``budget_s``."""
+    from halp_trt.runtime.timing_lock import seconds_waited
+
+    t0 = time.monotonic()
+
+    def watch():
+        while time.monotonic() - t0 - seconds_waited() <= budget_s:
+            time.sleep(2.0)
+        print("ROW " + json.dumps(over_budget_row(name, budget_s)), flush=True)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def load_rows(path: str) -> list[dict]:
@@ -282,7 +397,11 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=3, help="table timing rounds (coarse)")
     ap.add_argument("--max-points", type=int, default=3, help="table lattice points per axis")
-    ap.add_argument("--timeout", type=float, default=1200, help="seconds per model")
+    ap.add_argument("--timeout", type=float, default=1200,
+                    help="seconds of a model's own work (waits for other jobs' timing excluded)")
+    ap.add_argument("--structural", action="store_true",
+                    help="check structure only, nothing timed: one step on a synthetic "
+                         "staircase, removal, masked = pruned, ONNX = PyTorch")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: run one model
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -291,8 +410,10 @@ def main() -> None:
 
         # other halp-trt processes do not time while this model is built, trained or exported
         # (its own timing sessions take the machine-wide lock exclusively)
+        stop_when_over_budget(args.one, args.timeout)
         with sharing_the_machine():
-            row = run_one(args.one, args.target, args.rounds, args.max_points, args.work)
+            row = screen_one(args.one, args.target) if args.structural else \
+                run_one(args.one, args.target, args.rounds, args.max_points, args.work)
         print("ROW " + json.dumps(row), flush=True)
         return
 
@@ -310,7 +431,7 @@ def main() -> None:
                          else None),
             "target": args.target, "machine": machine(), "table_rounds": args.rounds,
             "classifiers": len(all_names),
-            "table_max_points": args.max_points,
+            "table_max_points": args.max_points, "structural": args.structural,
             "command": "python tools/bench_zoo.py " + " ".join(sys.argv[1:])}
     save_rows(args.json_path, list(rows.values()), meta)  # the family list, before any model
     todo = [n for n in names if n not in rows or (args.rerun and args.only)]
@@ -326,7 +447,8 @@ def main() -> None:
         shutil.rmtree(work_root, ignore_errors=True)
     done = list(rows.values())
     n = sum(r["passed"] for r in done)
-    print(f"\n{n} of {len(done)} models pass (target {args.target}, ±5%); "
+    print(f"\n{n} of {len(done)} models pass "
+          f"{'on structure' if args.structural else f'(target {args.target}, ±5%)'}; "
           f"{sum('traceback' in r['reason'] for r in done)} ended in a traceback")
 
 
@@ -367,20 +489,21 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
             t0 = time.perf_counter()
             work = tempfile.mkdtemp(prefix=f"{name}-", dir=work_root)
             try:
+                # the child stops itself at --timeout of its own work; this is the backstop
+                # for a child stuck where its watchdog cannot run
                 proc = subprocess.run(
                     [sys.executable, __file__, "--json", args.json_path, "--one", name,
                      "--work", work, "--target", str(args.target), "--rounds", str(args.rounds),
-                     "--max-points", str(args.max_points)],
-                    capture_output=True, text=True, timeout=args.timeout)
+                     "--max-points", str(args.max_points), "--timeout", str(args.timeout)]
+                    + (["--structural"] if args.structural else []),
+                    capture_output=True, text=True, timeout=BACKSTOP_FACTOR * args.timeout)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
                             None)
                 row = json.loads(line[4:]) if line else {
                     "model": name, "input": None, "params": None,
                     "passed": False, "measured_ratio": None, "reason": died(proc)}
             except subprocess.TimeoutExpired:
-                row = {"model": name, "input": None, "params": None,
-                       "passed": False, "measured_ratio": None,
-                       "reason": f"over the {args.timeout:.0f} s budget per model"}
+                row = over_budget_row(name, BACKSTOP_FACTOR * args.timeout)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             row["wall_s"] = round(time.perf_counter() - t0, 1)

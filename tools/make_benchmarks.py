@@ -28,6 +28,8 @@ COMMANDS = {
     "zoo": "python tools/bench_zoo.py --json tools/results/bench_zoo.json",
     "timm": "python tools/bench_zoo.py --source timm --json tools/results/bench_timm.json",
     "dense": "python tools/bench_zoo.py --source dense --json tools/results/bench_dense.json",
+    "timm_structure": "python tools/bench_zoo.py --source timm --structural "
+                      "--json tools/results/screen_timm.json",
     "runtimes": "python tools/bench_runtimes.py --json tools/results/bench_runtimes.json",
     "transfer": "python tools/bench_transfer.py --source "
                 "profiles/resnet50_1x3x224x224_ort-cpu_zen3-avx2.json --model resnet50 "
@@ -155,6 +157,31 @@ def zoo_section(z, source: str = "torchvision") -> list[str]:
               "(its session-to-session offsets are that large); the JSON keeps each reason.",
               ""]
     return lines
+
+
+def structure_screen_section(z) -> list[str]:
+    """The timm families' structure, nothing timed: what a full row would still fail on."""
+    from bench_zoo import rows_with_machines
+
+    rows = rows_with_machines(z)
+    if not rows:
+        return []
+    machines = sorted({r.get("machine") or "unknown" for r in rows})
+    failed = sorted((r for r in rows if not r["passed"]), key=lambda r: r["model"])
+    families = len(z.get("families") or {}) or len(rows)
+    lines = ["### The same families on structure alone (nothing timed)", "",
+             f"`{COMMANDS['timm_structure']}` — one pruning step on a synthetic MAC-count "
+             "staircase (16-channel steps; the target, or halfway to the staircase's floor "
+             "where that is above it), channels removed, masked ≡ pruned, ONNX Runtime ≡ "
+             "PyTorch, random weights at the zoo's input. It needs no quiet machine, so it "
+             "screens every family in one sitting; a row here says nothing of latency. "
+             f"Machine: {'; '.join(machines)}.", "",
+             f"**{len(rows) - len(failed)} of {len(rows)} screened families prune on structure** "
+             f"({families} families; {sum('traceback' in (r.get('reason') or '') for r in rows)}"
+             " ended in a traceback)" + (":" if failed else "."), ""]
+    lines += [f"- {r['model']} ({r['family']}): {(r.get('reason') or '')[:200]}"
+              for r in failed]
+    return lines + [""]
 
 
 def cold_level_section(llc, l2) -> list[str]:
@@ -583,6 +610,8 @@ def later_sections() -> list[str]:
     lines += zoo_section(load("bench_zoo.json"))
     if load("bench_timm.json"):
         lines += zoo_section(load("bench_timm.json"), "timm")
+    if load("screen_timm.json"):
+        lines += structure_screen_section(load("screen_timm.json"))
     if load("bench_dense.json"):
         lines += zoo_section(load("bench_dense.json"), "dense") + [DENSE_NOTE, ""]
     if load("bench_probe.json"):

@@ -12,6 +12,7 @@ Each step solves a knapsack over importance-ordered neuron groups (attention hea
 Until ``finalize()`` removed channels are masked, re-applied each ``step()`` so nothing revives them."""
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 import torch
@@ -35,6 +36,25 @@ from halp_trt.pruning.surgery import groups_that_break_surgery, remove_channels
 def _unwrap(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DataParallel, DistributedDataParallel
     return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
+
+
+def nothing_prunable_message(model: nn.Module, fixed: Mapping[str, str]) -> str:
+    """Why a model has nothing to prune: its groups' reasons, the most frequent first."""
+    from collections import Counter
+
+    if not fixed:
+        return (f"{type(model).__name__} has no Conv2d or Linear whose channels halp-trt can "
+                "prune: nothing to make faster")
+    # reasons name their layers: one pattern repeated per block (digits aside) counts once,
+    # shown by its first example
+    pattern = {}
+    for why in fixed.values():
+        pattern.setdefault(re.sub(r"\d+", "#", why), why)
+    counts = Counter(re.sub(r"\d+", "#", why) for why in fixed.values())
+    top = "; ".join(f"{n} like: {pattern[key]}" for key, n in counts.most_common(3))
+    return (f"nothing in {type(model).__name__} can be pruned: each of its {len(fixed)} channel "
+            f"groups keeps its width ({top}{'; ...' if len(counts) > 3 else ''}); README's "
+            "Architectures lists what halp-trt prunes")
 
 
 class HALPPruner:
@@ -69,6 +89,8 @@ class HALPPruner:
                                                     self.prunable, cut):
                 self.prunable.remove(g)
                 self.fixed[g.root] = why
+        if not self.prunable:
+            raise HalpError(nothing_prunable_message(self.model, self.fixed))
         self.keep = {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.prunable}
 
         self.full_ms = self.predict_ms()

@@ -44,6 +44,13 @@ def export_onnx(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:
     # heads than embed_dim / head_dim): the same math written out, which exports either way.
     has_mha = any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
     grad_mode = torch.enable_grad() if has_mha else torch.no_grad()
+    # timm's attention calls scaled_dot_product_attention when ``fused_attn`` is set; the
+    # exporter traces some of those calls with ``is_causal`` as a tensor and fails (timm's
+    # EVA / DINOv3 ViTs). The unfused path is the same math written out — the MatMul/Softmax
+    # graph the exporter would emit for the fused call — so export takes it.
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", None) is True]
+    for m in fused:
+        m.fused_attn = False
     try:
         with warnings.catch_warnings(), grad_mode:
             warnings.simplefilter("ignore")
@@ -60,6 +67,8 @@ def export_onnx(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:
                         f"ONNX opset {OPSET} supports") from exc
     finally:
         model.train(was_training)
+        for m in fused:
+            m.fused_attn = True
     return buf.getvalue()
 
 

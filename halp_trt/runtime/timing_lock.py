@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from contextlib import contextmanager
 
 from halp_trt.fileio import cache_root
@@ -42,6 +43,9 @@ class _ProcessLock:
         self.exclusive_depth = 0
         self.shared_depth = 0
         self.mutex = threading.RLock()
+        # time blocked on other processes' holds: a job's own budget does not count it
+        self.waited_s = 0.0
+        self.waiting_since: float | None = None
 
     def _open(self) -> bool:
         path = lock_path()
@@ -70,7 +74,12 @@ class _ProcessLock:
         except BlockingIOError:
             print(f"halp-trt: another process is {what} on this machine (lock {self.path}); "
                   "waiting for it", file=sys.stderr, flush=True)
-            fcntl.flock(self.fd, mode)
+            self.waiting_since = time.monotonic()
+            try:
+                fcntl.flock(self.fd, mode)
+            finally:
+                self.waited_s += time.monotonic() - self.waiting_since
+                self.waiting_since = None
 
     @contextmanager
     def hold(self, exclusive: bool):
@@ -112,3 +121,10 @@ def sharing_the_machine():
     """Context for CPU-heavy work that is not timing (training): other processes' timing waits
     for it to end, and this process's own timing still takes the lock exclusively."""
     return _LOCK.hold(exclusive=False)
+
+
+def seconds_waited() -> float:
+    """Seconds this process has spent blocked on other processes' holds of the lock, the wait
+    in progress included (a per-model budget counts the model's own work, not the queue)."""
+    since = _LOCK.waiting_since
+    return _LOCK.waited_s + (time.monotonic() - since if since is not None else 0.0)

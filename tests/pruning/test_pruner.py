@@ -477,3 +477,25 @@ def test_mean_normalised_importance_counts_groups_by_rank_not_scale():
     assert sum(kept["mean"][r] for r in quiet) > sum(kept["none"][r] for r in quiet)
     with pytest.raises(HalpError, match="importance_normalizer"):
         HALPConfig(target=0.5, importance_normalizer="max")
+
+
+def test_a_model_with_every_group_held_says_why_nothing_can_be_pruned():
+    class NormedEverywhere(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1)
+                                       for i in range(3))
+            self.norms = nn.ModuleList(nn.GroupNorm(2, 8) for _ in range(3))
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            for conv, norm in zip(self.convs, self.norms):
+                x = torch.relu(norm(conv(x)))
+            return self.fc(x.mean((2, 3)))
+
+    with pytest.raises(HalpError) as err:
+        HALPPruner(NormedEverywhere(), torch.randn(1, 3, 16, 16), StaircaseLatencyModel(step=4),
+                   HALPConfig(target=0.5))
+    message = str(err.value)
+    assert message.startswith("nothing in NormedEverywhere can be pruned")
+    assert "3 like: norms." in message and "(GroupNorm) normalises across channels" in message

@@ -78,3 +78,20 @@ def test_a_failure_in_the_models_own_forward_names_it_and_restores_the_mode():
                                         r"opset 17"):
         export_onnx(model, torch.randn(1, 3, 8, 8))
     assert model.training
+
+
+def test_timm_fused_attention_that_the_exporter_cannot_trace_exports_unfused():
+    timm = pytest.importorskip("timm")
+    # DINOv3's fused attention fails the TorchScript exporter (is_causal traced as a tensor)
+    model = timm.create_model("vit_tiny_patch16_dinov3_qkvb", pretrained=False, num_classes=10,
+                              img_size=32, depth=2).eval()
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", False)]
+    if not fused:
+        pytest.skip("this timm build does not fuse attention here")
+    x = torch.randn(1, 3, 32, 32)
+    session = ort.InferenceSession(export_onnx(model, x), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    assert all(m.fused_attn for m in fused), "the model's own setting is restored"

@@ -87,6 +87,7 @@ def test_a_timing_session_from_each_caller_holds_the_lock(lock_file, tmp_path, m
 
 def test_timing_waits_for_another_process_and_says_so(lock_file, capfd):
     child = _hold_in_child(lock_file, "LOCK_EX", 1.5)
+    before = timing_lock.seconds_waited()
     try:
         t0 = time.perf_counter()
         with timing_lock.timing_exclusive():
@@ -95,6 +96,8 @@ def test_timing_waits_for_another_process_and_says_so(lock_file, capfd):
         child.wait()
     assert waited > 1.0
     assert "another process" in capfd.readouterr().err
+    # the wait is counted, so a per-job budget can leave it out
+    assert waited - 0.2 < timing_lock.seconds_waited() - before <= waited
 
 
 def test_shared_work_keeps_timing_out_and_timing_inside_it_converts(lock_file):

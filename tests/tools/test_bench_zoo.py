@@ -1,0 +1,65 @@
+"""The zoo's bookkeeping: the structural screen's rows, and a per-model budget that leaves out
+the time a model waits for another job's timing."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from tool_scripts import TOOLS, load_tool
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_tool("bench_zoo")
+
+
+def test_the_structural_screen_prunes_removes_and_exports_a_real_model(bench):
+    row = bench.screen_one("mobilenet_v3_small", 0.5)
+    assert row["passed"], row["reason"]
+    assert row["input"] == 64 and row["narrower_groups"] > 0
+    assert row["groups"] >= row["narrower_groups"] + row["held_groups"]
+
+
+def test_a_model_halp_trt_refuses_is_a_row_with_the_reason_not_a_traceback(bench):
+    row = bench.screen_one("no_such_model_anywhere", 0.5)
+    assert not row["passed"] and "traceback" not in row
+    assert "no_such_model_anywhere" in row["reason"]
+
+
+def test_the_budget_leaves_out_waiting_for_another_jobs_timing(tmp_path):
+    lock = tmp_path / "timing.lock"
+    env = {**os.environ, "HALP_TRT_TIMING_LOCK": str(lock)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, os, time
+            fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            print("held", flush=True)
+            time.sleep(3)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    job = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {TOOLS!r})
+        import bench_zoo
+        from halp_trt.runtime.timing_lock import timing_exclusive
+        bench_zoo.stop_when_over_budget("m", 1.5)
+        with timing_exclusive():  # ~3 s behind the holder: not the model's own time
+            pass
+        print("timed", flush=True)
+        time.sleep(30)  # its own work, past the budget
+    """)
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, env=env,
+                          timeout=60)
+    wall_s = time.perf_counter() - t0
+    holder.wait()
+    assert done.returncode == 3, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "timed", "stopped while it waited for the lock"
+    row = json.loads(lines[-1][len("ROW "):])
+    assert row["model"] == "m" and not row["passed"] and "budget" in row["reason"]
+    assert 3 + 1.5 <= wall_s < 20
