@@ -248,6 +248,27 @@ def timm_bnact():
             return self.fc(self.bn2(self.c(self.bn(self.stem(x)))).mean((2, 3)))
     return Net()
 
+def timm_levit_one_token():
+    """LeViT's blocks on one token: torch-pruning reads the attention's reshapes as flattens
+    and, around the residual cycle, multiplies the qkv group's indices without end (timm's
+    levit_128s at 64 px: 15 GB in a minute). That group keeps its width; the MLP prunes."""
+    from timm.models.levit import LevitBlock
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 16, stride=16)
+            self.blocks = nn.Sequential(*[LevitBlock(16, key_dim=4, num_heads=2, attn_ratio=2,
+                                                     mlp_ratio=2, resolution=1)
+                                          for _ in range(2)])
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.stem(x).flatten(2).transpose(1, 2)
+            return self.fc(self.blocks(x).mean(1))
+    return Net()
+
+
 PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": SplitAndConcat,
             "re-parameterisable branches": RepBranches, "LayerScale": LayerScaleNet,
             "squeeze-excite, rounded width": SENet, "channel multiplier": ChannelMultiplier,
@@ -255,4 +276,5 @@ PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": Split
             "timm BatchNormAct2d": timm_bnact, "ghost module under a gate": GhostSE,
             "segmentation: ASPP head, upsampled logits": ASPPHead,
             "multi-scale linear attention": MultiScaleLinearAttention,
-            "concat under one squeeze-excite": ConcatUnderOneGate}
+            "concat under one squeeze-excite": ConcatUnderOneGate,
+            "timm LeViT attention on one token": timm_levit_one_token}

@@ -322,25 +322,37 @@ def screen_one(name: str, target: float) -> dict:
     return row
 
 
-def over_budget_row(name: str, budget_s: float) -> dict:
+def over_budget_row(name: str, why: str) -> dict:
     return {"model": name, "input": None, "params": None, "passed": False,
-            "measured_ratio": None,
-            "reason": f"over the {budget_s:.0f} s budget per model (waits for other jobs' "
-                      "timing not counted)"}
+            "measured_ratio": None, "reason": f"over the {why}"}
 
 
-def stop_when_over_budget(name: str, budget_s: float) -> None:
+def resident_gib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+
+
+def stop_when_over_budget(name: str, budget_s: float, max_rss_gib: float) -> None:
     """In the child: a thread that writes the over-budget row and ends the process once the
     model's own time — wall time less waits for the machine's timing lock — passes
-    ``budget_s``."""
+    ``budget_s``, or its resident memory passes ``max_rss_gib`` (a graph that grows without
+    end must not take the machine, and a benchmark running beside it, down)."""
     from halp_trt.runtime.timing_lock import seconds_waited
 
     t0 = time.monotonic()
 
     def watch():
-        while time.monotonic() - t0 - seconds_waited() <= budget_s:
-            time.sleep(2.0)
-        print("ROW " + json.dumps(over_budget_row(name, budget_s)), flush=True)
+        while True:
+            if time.monotonic() - t0 - seconds_waited() > budget_s:
+                why = (f"{budget_s:.0f} s budget per model (waits for other jobs' timing not "
+                       "counted)")
+                break
+            rss = resident_gib() if sys.platform.startswith("linux") else 0.0
+            if rss > max_rss_gib:
+                why = f"{max_rss_gib:g} GiB memory budget per model (resident {rss:.1f} GiB)"
+                break
+            time.sleep(1.0)
+        print("ROW " + json.dumps(over_budget_row(name, why)), flush=True)
         os._exit(3)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -399,6 +411,9 @@ def main() -> None:
     ap.add_argument("--max-points", type=int, default=3, help="table lattice points per axis")
     ap.add_argument("--timeout", type=float, default=1200,
                     help="seconds of a model's own work (waits for other jobs' timing excluded)")
+    ap.add_argument("--max-rss-gib", type=float, default=0.6 * machine_memory_gib(),
+                    help="resident memory of one model's process before it is stopped "
+                         "(default: 60%% of this machine's)")
     ap.add_argument("--structural", action="store_true",
                     help="check structure only, nothing timed: one step on a synthetic "
                          "staircase, removal, masked = pruned, ONNX = PyTorch")
@@ -410,7 +425,7 @@ def main() -> None:
 
         # other halp-trt processes do not time while this model is built, trained or exported
         # (its own timing sessions take the machine-wide lock exclusively)
-        stop_when_over_budget(args.one, args.timeout)
+        stop_when_over_budget(args.one, args.timeout, args.max_rss_gib)
         with sharing_the_machine():
             row = screen_one(args.one, args.target) if args.structural else \
                 run_one(args.one, args.target, args.rounds, args.max_points, args.work)
@@ -494,7 +509,8 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                 proc = subprocess.run(
                     [sys.executable, __file__, "--json", args.json_path, "--one", name,
                      "--work", work, "--target", str(args.target), "--rounds", str(args.rounds),
-                     "--max-points", str(args.max_points), "--timeout", str(args.timeout)]
+                     "--max-points", str(args.max_points), "--timeout", str(args.timeout),
+                     "--max-rss-gib", str(args.max_rss_gib)]
                     + (["--structural"] if args.structural else []),
                     capture_output=True, text=True, timeout=BACKSTOP_FACTOR * args.timeout)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
@@ -503,7 +519,7 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                     "model": name, "input": None, "params": None,
                     "passed": False, "measured_ratio": None, "reason": died(proc)}
             except subprocess.TimeoutExpired:
-                row = over_budget_row(name, BACKSTOP_FACTOR * args.timeout)
+                row = over_budget_row(name, f"{BACKSTOP_FACTOR * args.timeout:.0f} s backstop")
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             row["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -367,8 +367,12 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
 
     groups: list[ChannelGroup] = []
     with quiet_torch_pruning():
-        tp_groups = list(graph.get_all_groups(ignored_layers=ignored,
-                                              root_module_types=(nn.Conv2d, nn.Linear)))
+        tp_groups, runaway = _all_groups_bounded(graph, model, ignored)
+    for root_name, size in runaway:
+        groups.append(ChannelGroup(
+            id=len(groups), root=root_name, size=size,
+            held="the dependency graph expands its channel indices without end here (a reshape "
+                 "it reads as a flatten, inside a residual cycle); its width is kept"))
     reshapes = getattr(graph, "halp_channel_reshapes", set())
     for tp_group in tp_groups:
         if _held_by_graph_boundary(graph, tp_group):
@@ -399,6 +403,65 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
     del tp
     groups.extend(head_groups(model, example_input, excluded, first_id=len(groups)))
     return groups, graph
+
+
+class _RunawayIndices(Exception):
+    """A flatten mapping produced more channel indices than any layer of the model has."""
+
+
+def _all_groups_bounded(graph, model: nn.Module, ignored: list) -> tuple[list, list]:
+    """torch-pruning's groups rooted at every Conv2d and Linear (its ``get_all_groups``, over
+    its public ``get_pruning_group``), and [(root name, width)] of the roots whose group could
+    not be formed. torch-pruning maps a reshape it reads as a flatten by multiplying each index
+    by the stride; around a residual cycle (LeViT's flatten(0, 1) → BatchNorm1d → reshape in
+    every block) that repeats on every lap, without end — 15 GB in a minute, then the machine's
+    OOM killer. A legitimate index list never outgrows the widest layer, so a longer one stops
+    that group, which keeps its width, and the search goes on."""
+    from torch_pruning.dependency import index_mapping
+
+    widths = [w for m in model.modules() for w in (getattr(m, "in_features", 0),
+                                                   getattr(m, "out_features", 0),
+                                                   getattr(m, "in_channels", 0),
+                                                   getattr(m, "out_channels", 0))
+              if isinstance(w, int)]
+    limit = 4 * max(widths, default=1)
+    flatten = index_mapping._FlattenIndexMapping
+    original_call = flatten.__call__
+
+    def bounded(self, idxs):
+        out = original_call(self, idxs)
+        if len(out) > limit:
+            raise _RunawayIndices()
+        return out
+
+    ignored = list(ignored) + list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
+    name_of = {m: n for n, m in model.named_modules()}
+    groups, runaway, visited = [], [], set()
+    flatten.__call__ = bounded
+    try:
+        for module in list(graph.module2node):
+            if module in ignored or module in visited or \
+                    not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue
+            pruner = graph.get_pruner_of_module(module)
+            width = pruner.get_out_channels(module) if pruner is not None else None
+            if width is None:
+                continue
+            try:
+                group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                                list(range(width)))
+            except _RunawayIndices:
+                visited.add(module)
+                runaway.append((name_of.get(module, type(module).__name__), int(width)))
+                continue
+            members = [(dep.target.module, dep.handler) for dep, _ in group]
+            visited.update(m for m, fn in members if graph.is_out_channel_pruning_fn(fn))
+            if not any(m in ignored for m, fn in members
+                       if graph.is_out_channel_pruning_fn(fn)):
+                groups.append(group)
+    finally:
+        flatten.__call__ = original_call
+    return groups, runaway
 
 
 def head_groups(model: nn.Module, example_input: torch.Tensor, excluded: set[str],

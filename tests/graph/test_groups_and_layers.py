@@ -59,3 +59,14 @@ def test_a_model_that_cannot_run_on_the_input_is_one_clear_error():
         run_example(GrayNet(), X)
     with pytest.raises(HalpError, match="cannot exclude"):
         find_channel_groups(TinyResNet(), X, exclude=["no.such.module"])
+
+
+def test_a_group_whose_indices_torch_pruning_multiplies_without_end_is_held_not_run_out_of_memory():
+    pytest.importorskip("timm")
+    from pattern_models import timm_levit_one_token
+
+    model = timm_levit_one_token().eval()
+    groups, _ = find_channel_groups(model, torch.randn(1, 3, 16, 16))
+    runaway = [g for g in groups if g.held and "without end" in g.held]
+    assert {g.root for g in runaway} == {f"blocks.{i}.attn.qkv.linear" for i in range(2)}
+    assert any(g.held is None and g.root.endswith("mlp.ln1.linear") for g in groups)

@@ -46,7 +46,7 @@ def test_the_budget_leaves_out_waiting_for_another_jobs_timing(tmp_path):
         sys.path.insert(0, {TOOLS!r})
         import bench_zoo
         from halp_trt.runtime.timing_lock import timing_exclusive
-        bench_zoo.stop_when_over_budget("m", 1.5)
+        bench_zoo.stop_when_over_budget("m", 1.5, max_rss_gib=100.0)
         with timing_exclusive():  # ~3 s behind the holder: not the model's own time
             pass
         print("timed", flush=True)
@@ -63,3 +63,23 @@ def test_the_budget_leaves_out_waiting_for_another_jobs_timing(tmp_path):
     row = json.loads(lines[-1][len("ROW "):])
     assert row["model"] == "m" and not row["passed"] and "budget" in row["reason"]
     assert 3 + 1.5 <= wall_s < 20
+
+
+def test_a_model_whose_memory_grows_past_the_budget_is_stopped_with_a_row():
+    job = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {TOOLS!r})
+        import bench_zoo
+        base = bench_zoo.resident_gib()
+        bench_zoo.stop_when_over_budget("m", 60.0, max_rss_gib=base + 0.25)
+        grown = []
+        for _ in range(40):  # 1 GiB in 25 MiB steps, touched so it is resident
+            grown.append(bytearray(25 * 2 ** 20))
+            time.sleep(0.05)
+        time.sleep(30)
+    """)
+    done = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3, done.stderr
+    row = json.loads(done.stdout.splitlines()[-1][len("ROW "):])
+    assert "GiB memory budget" in row["reason"] and not row["passed"]
