@@ -367,12 +367,9 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
 
     groups: list[ChannelGroup] = []
     with quiet_torch_pruning():
-        tp_groups, runaway = _all_groups_bounded(graph, model, ignored)
-    for root_name, size in runaway:
-        groups.append(ChannelGroup(
-            id=len(groups), root=root_name, size=size,
-            held="the dependency graph expands its channel indices without end here (a reshape "
-                 "it reads as a flatten, inside a residual cycle); its width is kept"))
+        tp_groups, unformed = _all_groups_bounded(graph, model, ignored)
+    for root_name, size, why in unformed:
+        groups.append(ChannelGroup(id=len(groups), root=root_name, size=size, held=why))
     reshapes = getattr(graph, "halp_channel_reshapes", set())
     for tp_group in tp_groups:
         if _held_by_graph_boundary(graph, tp_group):
@@ -411,12 +408,13 @@ class _RunawayIndices(Exception):
 
 def _all_groups_bounded(graph, model: nn.Module, ignored: list) -> tuple[list, list]:
     """torch-pruning's groups rooted at every Conv2d and Linear (its ``get_all_groups``, over
-    its public ``get_pruning_group``), and [(root name, width)] of the roots whose group could
-    not be formed. torch-pruning maps a reshape it reads as a flatten by multiplying each index
-    by the stride; around a residual cycle (LeViT's flatten(0, 1) → BatchNorm1d → reshape in
-    every block) that repeats on every lap, without end — 15 GB in a minute, then the machine's
-    OOM killer. A legitimate index list never outgrows the widest layer, so a longer one stops
-    that group, which keeps its width, and the search goes on."""
+    its public ``get_pruning_group``), and [(root name, width, why)] of the roots whose group
+    could not be formed, which keep their widths while the search goes on. torch-pruning maps a
+    reshape it reads as a flatten by multiplying each index by the stride; around a residual
+    cycle (LeViT's attention reshapes on one token) that repeats on every lap, without end —
+    15 GB in a minute, then the machine's OOM killer. A legitimate index list never outgrows
+    the widest layer, so a longer one stops that group. Its other mappings can fail outright
+    (GCViT: a grouped-query mapping divides by a head size of 0)."""
     from torch_pruning.dependency import index_mapping
 
     widths = [w for m in model.modules() for w in (getattr(m, "in_features", 0),
@@ -436,7 +434,7 @@ def _all_groups_bounded(graph, model: nn.Module, ignored: list) -> tuple[list, l
 
     ignored = list(ignored) + list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
     name_of = {m: n for n, m in model.named_modules()}
-    groups, runaway, visited = [], [], set()
+    groups, unformed, visited = [], [], set()
     flatten.__call__ = bounded
     try:
         for module in list(graph.module2node):
@@ -450,9 +448,14 @@ def _all_groups_bounded(graph, model: nn.Module, ignored: list) -> tuple[list, l
             try:
                 group = graph.get_pruning_group(module, pruner.prune_out_channels,
                                                 list(range(width)))
-            except _RunawayIndices:
+            except Exception as exc:  # noqa: BLE001 - the group is not formed: it is held
                 visited.add(module)
-                runaway.append((name_of.get(module, type(module).__name__), int(width)))
+                why = ("the dependency graph expands its channel indices without end here (a "
+                       "reshape it reads as a flatten, inside a residual cycle)"
+                       if isinstance(exc, _RunawayIndices) else
+                       f"the dependency graph fails on it ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:120] if str(exc) else 'no message'})")
+                unformed.append((name_of.get(module, type(module).__name__), int(width), why))
                 continue
             members = [(dep.target.module, dep.handler) for dep, _ in group]
             visited.update(m for m, fn in members if graph.is_out_channel_pruning_fn(fn))
@@ -461,7 +464,7 @@ def _all_groups_bounded(graph, model: nn.Module, ignored: list) -> tuple[list, l
                 groups.append(group)
     finally:
         flatten.__call__ = original_call
-    return groups, runaway
+    return groups, unformed
 
 
 def head_groups(model: nn.Module, example_input: torch.Tensor, excluded: set[str],

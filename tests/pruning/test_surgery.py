@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fakes import randomise_bn
+from fakes import StaircaseLatencyModel, randomise_bn
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import find_channel_groups
 from halp_trt.pruning.surgery import (check_masked_equals_pruned, conv_group_slices,
@@ -96,3 +96,37 @@ def test_a_layer_left_with_no_channels_is_one_error_naming_it_and_its_group():
     with pytest.raises(HalpError, match=r"left block2.conv3 \(Conv2d, weight \(0, .*group\(s\) "
                                         r"of block2.conv3.*--exclude block2.conv3"):
         check_no_empty_layers(model, groups, {g.id: [0]})
+
+
+class _GainConv(nn.Conv2d):
+    """A conv with a per-output-channel gain beside its weight (timm's ScaledStdConv2d): removal
+    narrows the weight, not the gain, so the pruned model fails."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+
+def test_trial_surgery_cuts_a_group_of_two_neuron_groups_too():
+    from halp_trt.pruning.config import HALPConfig
+    from halp_trt.pruning.pruner import HALPPruner
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = _GainConv(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.b(torch.relu(self.a(x)))).mean((2, 3)))
+
+    # neuron groups of 4: each group has two; the second in the trial's order was once asked to
+    # lose two (all of it), skipped, and the knapsack's cut of one broke the pruned model
+    pruner = HALPPruner(Net(), torch.randn(1, 3, 8, 8), StaircaseLatencyModel(step=4),
+                        HALPConfig(target=0.9))
+    assert [g.root for g in pruner.prunable] == ["b"]
+    assert "channel surgery breaks the model" in pruner.fixed["a"]
