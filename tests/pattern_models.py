@@ -248,6 +248,23 @@ def timm_bnact():
             return self.fc(self.bn2(self.c(self.bn(self.stem(x)))).mean((2, 3)))
     return Net()
 
+class SamePadding(nn.Module):
+    """ConvMixer: depthwise convs with ``padding="same"`` under a residual, 1x1 mixing."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 2, stride=2)
+        self.depthwise = nn.Conv2d(32, 32, 5, groups=32, padding="same")
+        self.even = nn.Conv2d(32, 32, 4, padding="same")
+        self.pointwise = nn.Conv2d(32, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.gelu(self.stem(x))
+        x = x + F.gelu(self.depthwise(x))
+        return self.fc(F.gelu(self.pointwise(F.gelu(self.even(x)))).mean((2, 3)))
+
+
 def timm_levit_one_token():
     """LeViT's blocks on one token: torch-pruning reads the attention's reshapes as flattens
     and, around the residual cycle, multiplies the qkv group's indices without end (timm's
@@ -277,4 +294,5 @@ PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": Split
             "segmentation: ASPP head, upsampled logits": ASPPHead,
             "multi-scale linear attention": MultiScaleLinearAttention,
             "concat under one squeeze-excite": ConcatUnderOneGate,
-            "timm LeViT attention on one token": timm_levit_one_token}
+            "timm LeViT attention on one token": timm_levit_one_token,
+            "padding='same' (ConvMixer)": SamePadding}

@@ -96,6 +96,18 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def conv_padding(conv: "torch.nn.Conv2d") -> tuple[int, int]:
+    """The conv's padding per side as numbers; ``padding="same"`` (ConvMixer) is half the
+    dilated kernel's reach, rounded up where the kernel is even (PyTorch then pads one side
+    one more: a table entry one output row larger, no different step)."""
+    if not isinstance(conv.padding, str):
+        return _pair(conv.padding)
+    if conv.padding == "valid":
+        return (0, 0)
+    k, d = _pair(conv.kernel_size), _pair(conv.dilation)
+    return tuple((d[i] * (k[i] - 1) + 1) // 2 for i in range(2))
+
+
 def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
                 groups: Sequence["ChannelGroup"]) -> list[LayerSpec]:
     """Every Conv2d (plain, grouped, depthwise) and Linear in forward order, with its signature
@@ -157,7 +169,7 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
         if isinstance(mod, nn.Conv2d):
             depthwise = is_depthwise(mod.groups, mod.in_channels, mod.out_channels)
             sig = Signature(op="dwconv" if depthwise else "conv", kernel=_pair(mod.kernel_size),
-                            stride=_pair(mod.stride), padding=_pair(mod.padding),
+                            stride=_pair(mod.stride), padding=conv_padding(mod),
                             dilation=_pair(mod.dilation), groups=1 if depthwise else mod.groups,
                             input_hw=seen_hw[name])
             c_in = mod.in_channels
