@@ -352,7 +352,8 @@ def stop_when_over_budget(name: str, budget_s: float, max_rss_gib: float) -> Non
                 why = f"{max_rss_gib:g} GiB memory budget per model (resident {rss:.1f} GiB)"
                 break
             time.sleep(1.0)
-        print("ROW " + json.dumps(over_budget_row(name, why)), flush=True)
+        # on a line of its own, whatever the model's code left unfinished on stdout
+        print("\nROW " + json.dumps(over_budget_row(name, why)), flush=True)
         os._exit(3)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -515,7 +516,7 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                     capture_output=True, text=True, timeout=BACKSTOP_FACTOR * args.timeout)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
                             None)
-                row = json.loads(line[4:]) if line else {
+                row = json.loads(line[len("ROW "):]) if line else {
                     "model": name, "input": None, "params": None,
                     "passed": False, "measured_ratio": None, "reason": died(proc)}
             except subprocess.TimeoutExpired:
