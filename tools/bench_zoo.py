@@ -352,8 +352,10 @@ def stop_when_over_budget(name: str, budget_s: float, max_rss_gib: float) -> Non
                 why = f"{max_rss_gib:g} GiB memory budget per model (resident {rss:.1f} GiB)"
                 break
             time.sleep(1.0)
-        # on a line of its own, whatever the model's code left unfinished on stdout
-        print("\nROW " + json.dumps(over_budget_row(name, why)), flush=True)
+        # to the process's real stdout (the model's code may have redirected sys.stdout: torch-
+        # pruning's chatter is captured while a graph is built), on a line of its own
+        print("\nROW " + json.dumps(over_budget_row(name, why)), file=sys.__stdout__,
+              flush=True)
         os._exit(3)
 
     threading.Thread(target=watch, daemon=True).start()
