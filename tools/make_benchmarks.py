@@ -444,7 +444,20 @@ reaches 0.9116 ± 0.0016 (+0.57). The unpruned base under this recipe: 0.9275 ±
 Against the constant rate, cosine lifts halp-trt by 1.1 points, FastNAS by 0.6, Torch-Pruning \
 L2-global by 0.25 and the ceiling by 0.6: halp-trt ends 1.8 \
 points under the ceiling and the best peer 2.2. A lead, consistent over seeds, short of the \
-goal's +2, which here too would need the 6.7× faster model within 0.16 of the unpruned one."""
+goal's +2, which here too would need the 6.7× faster model within 0.16 of the unpruned one.
+
+*Level 0.3 under the same recipe* (Zen 4, 2026-12-07; the same base and table; rows 109 min \
+with a structural zoo screen and tests beside them under the shared lock): **halp-trt \
+0.9200 ± 0.0034 at 0.289 against FastNAS 0.9211 ± 0.0008 — a tie (−0.11; per seed −0.46, \
++0.14, −0.02)**; Torch-Pruning L2-uniform 0.9162, L2-global 0.9152; the ceiling 0.9275. \
+halp-trt's model is done when its pruning epoch ends: BN-recalibrated 0.9203, fine-tuned \
+0.9200 (its budget is spent; the peers climb from 0.69–0.84 to 0.915–0.921 in their 938 \
+steps). Its last step undershot the target (0.295, 0.281, 0.292); the peers are matched to \
+those models, so nothing is lost to them, but a user asking 0.3 gets 0.289. \
+`--min-groups-kept 2`: 0.9211 ± 0.0019 (0.9193, 0.9210, 0.9231), at 0.304 — its own \
+models, 5% slower than the default's, the peers not matched to them: level with FastNAS, not \
+shown better at equal latency. So under the cosine default halp-trt leads at 0.15 (+0.4, every \
+seed) and ties at 0.3; level 0.5 (constant rate: +0.14) is not yet re-run with it."""
 
 
 VS_PEERS_DISTILL_NOTE = """\
