@@ -256,20 +256,28 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                     "roi_heads_included"))
                 row["graph_ms"] = {k: round(report[k]["measured_ms"], 3)
                                    for k in ("original", "pruned")}
-    except (HalpError, NeedsLargerInput) as exc:
-        row["reason"] = str(exc).splitlines()[0][:400]
-    except Exception as exc:  # noqa: BLE001 - a traceback is this model's failure
-        row["reason"] = f"traceback: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        row["traceback"] = traceback.format_exc()[-2000:]
+    except Exception as exc:  # noqa: BLE001 - this model's failure, recorded in its row
+        record_failure(row, exc)
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def record_failure(row: dict, exc: Exception) -> None:
+    """A failed model's reason: halp-trt's own refusal verbatim, anything else as a traceback
+    (the zoo's count of those is what must reach 0)."""
+    from halp_trt.errors import HalpError
+
+    if isinstance(exc, (HalpError, NeedsLargerInput)):
+        row["reason"] = str(exc).splitlines()[0][:400]
+    else:
+        row["reason"] = f"traceback: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        row["traceback"] = traceback.format_exc()[-2000:]
 
 
 def screen_one(name: str, target: float) -> dict:
     """One model's structure, in this process, nothing timed: its row (``--structural``)."""
     import torch
 
-    from halp_trt.errors import HalpError
     from halp_trt.latency.synthetic import StaircaseLatencyModel
     from halp_trt.pruning.config import HALPConfig
     from halp_trt.pruning.pruner import HALPPruner
@@ -313,11 +321,8 @@ def screen_one(name: str, target: float) -> dict:
         # the share of the convs' and linears' MACs that pruning cannot remove: near or above
         # the target, a measured row cannot reach it (the unpruned ops come on top)
         row["synthetic_floor_ratio"] = round(pruner.min_ms / pruner.full_ms, 3)
-    except (HalpError, NeedsLargerInput) as exc:
-        row["reason"] = str(exc).splitlines()[0][:400]
-    except Exception as exc:  # noqa: BLE001 - a traceback is this model's failure
-        row["reason"] = f"traceback: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        row["traceback"] = traceback.format_exc()[-2000:]
+    except Exception as exc:  # noqa: BLE001 - this model's failure, recorded in its row
+        record_failure(row, exc)
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
 
