@@ -327,9 +327,10 @@ def screen_one(name: str, target: float) -> dict:
     return row
 
 
-def over_budget_row(name: str, why: str) -> dict:
+def failed_row(name: str, reason: str) -> dict:
+    """The row of a model whose process gave none (stopped, killed, died)."""
     return {"model": name, "input": None, "params": None, "passed": False,
-            "measured_ratio": None, "reason": f"over the {why}"}
+            "measured_ratio": None, "reason": reason}
 
 
 def resident_gib() -> float:
@@ -359,7 +360,7 @@ def stop_when_over_budget(name: str, budget_s: float, max_rss_gib: float) -> Non
             time.sleep(1.0)
         # to the process's real stdout (the model's code may have redirected sys.stdout: torch-
         # pruning's chatter is captured while a graph is built), on a line of its own
-        print("\nROW " + json.dumps(over_budget_row(name, why)), file=sys.__stdout__,
+        print("\nROW " + json.dumps(failed_row(name, f"over the {why}")), file=sys.__stdout__,
               flush=True)
         os._exit(3)
 
@@ -523,11 +524,10 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
                     capture_output=True, text=True, timeout=BACKSTOP_FACTOR * args.timeout)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
                             None)
-                row = json.loads(line[len("ROW "):]) if line else {
-                    "model": name, "input": None, "params": None,
-                    "passed": False, "measured_ratio": None, "reason": died(proc)}
+                row = json.loads(line[len("ROW "):]) if line else failed_row(name, died(proc))
             except subprocess.TimeoutExpired:
-                row = over_budget_row(name, f"{BACKSTOP_FACTOR * args.timeout:.0f} s backstop")
+                row = failed_row(name, f"over the {BACKSTOP_FACTOR * args.timeout:.0f} s "
+                                       "backstop")
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             row["wall_s"] = round(time.perf_counter() - t0, 1)

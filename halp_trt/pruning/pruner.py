@@ -13,6 +13,7 @@ Until ``finalize()`` removed channels are masked, re-applied each ``step()`` so 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Mapping, Sequence
 
 import torch
@@ -40,17 +41,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def nothing_prunable_message(model: nn.Module, fixed: Mapping[str, str]) -> str:
     """Why a model has nothing to prune: its groups' reasons, the most frequent first."""
-    from collections import Counter
-
     if not fixed:
         return (f"{type(model).__name__} has no Conv2d or Linear whose channels halp-trt can "
                 "prune: nothing to make faster")
     # reasons name their layers: one pattern repeated per block (digits aside) counts once,
     # shown by its first example
-    pattern = {}
+    pattern, counts = {}, Counter()
     for why in fixed.values():
-        pattern.setdefault(re.sub(r"\d+", "#", why), why)
-    counts = Counter(re.sub(r"\d+", "#", why) for why in fixed.values())
+        key = re.sub(r"\d+", "#", why)
+        pattern.setdefault(key, why)
+        counts[key] += 1
     top = "; ".join(f"{n} like: {pattern[key]}" for key, n in counts.most_common(3))
     return (f"nothing in {type(model).__name__} can be pruned: each of its {len(fixed)} channel "
             f"groups keeps its width ({top}{'; ...' if len(counts) > 3 else ''}); README's "
