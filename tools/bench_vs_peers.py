@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -833,6 +834,7 @@ def parse_args(argv=None):
                     help="JSON lines, one per finished (level, method, seed); a rerun resumes "
                          "(default tools/results/vs_peers_fashion_rows.jsonl)")
     a = ap.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     if not 0 < a.level < 1:
         ap.error("--level must be between 0 and 1 (a fraction of the original's latency)")
     if a.seeds < 1 or a.ft_steps < 1 or a.base_epochs < 1 or a.rounds < 15 or a.carry < 1:
@@ -949,15 +951,16 @@ def _main(a):
 
 
 def level_command(a) -> str:
-    json_path = os.path.relpath(a.json_path) if a.json_path else \
-        "tools/results/vs_peers_fashion.json"
-    return (f"python tools/bench_vs_peers.py --level {a.level} --modelopt-python "
-            f"/tmp/mo/bin/python --json {json_path}"
-            + (f" --ft-schedule {a.ft_schedule}" if a.ft_schedule != "constant" else "")
-            + (f" --distill {a.distill:g}" if a.distill else "")
-            + (f" --seeds {a.seeds}" if a.seeds != 3 else "")
-            + (f" --methods {','.join(a.methods)}" if getattr(a, "methods", None) else ""))
+    """The command as it was given, every flag kept (a rerun from the JSON must resume the same
+    rows and ablations); absolute paths inside the repository written relative to it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+    def shown(arg: str) -> str:
+        if os.path.isabs(arg) and arg.startswith(root + os.sep):
+            return os.path.relpath(arg, root)
+        return arg
+
+    return shlex.join(["python", "tools/bench_vs_peers.py", *map(shown, a.argv)])
 
 if __name__ == "__main__":
     main()

@@ -135,12 +135,15 @@ def test_the_unpruned_base_is_the_recipes_ceiling_and_no_peer(bench, tmp_path):
     assert bench.unpruned_elsewhere(path, 0, {**setup, "machine": "xeon"}) is None
 
 
-def test_a_distilled_run_names_itself_in_its_command(bench):
+def test_the_recorded_command_keeps_every_flag_given(bench):
     a = bench.parse_args(["--level", "0.15", "--distill", "0.5", "--ft-schedule", "cosine",
-                          "--json", "tools/results/x.json"])
+                          "--json", "tools/results/x.json", "--rows", "tools/results/x.jsonl",
+                          "--halp-ablation-seeds", "3", "--halp-ablations", "halp-trt-min2groups"])
     assert a.distill == 0.5
-    assert bench.level_command(a).endswith("--json tools/results/x.json --ft-schedule cosine "
-                                           "--distill 0.5")
+    assert bench.level_command(a) == (
+        "python tools/bench_vs_peers.py --level 0.15 --distill 0.5 --ft-schedule cosine "
+        "--json tools/results/x.json --rows tools/results/x.jsonl --halp-ablation-seeds 3 "
+        "--halp-ablations halp-trt-min2groups")
     assert "--distill" not in bench.level_command(bench.parse_args(["--level", "0.3"]))
 
 
