@@ -269,6 +269,22 @@ def vit_heads(num_classes=10):
     return net
 
 
+def timm_vit_heads(num_classes=10):
+    """timm's VisionTransformer (its ``Attention`` calls qkv and proj as modules) with 4 heads
+    of 8 channels and normalised q and k: image 32, patch 8 (16 tokens and a class token)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    net = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+                            qk_norm=True, num_classes=num_classes)
+    with torch.no_grad():  # non-trivial norms: an error in the q/k normalisation shows
+        for m in net.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    nn.init.normal_(net.head.weight, std=0.1)
+    return net
+
+
 def swin_tiny(num_classes=10, v2=False):
     """torchvision's SwinTransformer, small: 2 stages of 2 blocks (2 and 4 heads of 16
     channels), 4×4 windows — at 32×32 the first stage has 2×2 windows and shifts them."""

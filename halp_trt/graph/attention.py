@@ -4,11 +4,15 @@ the output projection (side "in"). torch-pruning 1.6.1 sees neither torchvision 
 ``nn.MultiheadAttention`` projections nor Swin's ``qkv``/``proj`` (called through ``F.linear``),
 and its own attention pruner narrows ``embed_dim``, not heads. Masking a whole head zeroes its
 output exactly, so masked equals pruned; the knapsack's items are whole heads (one is kept).
+timm's ``Attention`` (ViT, DeiT and the families built on its blocks) calls ``qkv`` and
+``proj`` as modules: torch-pruning sees them, but holds their group at the reshape into heads;
+the head group takes that group's place (``halp_trt.graph.groups``).
 
 A pruned attention keeps its embedding width and computes with ``heads × head_dim`` inner
 channels, which neither torch module allows: ``nn.MultiheadAttention`` becomes ``HeadAttention``
 (same parameters and state-dict keys, unfused math) and Swin's window attention
-``HeadPrunedWindowAttention(V2)`` (the head size taken from the module, not the input width)."""
+``HeadPrunedWindowAttention(V2)`` (the head size taken from the module, not the input width);
+timm's keeps its class, which computes from its own ``num_heads``, ``head_dim``, ``attn_dim``."""
 from __future__ import annotations
 
 import math
@@ -22,7 +26,7 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedW
 from halp_trt.graph.trace import forward_with_hooks
 
 # op of the timed per-layer graph, by attention kind
-KINDS = {"mha": "mha", "window": "wattn", "window_v2": "wattn2"}
+KINDS = {"mha": "mha", "window": "wattn", "window_v2": "wattn2", "timm": "mha"}
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class AttentionSite:
     """One self-attention module whose heads can be pruned, and what its latency depends on."""
 
     name: str
-    kind: str  # "mha" | "window" | "window_v2"
+    kind: str  # "mha" | "window" | "window_v2" | "timm"
     embed_dim: int
     num_heads: int
     head_dim: int
@@ -173,14 +177,32 @@ def _mha_supported(m: nn.Module) -> bool:
             and m.bias_k is None and not m.add_zero_attn)
 
 
+def _timm_attention_class():
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:  # timm is optional
+        return None
+    return Attention
+
+
+def is_timm_attention(m: nn.Module) -> bool:
+    """timm's ``Attention`` with the layout head pruning slices: no norm across all heads'
+    outputs (``scale_norm``: LayerNorm statistics would change with the heads) and no gate.
+    Subclasses are left alone: they may compute differently."""
+    cls = _timm_attention_class()
+    return (cls is not None and type(m) is cls and isinstance(m.norm, nn.Identity)
+            and getattr(m, "gate", None) is None
+            and m.qkv.out_features == 3 * m.num_heads * m.head_dim)
+
+
 def _is_attention(m: nn.Module) -> bool:
-    return isinstance(m, ShiftedWindowAttention) or _mha_supported(m)
+    return isinstance(m, ShiftedWindowAttention) or _mha_supported(m) or is_timm_attention(m)
 
 
 def head_dim_of(m: nn.Module) -> int:
     if isinstance(m, (HeadAttention, HeadPrunedWindowAttention, HeadPrunedWindowAttentionV2)):
         return int(m.head_dim)
-    if isinstance(m, nn.MultiheadAttention):
+    if isinstance(m, nn.MultiheadAttention) or is_timm_attention(m):
         return int(m.head_dim)
     return int(m.qkv.in_features // m.num_heads)
 
@@ -208,6 +230,12 @@ def find_attention(model: nn.Module, example_input: torch.Tensor) -> list[Attent
             windows = math.ceil(h / wh) * math.ceil(w / ww)
             kind = "window_v2" if isinstance(module, ShiftedWindowAttentionV2) else "window"
             tokens = wh * ww
+        elif is_timm_attention(module):
+            x = args[0] if args else kwargs["x"]
+            if x.dim() != 3:
+                skip.add(name)
+                return
+            kind, tokens, windows = "timm", x.shape[1], 1
         else:
             qkv = list(args[:3]) + [kwargs.get(k) for k in ("query", "key", "value")
                                     if k in kwargs]
@@ -227,6 +255,7 @@ def find_attention(model: nn.Module, example_input: torch.Tensor) -> list[Attent
 
 def projection_names(site: AttentionSite) -> tuple[str, str]:
     """(module holding the packed q/k/v rows, output projection) of an attention."""
+    # timm's and Swin's: nn.Linear children named qkv and proj
     if site.kind == "mha":
         return site.name, f"{site.name}.out_proj"
     return f"{site.name}.qkv", f"{site.name}.proj"

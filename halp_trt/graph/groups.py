@@ -398,8 +398,34 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
                                              [int(i) for i in item.root_idxs]))
         groups.append(group)
     del tp
-    groups.extend(head_groups(model, example_input, excluded, first_id=len(groups)))
+    groups = _heads_in_place_of_held(groups, head_groups(model, example_input, excluded, 0))
+    for i, g in enumerate(groups):
+        g.id = i
     return groups, graph
+
+
+def _heads_in_place_of_held(groups: list[ChannelGroup],
+                            heads: list[ChannelGroup]) -> list[ChannelGroup]:
+    """Head groups added to the graph's groups. Where torch-pruning sees an attention's
+    projections (timm's, called as modules), its group of them is held at the reshape into
+    heads and the head group takes its place, provided the group stays inside the attention
+    (its per-head q/k norms are head-sized and untouched by head removal); where it couples
+    them to anything else, the graph's group stands and the heads keep their count."""
+    claimed = {(m.module_name, m.side): h for h in heads for m in h.members}
+    kept, vetoed = [], set()
+    for g in groups:
+        owners = {id(claimed[k]): claimed[k] for m in g.members
+                  if (k := (m.module_name, m.side)) in claimed}
+        if not owners:
+            kept.append(g)
+            continue
+        inside = len(owners) == 1 and all(
+            m.module_name.startswith(next(iter(owners.values())).heads_of + ".")
+            for m in g.members)
+        if not (g.held and inside):
+            vetoed |= set(owners)
+            kept.append(g)
+    return kept + [h for h in heads if id(h) not in vetoed]
 
 
 class _RunawayIndices(Exception):

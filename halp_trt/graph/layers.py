@@ -116,7 +116,7 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
     forward ends. A module called more than once must see one input size."""
     import torch.nn as nn
 
-    from halp_trt.graph.attention import KINDS, find_attention
+    from halp_trt.graph.attention import KINDS, find_attention, projection_names
     from halp_trt.graph.trace import forward_with_hooks
 
     names = {m: n for n, m in model.named_modules()}
@@ -135,8 +135,12 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
                 seen_tokens[name] = x[0].numel() // x.shape[-1]
 
     sites = {s.name: s for s in find_attention(model, example_input)}
+    # an attention's projections are timed inside its own layer (timm calls them as modules)
+    inside = {n for s in sites.values() if s.kind == "timm"
+              for n in projection_names(s)}
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) or names[m] in sites]
+               if (isinstance(m, (nn.Conv2d, nn.Linear)) and names[m] not in inside)
+               or names[m] in sites]
     forward_with_hooks(model, example_input, handles)
 
     out_group: dict[str, int] = {}

@@ -16,8 +16,8 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedW
 
 from halp_trt.errors import HalpError
 from halp_trt.graph.attention import (HeadAttention, HeadPrunedWindowAttention,
-                                      HeadPrunedWindowAttentionV2, head_columns, head_dim_of,
-                                      qkv_rows)
+                                      HeadPrunedWindowAttentionV2, is_timm_attention,
+                                      head_columns, head_dim_of, qkv_rows)
 from halp_trt.graph.groups import ChannelGroup
 from halp_trt.pruning.importance import (BNScaleImportance, MagnitudeImportance,
                                          TaylorImportance, make_importance, over_group_mean)
@@ -56,7 +56,8 @@ def remove_heads(model: nn.Module, group: ChannelGroup, drop: Sequence[int]) -> 
         parent, _, child = group.heads_of.rpartition(".")
         setattr(modules[parent] if parent else model, child, new)
         return
-    if not isinstance(attn, ShiftedWindowAttention):
+    timm_kind = is_timm_attention(attn)
+    if not isinstance(attn, ShiftedWindowAttention) and not timm_kind:
         raise HalpError(f"{group.heads_of} ({type(attn).__name__}) is not an attention whose "
                         "heads halp-trt can remove")
     qkv, proj = attn.qkv, attn.proj
@@ -66,6 +67,9 @@ def remove_heads(model: nn.Module, group: ChannelGroup, drop: Sequence[int]) -> 
     qkv.out_features = len(rows)
     proj.weight = _param(proj.weight, proj.weight[:, cols])
     proj.in_features = len(cols)
+    if timm_kind:  # computes from these three
+        attn.num_heads, attn.head_dim, attn.attn_dim = len(keep), d, len(keep) * d
+        return
     if isinstance(attn, ShiftedWindowAttentionV2):
         attn.logit_scale = _param(attn.logit_scale, attn.logit_scale[keep])
         last = attn.cpb_mlp[-1]

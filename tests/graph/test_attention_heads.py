@@ -16,7 +16,8 @@ from onnx import numpy_helper
 import fakes
 import tiny_models
 from halp_trt.graph.attention import (HeadAttention, HeadPrunedWindowAttention,
-                                      HeadPrunedWindowAttentionV2, find_attention)
+                                      HeadPrunedWindowAttentionV2, find_attention,
+                                      is_timm_attention)
 from halp_trt.graph.groups import check_unique_coverage, find_channel_groups
 from halp_trt.graph.layers import Signature, list_layers
 from halp_trt.latency.build import BuildConfig, build_table
@@ -33,7 +34,7 @@ FAST = BuildConfig(protocol=Protocol(rounds=2), sweep_window=16, max_points_per_
                    progress=False)
 
 MODELS = {"vit": tiny_models.vit_heads, "swin": tiny_models.swin_tiny,
-          "swin_v2": tiny_models.swin_v2_tiny}
+          "swin_v2": tiny_models.swin_v2_tiny, "timm_vit": tiny_models.timm_vit_heads}
 
 
 def _heads(model):
@@ -81,7 +82,7 @@ def test_heads_and_mlp_prune_through_table_removal_and_onnx(name, tmp_path):
         assert heads_after[g.heads_of] == record.kept[g.root] == int(pruner.keep[g.id].sum())
     mods = dict(pruned.named_modules())
     assert all(isinstance(mods[n], (HeadAttention, HeadPrunedWindowAttention,
-                                    HeadPrunedWindowAttentionV2))
+                                    HeadPrunedWindowAttentionV2)) or is_timm_attention(mods[n])
                for n in heads_before if heads_after[n] < heads_before[n])
     # the table prices the pruned model at its real head counts
     preds = table.layer_predictions(pruner.layers, pruned)
@@ -197,3 +198,37 @@ def test_list_layers_times_each_attention_once_at_its_token_count():
     # the projections run through F.linear: timed inside the attention, not as Linears
     assert not any(n.endswith((".qkv", ".proj")) for n in specs)
     assert Signature.from_json(first.signature.to_json()) == first.signature
+
+
+def test_timm_attention_takes_the_place_of_its_held_projection_group():
+    """timm calls qkv and proj as modules: torch-pruning groups them and holds the group at
+    the reshape into heads. The head group replaces it, and the layer list times each
+    attention once (projections inside it) at its token count, class token included."""
+    model = tiny_models.timm_vit_heads().eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups, _ = find_channel_groups(model, x)
+    check_unique_coverage(groups)
+    heads = {g.heads_of: g for g in groups if g.heads_of}
+    assert sorted(heads) == ["blocks.0.attn", "blocks.1.attn"]
+    assert all(g.size == 4 and g.held is None for g in heads.values())
+    assert not any(g.root.endswith(".qkv") for g in groups if not g.heads_of)
+    specs = {s.name: s for s in list_layers(model, x, groups)}
+    assert not any(n.startswith("blocks.") and n.endswith((".qkv", ".proj")) for n in specs)
+    attn = specs["blocks.0.attn"]
+    assert (attn.signature.op, attn.signature.tokens, attn.signature.head_dim,
+            attn.in_channels, attn.out_channels) == ("mha", 17, 8, 32, 4)
+    assert attn.out_group == heads["blocks.0.attn"].id
+    assert [g.id for g in groups] == list(range(len(groups)))
+
+
+def test_timm_attention_with_a_norm_across_heads_keeps_its_heads():
+    """``scale_norm`` normalises all heads' outputs together: removing a head changes the
+    other heads' values, so that attention is not a head site."""
+    from timm.layers.attention import Attention
+
+    attn = Attention(32, num_heads=4, scale_norm=True, norm_layer=nn.LayerNorm)
+    assert not is_timm_attention(attn)
+    assert find_attention(nn.Sequential(attn), torch.randn(1, 8, 32)) == []
+    plain = Attention(32, num_heads=4)
+    assert [s.kind for s in find_attention(nn.Sequential(plain), torch.randn(1, 8, 32))] == [
+        "timm"]
