@@ -48,6 +48,15 @@ class ChannelGroup:
     held: str | None = None  # why the dependency graph cannot be trusted to prune it, if so
     # an attention module whose heads these are (indexed by head; see halp_trt.graph.attention)
     heads_of: str | None = None
+    # group channel -> the root layer's channels it stands for, where one group channel is
+    # several of the root's (a ghost module's tied pair; ``_fold_ghost_halves``); None: one each
+    root_channels: dict[int, list[int]] | None = None
+
+    def root_layer_channels(self, idxs: Iterable[int]) -> list[int]:
+        """The root layer's output channels that group channels ``idxs`` stand for."""
+        if self.root_channels is None:
+            return sorted(int(i) for i in idxs)
+        return sorted(c for i in idxs for c in self.root_channels[int(i)])
 
     def modules(self, side: str | None = None) -> list[str]:
         return [m.module_name for m in self.members if side is None or m.side == side]
@@ -396,12 +405,60 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor,
                 continue
             group.members.append(GroupMember(name_of[module], side, [int(i) for i in idxs],
                                              [int(i) for i in item.root_idxs]))
-        groups.append(group)
+        groups.append(_fold_ghost_halves(group, modules))
     del tp
     groups = _heads_in_place_of_held(groups, head_groups(model, example_input, excluded, 0))
     for i, g in enumerate(groups):
         g.id = i
     return groups, graph
+
+
+def _fold_ghost_halves(group: ChannelGroup, modules) -> ChannelGroup:
+    """A ghost module (GhostNet: ``cat([x, depthwise(x)])``) ties concat channel k to channel
+    w + k, since the depthwise copy of channel k is computed from it; torch-pruning maps the
+    producing conv's channel k through the depthwise conv only, to w + k. Here each such pair
+    becomes one channel of the group (indexed in root order), so that pruning it removes the
+    conv's channel, its copy and both concat positions; masked ≡ pruned is checked by trial
+    surgery as for every group.
+
+    A pair is found where a conv member and a depthwise conv member cover the same roots R
+    with the same channels, w = their width, and no other producer narrower than the group
+    covers R − w (the concat position torch-pruning lost)."""
+    from halp_trt.graph.layers import is_depthwise
+
+    def conv(m):
+        return isinstance(modules.get(m.module_name), nn.Conv2d) and m.side == "out"
+
+    def dw(m):
+        c = modules[m.module_name]
+        return is_depthwise(c.groups, c.in_channels, c.out_channels)
+
+    partial = [m for m in group.members
+               if m.side == "out" and len(set(m.root_idxs)) < group.size]
+    partner: dict[int, int] = {}
+    for d in (m for m in group.members if conv(m) and dw(m)):
+        for p in (m for m in group.members if conv(m) and not dw(m)):
+            if p.idxs != d.idxs or p.root_idxs != d.root_idxs:
+                continue
+            w = len(set(p.idxs))
+            lost = {r - w for r in d.root_idxs}
+            # the lost position may be mapped for a layer after the conv (its BatchNorm):
+            # the same channels there; anything else there is another producer
+            if min(lost) < 0 or any(lost & set(c.root_idxs) and not (
+                    set(c.root_idxs) == lost and c.idxs == p.idxs) for c in partial):
+                continue
+            partner.update({r: r - w for r in d.root_idxs})
+    if not partner:
+        return group
+    rep = {r: partner.get(r, r) for r in range(group.size)}
+    order = sorted(set(rep.values()))
+    new = {r: order.index(rep[r]) for r in range(group.size)}
+    for m in group.members:
+        m.root_idxs = [new[r] for r in m.root_idxs]
+    group.size = len(order)
+    group.root_channels = {i: [r for r in range(len(rep)) if new[r] == i]
+                           for i in range(group.size)}
+    return group
 
 
 def _heads_in_place_of_held(groups: list[ChannelGroup],

@@ -43,7 +43,12 @@ class WidthMap:
         # layer name -> [(group id, input channels of the layer per channel of the group)]
         self.in_terms: dict[str, list[tuple[int, float]]] = {}
         feeds: dict[str, list[tuple[int, int, int]]] = {}  # module -> [(group, idxs, size)]
+        # layer name -> its output channels per group channel, in folded groups
+        self.out_share: dict[str, float] = {}
         for g in groups or ():
+            for m in g.members:
+                if m.side == "out" and g.root_channels is not None and g.size:
+                    self.out_share[m.module_name] = len(m.idxs) / g.size
             for m in g.members:
                 if m.side == "in" and g.size:
                     feeds.setdefault(m.module_name, []).append((g.id, len(m.idxs), g.size))
@@ -65,10 +70,15 @@ class WidthMap:
         if spec.out_group is not None and spec.out_group in widths:
             size = self._size(spec.out_group, spec.out_channels)
             kept = int(widths[spec.out_group])
-            # a layer that makes only part of its group (one side of a concat the group spans:
-            # GhostNet's primary conv and cheap op) keeps its share of what the group keeps
-            c_out = spec.out_channels - (size - kept) if size <= spec.out_channels else \
-                round(spec.out_channels * kept / size)
+            # a layer that makes only part of its group (one side of a concat the group spans)
+            # keeps its share of what the group keeps; one making several channels per group
+            # channel (a ghost module's tied pair) loses that many per group channel
+            per = self.out_share.get(spec.name)
+            if per is not None:
+                c_out = spec.out_channels - round((size - kept) * per)
+            else:
+                c_out = spec.out_channels - (size - kept) if size <= spec.out_channels else \
+                    round(spec.out_channels * kept / size)
         c_out = max(1, int(c_out))
         if spec.depthwise:
             return c_out, c_out

@@ -152,7 +152,7 @@ def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
                 raise HalpError(f"cannot remove all {g.size} channels of group {g.root}")
             root = modules[g.root]
             fn = graph.get_pruner_of_module(root).prune_out_channels
-            tp_group = graph.get_pruning_group(root, fn, idxs)
+            tp_group = graph.get_pruning_group(root, fn, g.root_layer_channels(idxs))
             tp_group.prune()
     for name, (weight, bias) in grouped.items():
         _rebuild_grouped_conv(modules[name], name, weight, bias, kept[(name, "in")],

@@ -70,3 +70,41 @@ def test_a_group_whose_indices_torch_pruning_multiplies_without_end_is_held_not_
     runaway = [g for g in groups if g.held and "without end" in g.held]
     assert {g.root for g in runaway} == {f"blocks.{i}.attn.qkv.linear" for i in range(2)}
     assert any(g.held is None and g.root.endswith("mlp.ln1.linear") for g in groups)
+
+
+@pytest.mark.parametrize("from_start", [False, True], ids=["last_pairs", "first_pairs"])
+def test_a_ghost_modules_tied_halves_fold_into_pairs_and_prune_exactly(from_start):
+    """cat([x, depthwise(x)]) ties concat channel k to channel 8 + k; torch-pruning maps the
+    primary conv only through the depthwise copy. The group is folded to 8 pairs: removing
+    a pair removes the conv's channel, its copy and both concat positions, and the pruned
+    model computes what the masked one did wherever the cut falls."""
+    from pattern_models import GhostSE
+
+    from halp_trt.pruning.contributions import WidthMap
+    from halp_trt.pruning.surgery import check_masked_equals_pruned, masked_then_pruned
+
+    torch.manual_seed(0)
+    model = GhostSE().eval()
+    x = torch.randn(2, 3, 16, 16)
+    groups, graph = find_channel_groups(model, x[:1])
+    check_unique_coverage(groups)
+    ghost = next(g for g in groups if g.root == "expand")
+    assert ghost.size == 8 and ghost.root_channels == {k: [k, 8 + k] for k in range(8)}
+    members = {(m.module_name, m.side): m.root_idxs for m in ghost.members}
+    assert members[("primary", "out")] == members[("cheap", "out")] == list(range(8))
+    assert members[("head", "in")] == list(range(8)) * 2
+
+    keep = torch.ones(8, dtype=torch.bool)
+    keep[slice(0, 3) if from_start else slice(5, 8)] = False
+    drop = torch.nonzero(~keep).flatten().tolist()
+    masked, pruned = masked_then_pruned(model, graph, groups, {ghost.id: keep},
+                                        {ghost.id: drop}, x)
+    check_masked_equals_pruned(masked, pruned, rel_tolerance=1e-6)
+    assert (model.primary.out_channels, model.cheap.out_channels, model.expand.out_channels,
+            model.head.in_channels) == (5, 5, 10, 10)
+    # the width model counts two concat channels per pair
+    specs = {s.name: s for s in list_layers(GhostSE().eval(), x[:1], groups)}
+    widths = WidthMap(list(specs.values()), groups)
+    assert widths.widths_of(specs["expand"], {ghost.id: 5})[1] == 10
+    assert widths.widths_of(specs["primary"], {ghost.id: 5})[1] == 5
+    assert widths.widths_of(specs["head"], {ghost.id: 5})[0] == 10
