@@ -424,14 +424,12 @@ def _fold_ghost_halves(group: ChannelGroup, modules) -> ChannelGroup:
     A pair is found where a conv member and a depthwise conv member cover the same roots R
     with the same channels, w = their width, and no other producer narrower than the group
     covers R − w (the concat position torch-pruning lost)."""
-    from halp_trt.graph.layers import is_depthwise
-
     def conv(m):
         return isinstance(modules.get(m.module_name), nn.Conv2d) and m.side == "out"
 
-    def dw(m):
+    def dw(m):  # one group per channel (graph.layers.is_depthwise, which imports this module)
         c = modules[m.module_name]
-        return is_depthwise(c.groups, c.in_channels, c.out_channels)
+        return c.groups > 1 and c.groups == c.in_channels == c.out_channels
 
     partial = [m for m in group.members
                if m.side == "out" and len(set(m.root_idxs)) < group.size]
