@@ -464,8 +464,23 @@ steps). Its last step undershot the target (0.295, 0.281, 0.292); the peers are 
 those models, so nothing is lost to them, but a user asking 0.3 gets 0.289. \
 `--min-groups-kept 2`: 0.9211 ± 0.0019 (0.9193, 0.9210, 0.9231), at 0.304 — its own \
 models, 5% slower than the default's, the peers not matched to them: level with FastNAS, not \
-shown better at equal latency. So under the cosine default halp-trt leads at 0.15 (+0.4, every \
-seed) and ties at 0.3; level 0.5 (constant rate: +0.14) is not yet re-run with it."""
+shown better at equal latency.
+
+*Level 0.5 under the same recipe* (Zen 4, 2026-12-07; the same base and table; rows 62 min, \
+nothing else timed beside them): **halp-trt 0.9251 ± 0.0009 at 0.500 against FastNAS \
+0.9261 ± 0.0004 — a tie (−0.10; per seed −0.23, −0.07, 0.00)**; Torch-Pruning Taylor-global \
+0.9252, L2-global 0.9232; the ceiling 0.9275. Every method ends within 0.45 of the ceiling, \
+so no method can lead by much here. halp-trt's model recalibrated on 20 batches (0.9259) is again a \
+little above its final one (0.9251; 0.9203 vs 0.9200 at 0.3) — not investigated. \
+`--min-groups-kept 2`: 0.9260 ± 0.0016 at 0.494 (0.9241, 0.9267, 0.9271). Over the three \
+levels this floor gains +0.17, +0.11 and +0.09 points at 1.02, 1.05 and 0.99 of the \
+default's latency: consistent but small, within one seed's spread; not made the default.
+
+**Standing under the cosine default (three levels, 3 seeds each, one machine class):** \
++0.40 at 0.15 (every seed), −0.11 at 0.3 and −0.10 at 0.5 (ties within the seeds' spread). \
+The goal (at or above the best peer at every level, +2 at 0.15) is not met: at 0.3 and 0.5 \
+halp-trt ties FastNAS, and +2 at 0.15 lies beyond this recipe's ceiling (2.16 points above \
+FastNAS)."""
 
 
 VS_PEERS_DISTILL_NOTE = """\
