@@ -449,13 +449,14 @@ def _fold_ghost_halves(group: ChannelGroup, modules) -> ChannelGroup:
     if not partner:
         return group
     rep = {r: partner.get(r, r) for r in range(group.size)}
-    order = sorted(set(rep.values()))
-    new = {r: order.index(rep[r]) for r in range(group.size)}
+    position = {r: i for i, r in enumerate(sorted(set(rep.values())))}
+    new = {r: position[rep[r]] for r in range(group.size)}
     for m in group.members:
         m.root_idxs = [new[r] for r in m.root_idxs]
-    group.size = len(order)
-    group.root_channels = {i: [r for r in range(len(rep)) if new[r] == i]
-                           for i in range(group.size)}
+    group.size = len(position)
+    group.root_channels = {i: [] for i in range(group.size)}
+    for r in sorted(new):
+        group.root_channels[new[r]].append(r)
     return group
 
 
