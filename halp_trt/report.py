@@ -146,8 +146,8 @@ def write_markdown(path: str, r: dict) -> None:
         lines.append(f"- Outside the pruned graph (PyTorch on this CPU, min of "
                      f"{og['pruned']['rounds']} calls, batch {og['pruned']['images']}): "
                      f"pre-processing {og['pruned']['preprocess_ms']:.2f} ms, post-processing "
-                     + ("(proposals, ROI pooling, ROI heads — not pruned —, decoding, NMS) "
-                        if og["pruned"].get("roi_heads_included") else
+                     + ("(proposal selection, decoding, NMS; the ROI box head is in the "
+                        "graph) " if og["pruned"].get("proposals_included") else
                         "(anchors, decoding, NMS) ")
                      + f"{og['pruned']['postprocess_ms']:.2f} ms (original "
                      f"{og['original']['postprocess_ms']:.2f} ms). End to end: "

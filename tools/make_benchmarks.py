@@ -135,7 +135,9 @@ def zoo_section(z, source: str = "torchvision") -> list[str]:
                                               if skipped else "")
         if r.get("postprocess_ms"):  # detection: the steps outside the graph
             reason = (reason + "; " if reason else "") + "post-processing " + \
-                ("with the ROI heads " if r.get("postprocess_includes_roi_heads") else "") + \
+                ("with the ROI heads " if r.get("postprocess_includes_roi_heads") else
+                 "with the proposal selection " if r.get("postprocess_includes_proposals")
+                 else "") + \
                 "{original:.1f} → {pruned:.1f} ms (PyTorch)".format(**r["postprocess_ms"])
             if r.get("graph_ms"):
                 reason += "; graph {original:.1f} → {pruned:.1f} ms".format(**r["graph_ms"])

@@ -120,6 +120,7 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
     from halp_trt.graph.trace import forward_with_hooks
 
     names = {m: n for n, m in model.named_modules()}
+    batch = max(1, int(example_input.shape[0]))
     seen_hw: dict[str, tuple[int, int]] = {}
     seen_tokens: dict[str, int] = {}
     order: list[str] = []
@@ -133,6 +134,9 @@ def list_layers(model: "torch.nn.Module", example_input: "torch.Tensor",
             seen_hw[name] = hw
             if isinstance(module, nn.Linear) and x.dim() > 2:
                 seen_tokens[name] = x[0].numel() // x.shape[-1]
+            elif isinstance(module, nn.Linear) and x.dim() == 2 and x.shape[0] > batch:
+                # rows per sample (a detector's box head: one row per proposal)
+                seen_tokens[name] = x.shape[0] // batch
 
     sites = {s.name: s for s in find_attention(model, example_input)}
     # an attention's projections are timed inside its own layer (timm calls them as modules)

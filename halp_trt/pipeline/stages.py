@@ -384,7 +384,8 @@ def verify(run) -> None:
                                     "pruned": outside_graph_ms(run.pruned_model, images)}
         og = run.outside_graph_ms
         run.log("outside the graph (PyTorch): post-processing "
-                + ("(with the ROI heads) " if og["pruned"].get("roi_heads_included") else "")
+                + ("(with the proposal selection) " if og["pruned"].get("proposals_included")
+                   else "")
                 + f"{og['original']['postprocess_ms']:.2f} -> {og['pruned']['postprocess_ms']:.2f}"
                 f" ms, pre-processing {og['pruned']['preprocess_ms']:.2f} ms")
 

@@ -6,19 +6,23 @@ resize, batch), a backbone (with its FPN), a head shared across pyramid levels, 
 post-processing (anchors, box decoding, NMS). ``DetectionCore`` is the backbone and the head,
 returning the head's raw outputs as a tuple in name order: its channel groups couple the head's
 convs across every level they run on, and the post-processing — no channels to prune — stays
-outside the pruned graph. Faster R-CNN is the same up to its region proposal network: the core
-is the backbone and the RPN head, returning the pyramid's features beside the RPN's outputs
-(the features are outputs, so their channels — which the ROI heads read — are kept); proposal
-selection, ROI pooling and the ROI heads run per proposal, with no fixed shape, and stay
-outside with the post-processing (timed and reported, as they are part of a user's speedup).
+outside the pruned graph. Faster R-CNN adds its region proposal network and its ROI box head: the core is the backbone,
+the RPN head, and the box head (ROI pooling, the two-layer MLP, the class and box predictor)
+run on a fixed grid of as many boxes per image as the RPN proposes at test time — the work the
+deployed detector does per image, so it is timed and its MLP widths pruned. The pyramid's
+features are outputs too (their channels, which ROI pooling reads, are kept); proposal
+selection from the RPN's outputs, box decoding and NMS run outside the graph with the
+post-processing (timed and reported, as they are part of a user's speedup). In training and
+detection the box head runs on the RPN's real proposals, as torchvision's detector runs it.
 
 The core keeps the whole detector beside it (not as a submodule: the traced and exported
 network is the core alone; a two-stage core holds the ROI heads as a submodule so that they
-train and are saved, but never calls them), so training calls the detector as torchvision's
+train and are saved), so training calls the detector as torchvision's
 detection references do — ``detector(images, targets)`` returns a loss dict in train mode —
 and the Taylor importance comes from those losses."""
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -58,8 +62,8 @@ class DetectionCore(nn.Module):
                             "keypoints); Faster R-CNN is")
         self.backbone, self.head = detector.backbone, head
         if self.two_stage:
-            # a submodule, so the pipeline trains and saves it; it is not in ``forward`` (not
-            # traced, exported or timed): it runs per proposal after the core
+            # a submodule, so the pipeline trains and saves it; ``forward`` runs its box head
+            # on a fixed grid of boxes (``probe_boxes``), so it is traced, pruned and timed
             self.roi_heads = roi
         # a plain attribute: deepcopy keeps it sharing the copied backbone and head
         self.__dict__["detector"] = detector
@@ -72,20 +76,54 @@ class DetectionCore(nn.Module):
         out = self.head(features)
         if self.two_stage:  # the ROI heads read the features: they are outputs too
             objectness, deltas = out
+            class_logits, box_regression = self._box_head(dict(zip(names, features)), x)
             self.output_names = tuple([f"features_{n}" for n in names] +
                                       [f"objectness_{n}" for n in names] +
-                                      [f"rpn_deltas_{n}" for n in names])
-            return (*features, *objectness, *deltas)
+                                      [f"rpn_deltas_{n}" for n in names] +
+                                      ["class_logits", "box_regression"])
+            return (*features, *objectness, *deltas, class_logits, box_regression)
         if isinstance(out, torch.Tensor):
             return (out,)
         self.output_names = tuple(sorted(out))
         return tuple(out[k] for k in self.output_names)
+
+    def rois_per_image(self) -> int:
+        """Proposals the RPN keeps per image at test time: the rows the box head runs on."""
+        return int(self.detector.rpn._post_nms_top_n["testing"])
+
+    def _box_head(self, features: dict, x: torch.Tensor):
+        """The ROI heads' pooling, MLP and predictor on ``probe_boxes``: their cost per image
+        is set by the box count, not by where the boxes are."""
+        n, h, w = int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1])
+        rois = self.rois_per_image()
+        boxes = probe_boxes(rois, h, w).to(device=x.device, dtype=x.dtype)
+        roi = self.roi_heads
+        pooled = roi.box_roi_pool(features, [boxes] * n, [(h, w)] * n)
+        class_logits, box_regression = roi.box_predictor(roi.box_head(pooled))
+        # batch first, as every other output: (images, boxes, classes or 4 per class)
+        return class_logits.reshape(n, rois, -1), box_regression.reshape(n, rois, -1)
 
     def detect(self, images, targets=None):
         """The whole detector: a loss dict in train mode (``targets`` given), else per image a
         dict of ``boxes``, ``scores``, ``labels``."""
         self.detector.train(self.training)
         return self.detector(list(images), targets)
+
+
+def probe_boxes(count: int, height: int, width: int) -> torch.Tensor:
+    """``count`` boxes (x1, y1, x2, y2) inside a ``height`` × ``width`` image, deterministic:
+    centres on a grid, sides cycling through 1/8, 1/4 and 1/2 of the shorter edge (so that
+    a multi-scale ROI pooling draws on several pyramid levels)."""
+    side = max(1, math.ceil(math.sqrt(count)))
+    short = min(height, width)
+    boxes = []
+    for i in range(count):
+        cx = (i % side + 0.5) * width / side
+        cy = (i // side % side + 0.5) * height / side
+        half = short * (0.125, 0.25, 0.5)[i % 3] / 2
+        boxes.append((max(0.0, cx - half), max(0.0, cy - half),
+                      min(float(width), cx + half), min(float(height), cy + half)))
+    return torch.tensor(boxes, dtype=torch.float32)
 
 
 def detection_model_names() -> list[str]:
@@ -184,15 +222,21 @@ def mean_average_precision(model: nn.Module, loader, num_classes: int) -> float:
 def outside_graph_ms(model: nn.Module, images: torch.Tensor, rounds: int = 15) -> dict:
     """Time of the detector's steps around the core, in PyTorch on this CPU: ``preprocess_ms``
     (normalise, resize, batch) and ``postprocess_ms`` (anchors, box decoding, score filtering,
-    NMS, rescaling; for Faster R-CNN the proposals, ROI pooling and ROI heads too), the minimum
-    over ``rounds`` calls on ``images``. The core is timed on
-    the runtime; these steps run beside it in a user's deployment."""
+    NMS, rescaling; for Faster R-CNN the proposal selection too — its ROI pooling and box head
+    are in the core's graph and timed there, so their time here is left out), the minimum
+    over ``rounds`` calls on ``images``. The core is timed on the runtime; these steps run
+    beside it in a user's deployment."""
     core = _core(model)
     stamps: dict[str, float] = {}
-    hooks = [core.backbone.register_forward_pre_hook(
-                 lambda *_: stamps.__setitem__("core_start", time.perf_counter())),
-             core.head.register_forward_hook(
-                 lambda *_: stamps.__setitem__("core_end", time.perf_counter()))]
+
+    def stamp(key):
+        return lambda *_: stamps.__setitem__(key, time.perf_counter())
+
+    hooks = [core.backbone.register_forward_pre_hook(stamp("core_start")),
+             core.head.register_forward_hook(stamp("core_end"))]
+    if core.two_stage:
+        hooks += [core.roi_heads.box_roi_pool.register_forward_pre_hook(stamp("box_start")),
+                  core.roi_heads.box_predictor.register_forward_hook(stamp("box_end"))]
     pre, post = [], []
     core.eval()
     try:
@@ -202,11 +246,12 @@ def outside_graph_ms(model: nn.Module, images: torch.Tensor, rounds: int = 15) -
                 core.detect(images)
                 t1 = time.perf_counter()
                 pre.append(stamps["core_start"] - t0)
-                post.append(t1 - stamps["core_end"])
+                in_graph = stamps["box_end"] - stamps["box_start"] if core.two_stage else 0.0
+                post.append(t1 - stamps["core_end"] - in_graph)
     finally:
         for h in hooks:
             h.remove()
     pre_ms, post_ms = 1e3 * min(pre), 1e3 * min(post)
     return {"preprocess_ms": pre_ms, "postprocess_ms": post_ms, "total_ms": pre_ms + post_ms,
             "rounds": rounds, "images": int(images.shape[0]),
-            "roi_heads_included": bool(core.two_stage)}
+            "proposals_included": bool(core.two_stage)}
