@@ -300,13 +300,18 @@ ssdlite320's row, first measured at 0.384 beside other work, passes on a quiet m
 (0.520; a separate run the same hour read 0.500, its final sessions spread 0.47–0.53 around \
 a 10.8 ms original). **All 7 pass** since fasterrcnn_mobilenet_v3_large_320_fpn joined \
 (Zen 4, 2026-12-07, `python tools/bench_zoo.py --source dense --json \
-tools/results/bench_dense.json --only fasterrcnn_mobilenet_v3_large_320_fpn --rerun`): its \
-graph is the backbone, FPN and RPN head with the pyramid's features as outputs (256 channels \
-kept for the ROI heads), 16.2 → 8.1 ms at 320 px (0.502). Its proposals, ROI pooling and \
-ROI heads (a 12,544 → 1,024 → 1,024 MLP on each of up to 150 proposals) run outside the \
-graph, unpruned: 43.7 → 42.2 ms in PyTorch — so end to end the detector goes from ~60 to \
-~50 ms, 1.2×. Pruning the box head's hidden widths (fc6/fc7) is the next step for two-stage \
-detectors. The metric columns come from random weights (mAP ~0): they record that scoring \
+tools/results/bench_dense.json --only fasterrcnn_mobilenet_v3_large_320_fpn --rerun`). Its \
+graph now holds the ROI box head too — ROI pooling, the 12,544 → 1,024 → 1,024 MLP and the \
+predictor, run on a fixed grid of 150 boxes per image (the RPN's test-time proposal count) — \
+beside the backbone, FPN and RPN head, with the pyramid's features as outputs (256 channels \
+kept for ROI pooling): **83.6 → 41.9 ms at 320 px (0.501)**, the MLP's widths pruned with \
+the rest; proposal selection, decoding and NMS stay outside, 3.8 → 3.7 ms in PyTorch. End to \
+end ~87 → ~46 ms, 1.9×. Before (the same day), the graph ended at the RPN (16.2 → 8.1 ms) and \
+the unpruned ROI heads ran outside in PyTorch on the real proposals (43.7 → 42.2 ms): 1.2× end \
+to end. The graph times the box head at the full 150 boxes in ONNX Runtime (~67 ms here, \
+against ~40 ms for PyTorch's ROI step on however many proposals survived): the original's \
+end-to-end figure reads higher than before for that reason. \
+The metric columns come from random weights (mAP ~0): they record that scoring \
 ran, not a detector's quality.
 
 *The default detection run* (Zen 4, 2026-12-07, a fresh clone, an empty cache so the table is \
