@@ -6,10 +6,11 @@ resize, batch), a backbone (with its FPN), a head shared across pyramid levels, 
 post-processing (anchors, box decoding, NMS). ``DetectionCore`` is the backbone and the head,
 returning the head's raw outputs as a tuple in name order: its channel groups couple the head's
 convs across every level they run on, and the post-processing — no channels to prune — stays
-outside the pruned graph. Faster R-CNN adds its region proposal network and its ROI box head: the core is the backbone,
-the RPN head, and the box head (ROI pooling, the two-layer MLP, the class and box predictor)
-run on a fixed grid of as many boxes per image as the RPN proposes at test time — the work the
-deployed detector does per image, so it is timed and its MLP widths pruned. The pyramid's
+outside the pruned graph. Faster R-CNN adds its region proposal network and its ROI box
+head: the core is the backbone, the RPN head, and the box head (ROI pooling, the two-layer
+MLP, the class and box predictor) run on a fixed grid of as many boxes per image as the RPN
+proposes at test time — the work the deployed detector does per image, so it is timed and
+its MLP widths pruned. The pyramid's
 features are outputs too (their channels, which ROI pooling reads, are kept); proposal
 selection from the RPN's outputs, box decoding and NMS run outside the graph with the
 post-processing (timed and reported, as they are part of a user's speedup). In training and
