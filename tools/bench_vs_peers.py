@@ -962,5 +962,6 @@ def level_command(a) -> str:
 
     return shlex.join(["python", "tools/bench_vs_peers.py", *map(shown, a.argv)])
 
+
 if __name__ == "__main__":
     main()

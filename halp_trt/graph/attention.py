@@ -16,6 +16,7 @@ timm's keeps its class, which computes from its own ``num_heads``, ``head_dim``,
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -178,11 +179,10 @@ def _mha_supported(m: nn.Module) -> bool:
 
 
 def _timm_attention_class():
-    try:
-        from timm.layers.attention import Attention
-    except ImportError:  # timm is optional
-        return None
-    return Attention
+    """timm's ``Attention`` if timm is loaded (a model holding one has loaded it): asked for
+    every module of every model, so neither importing timm nor retrying a missing one."""
+    module = sys.modules.get("timm.layers.attention")
+    return getattr(module, "Attention", None)
 
 
 def is_timm_attention(m: nn.Module) -> bool:

@@ -10,11 +10,11 @@ outside the pruned graph. Faster R-CNN adds its region proposal network and its 
 head: the core is the backbone, the RPN head, and the box head (ROI pooling, the two-layer
 MLP, the class and box predictor) run on a fixed grid of as many boxes per image as the RPN
 proposes at test time — the work the deployed detector does per image, so it is timed and
-its MLP widths pruned. The pyramid's
-features are outputs too (their channels, which ROI pooling reads, are kept); proposal
-selection from the RPN's outputs, box decoding and NMS run outside the graph with the
-post-processing (timed and reported, as they are part of a user's speedup). In training and
-detection the box head runs on the RPN's real proposals, as torchvision's detector runs it.
+its MLP widths pruned. The pyramid's features are outputs too (their channels, which ROI
+pooling reads, are kept); proposal selection from the RPN's outputs, box decoding and NMS run
+outside the graph with the post-processing (timed and reported, as they are part of a user's
+speedup). In training and detection the box head runs on the RPN's real proposals, as
+torchvision's detector runs it.
 
 The core keeps the whole detector beside it (not as a submodule: the traced and exported
 network is the core alone; a two-stage core holds the ROI heads as a submodule so that they
