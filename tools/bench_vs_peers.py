@@ -298,6 +298,7 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
         os.unlink(ckpt)
     return {"latency_ratio": ratio, "latency_vs_halp": 1.0, "matched": True, "acc_bn": acc_bn,
             "acc_ft": acc_ft, "prune_batches": prune_batches, "ft_batches": ft_batches,
+            "params": sum(q.numel() for q in model.parameters()), "widths": layer_widths(model),
             "result": run.result.to_json(),
             "feedback_points": run.feedback_points}
 
@@ -504,6 +505,7 @@ def run_peer(s: Setup, method: str, seed: int, halp_row: dict) -> dict:
     for p in m["points"]:
         model = prune(p["amount"])
         points.append({**p, "params": sum(q.numel() for q in model.parameters()),
+                       "widths": layer_widths(model),
                        "acc_bn": s.score_bn(model, seed),
                        "acc_ft": s.finetune(model, s.a.ft_steps, seed)})
     vs_halp = at_reference(points, "latency_vs_halp") if len(points) == 1 else 1.0
@@ -513,6 +515,13 @@ def run_peer(s: Setup, method: str, seed: int, halp_row: dict) -> dict:
             "acc_bn": at_reference(points, "acc_bn"), "acc_ft": at_reference(points, "acc_ft"),
             "points": points, "sessions": m["sessions"], "prune_batches": 0,
             "ft_batches": s.a.ft_steps * len(points)}
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Each conv's output channels: the width profile a method chose at this latency (methods
+    that land at the same latency with different accuracy differ here, if in anything)."""
+    return {name: m.out_channels for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d)}
 
 
 # ---- which rows a level runs ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 from tool_scripts import load_tool
 
 
@@ -152,3 +153,15 @@ def test_a_screening_runs_only_the_methods_named(bench):
                         methods=["halp-trt", "modelopt-fastnas", "tp-l2-global-r16"])
     assert bench.level_plan(a, 16, []) == [("halp-trt", 0), ("tp-l2-global-r16", 0),
                                            ("modelopt-fastnas", 0)]
+
+
+def test_a_rows_width_profile_is_each_convs_pruned_output_width(bench):
+    import torch_pruning as tp
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 16, 1), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.randn(1, 3, 8, 8))
+    graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 8, 8))
+    graph.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(12))).prune()
+    assert bench.layer_widths(model) == {"0": 20, "3": 16}
