@@ -94,6 +94,40 @@ def save(path: str, rows: dict, meta: dict) -> None:
                              "models": done})
 
 
+def markdown_section(data: dict) -> str:
+    """BENCHMARKS' section: one row per model, its machine class and date."""
+    rows = data.get("models", [])
+    s = data.get("summary", {})
+    lines = [
+        "## Detectors and segmenters on shapes: the default run keeps their quality?", "",
+        f"`{data.get('command', 'python tools/bench_dense_quality.py --json ...')}`", "",
+        f"The run a user gets with nothing but the model named: pre-training from scratch on "
+        f"the built-in shapes data, table, pruning to {data.get('target', 0.5)} during "
+        f"fine-tuning, removal, ONNX, checks. Passes when the pruned model keeps ≥ "
+        f"{100 * data.get('keep_at_least', KEEP_AT_LEAST):.0f}% of the original's metric "
+        f"(torchmetrics' mAP, or mean IoU, on the held-out shapes). "
+        f"**{s.get('passed', 0)} of {s.get('run', 0)} run pass** (of 7).", "",
+        "| model | machine | date | input | metric | original | pruned | kept | latency "
+        "ratio (verdict) | ms orig → pruned | post-proc ms | wall | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "metric_kept" in r:
+            pp = r.get("postprocess_ms")
+            post = f"{pp['original']:.2f} → {pp['pruned']:.2f}" if pp else "-"
+            lines.append(
+                f"| {r['model']} | {r['machine']} | {r.get('date', '-')} | {r['input']} | "
+                f"{r['metric']} | {r['metric_original']:.3f} | {r['metric_pruned']:.3f} | "
+                f"{100 * r['metric_kept']:.0f}% | {r['measured_ratio']:.3f} "
+                f"({r['target_verdict']}) | {r['original_ms']:.2f} → {r['pruned_ms']:.2f} | "
+                f"{post} | "
+                f"{r['wall_s'] / 60:.1f} min | {'pass' if r['passed'] else 'FAIL'} |")
+        else:
+            lines.append(f"| {r['model']} | {r['machine']} | {r.get('date', '-')} | - | - | - "
+                         f"| - | - | - | - | - | {r['wall_s'] / 60:.1f} min | FAIL: "
+                         f"{r['reason'][:160]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", dest="json_path", required=True)

@@ -657,6 +657,10 @@ def later_sections() -> list[str]:
         lines += structure_screen_section(load("screen_timm.json"))
     if load("bench_dense.json"):
         lines += zoo_section(load("bench_dense.json"), "dense") + [DENSE_NOTE, ""]
+    if load("bench_dense_quality.json"):
+        import bench_dense_quality
+
+        lines += [bench_dense_quality.markdown_section(load("bench_dense_quality.json"))]
     if load("bench_probe.json"):
         import bench_probe
 

@@ -75,3 +75,14 @@ def test_a_refusal_is_the_rows_reason_and_a_rerun_resumes(bench, monkeypatch, tm
     assert calls == ["fcos_resnet50_fpn"]  # resumed: not run twice
     with pytest.raises(SystemExit, match="not among the dense models"):
         bench.main(["--json", path, "--only", "yolov8n"])
+
+
+def test_the_section_shows_every_row_with_its_machine(bench, runs, tmp_path):
+    path = str(tmp_path / "q.json")
+    bench.main(["--json", path, "--only",
+                "ssdlite320_mobilenet_v3_large,lraspp_mobilenet_v3_large"])
+    md = bench.markdown_section(json.load(open(path)))
+    assert "**1 of 2 run pass**" in md
+    ssd = next(ln for ln in md.splitlines() if ln.startswith("| ssdlite320"))
+    assert "| 92% |" in ssd and "pass" in ssd and "1.50 → 1.50" in ssd
+    assert "FAIL" in next(ln for ln in md.splitlines() if ln.startswith("| lraspp"))
