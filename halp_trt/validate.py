@@ -24,7 +24,8 @@ def predict_onnx_ms(table, model) -> dict:
     attributes and input size, and looked up at its actual channel counts."""
     from onnx import numpy_helper, shape_inference
 
-    from halp_trt.graph.layers import Signature, is_depthwise
+    from halp_trt.graph.conv_kinds import is_depthwise
+    from halp_trt.graph.layers import Signature
 
     inferred = shape_inference.infer_shapes(model)
     shapes = {}

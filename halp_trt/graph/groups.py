@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from halp_trt.graph.conv_kinds import is_depthwise
 from halp_trt.graph.custom import surgery_for, torch_pruning_pruners
 from halp_trt.errors import HalpError
 
@@ -427,9 +428,9 @@ def _fold_ghost_halves(group: ChannelGroup, modules) -> ChannelGroup:
     def conv(m):
         return isinstance(modules.get(m.module_name), nn.Conv2d) and m.side == "out"
 
-    def dw(m):  # one group per channel (graph.layers.is_depthwise, which imports this module)
+    def dw(m):
         c = modules[m.module_name]
-        return c.groups > 1 and c.groups == c.in_channels == c.out_channels
+        return is_depthwise(c.groups, c.in_channels, c.out_channels)
 
     partial = [m for m in group.members
                if m.side == "out" and len(set(m.root_idxs)) < group.size]

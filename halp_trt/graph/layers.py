@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from halp_trt.graph.conv_kinds import is_depthwise
+
 if TYPE_CHECKING:  # torch stays unimported for table-only work (loading, inspect)
     import torch
 
@@ -20,11 +22,6 @@ if TYPE_CHECKING:  # torch stays unimported for table-only work (loading, inspec
 # width, c_out the head count. "mha": ViT-style global attention; "wattn": Swin's window
 # attention with its relative position bias; "wattn2": Swin-V2's cosine window attention.
 ATTENTION_OPS = ("mha", "wattn", "wattn2")
-
-
-def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
-    """A depthwise conv: one group per channel, so its input and output width are one."""
-    return groups > 1 and groups == in_channels == out_channels
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.graph.custom import channel_tensors, surgery_for
 from halp_trt.graph.groups import ChannelGroup
-from halp_trt.graph.layers import is_depthwise
+from halp_trt.graph.conv_kinds import is_depthwise
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -11,7 +11,7 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.graph.custom import channel_width, surgery_for
 from halp_trt.graph.groups import ChannelGroup, find_channel_groups, quiet_torch_pruning
-from halp_trt.graph.layers import is_depthwise
+from halp_trt.graph.conv_kinds import is_depthwise
 from halp_trt.pruning.heads import remove_heads
 from halp_trt.pruning.masker import ChannelMasker
 from halp_trt.runtime.export import output_tensors

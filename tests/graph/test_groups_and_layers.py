@@ -6,7 +6,8 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import (check_unique_coverage, find_channel_groups, output_layers,
                                    run_example)
-from halp_trt.graph.layers import Signature, is_depthwise, list_layers
+from halp_trt.graph.conv_kinds import is_depthwise
+from halp_trt.graph.layers import Signature, list_layers
 from tiny_models import GrayNet, TinyResNet
 
 X = torch.randn(1, 3, 16, 16)
