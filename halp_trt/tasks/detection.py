@@ -66,6 +66,12 @@ class DetectionCore(nn.Module):
             # a submodule, so the pipeline trains and saves it; ``forward`` runs its box head
             # on a fixed grid of boxes (``probe_boxes``), so it is traced, pruned and timed
             self.roi_heads = roi
+            # the proposals the RPN keeps per image at test time, through its public accessor
+            # (which answers for the mode it is in): the rows the box head is timed on
+            rpn, was_training = detector.rpn, detector.rpn.training
+            rpn.train(False)
+            self._rois_per_image = int(rpn.post_nms_top_n())
+            rpn.train(was_training)
         # a plain attribute: deepcopy keeps it sharing the copied backbone and head
         self.__dict__["detector"] = detector
         self.output_names: tuple[str, ...] = ()
@@ -90,7 +96,7 @@ class DetectionCore(nn.Module):
 
     def rois_per_image(self) -> int:
         """Proposals the RPN keeps per image at test time: the rows the box head runs on."""
-        return int(self.detector.rpn._post_nms_top_n["testing"])
+        return self._rois_per_image
 
     def _box_head(self, features: dict, x: torch.Tensor):
         """The ROI heads' pooling, MLP and predictor on ``probe_boxes``: their cost per image
