@@ -538,6 +538,9 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
     variants = [tp_name(i, sc, step) for i in ("l2", "taylor") for sc in ("uniform", "global")]
     if getattr(a, "quick", False):
         variants = variants[-1:]
+    wanted = getattr(a, "methods", None)  # a screening run of a few methods
+    if wanted:  # the variants it names are the ones screened and carried
+        variants = [v for v in variants if v in wanted]
     done = {(r["method"], r["seed"]): r for r in rows}
     seed0 = [v for v in variants if (v, 0) in done]
     ranked = sorted(seed0, key=lambda v: -done[(v, 0)]["acc_ft"])
@@ -560,7 +563,6 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
     if a.screen and len(seed0) < len(variants):
         # the carried variants are known once seed 0 is done: stop the plan there
         plan = plan[:plan.index(("halp-trt", 1))] if a.seeds > 1 else plan
-    wanted = getattr(a, "methods", None)  # a screening run of a few methods
     return [(m, sd) for m, sd in plan if (m, sd) not in done and (not wanted or m in wanted)]
 
 

@@ -165,3 +165,13 @@ def test_a_rows_width_profile_is_each_convs_pruned_output_width(bench):
     graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 8, 8))
     graph.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(12))).prune()
     assert bench.layer_widths(model) == {"0": 20, "3": 16}
+
+
+def test_a_screening_of_named_methods_goes_on_to_later_seeds(bench):
+    """--methods with one Torch-Pruning variant: seed 0 done, seeds 1-2 follow (the plan used
+    to stop, waiting for the variants the screening had left out)."""
+    a = SimpleNamespace(seeds=3, screen=True, carry=2, ablation=False, with_fastnas=True,
+                        methods=["halp-trt", "modelopt-fastnas", "tp-l2-global-r16"])
+    done = [row(m, 0, 0.91) for m in a.methods]
+    assert bench.level_plan(a, 16, done) == [
+        (m, s) for s in (1, 2) for m in ("halp-trt", "tp-l2-global-r16", "modelopt-fastnas")]
