@@ -175,3 +175,20 @@ def test_a_screening_of_named_methods_goes_on_to_later_seeds(bench):
     done = [row(m, 0, 0.91) for m in a.methods]
     assert bench.level_plan(a, 16, done) == [
         (m, s) for s in (1, 2) for m in ("halp-trt", "tp-l2-global-r16", "modelopt-fastnas")]
+
+
+def test_matching_leaves_a_plateau_of_the_peers_knob(bench, monkeypatch):
+    """A knob whose latency does not move over a range (FastNAS's discrete subnets): aiming by
+    the last reading creeps along the plateau; the bisection still finds a bracketing pair."""
+    import halp_trt.runtime.export
+
+    monkeypatch.setattr(halp_trt.runtime.export, "export_onnx", lambda model, example: model)
+
+    def latency_vs_reference(amount):  # 6% faster from 0.7 up, 30% slower below
+        return 0.94 if amount >= 0.7 else 1.3
+
+    s = SimpleNamespace(example=None, measure=lambda graphs: {
+        "reference": 1.0, "candidate": float(graphs["candidate"])})
+    m = bench.match_latency(s, lambda a: str(latency_vs_reference(a)).encode(), (0.0, 0.95),
+                            b"1.0", 0.85, exponent=1.0)
+    assert [round(p["latency_vs_halp"], 2) for p in m["points"]] == [0.94, 1.3]
