@@ -286,6 +286,29 @@ def timm_levit_one_token():
     return Net()
 
 
+def timm_std_conv():
+    """NF-Net / BiT: timm's weight-standardized convs (each filter standardized over its
+    fan-in in forward; a per-filter gain; "Same" ones pad dynamically), no BatchNorm, a
+    residual. Frozen into plain convs at removal: cutting a standardized conv's input would
+    change its fan-in."""
+    from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = ScaledStdConv2d(3, 32, 3, stride=2, padding=1)
+            self.conv1 = ScaledStdConv2dSame(32, 48, 3, padding="same")
+            self.conv2 = StdConv2d(48, 32, 3, padding=1)
+            self.down = ScaledStdConv2dSame(32, 64, 3, stride=2, padding="same")
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = F.gelu(self.stem(x))
+            x = x + self.conv2(F.gelu(self.conv1(x)))
+            return self.fc(F.gelu(self.down(x)).mean((2, 3)))
+    return Net()
+
+
 PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": SplitAndConcat,
             "re-parameterisable branches": RepBranches, "LayerScale": LayerScaleNet,
             "squeeze-excite, rounded width": SENet, "channel multiplier": ChannelMultiplier,
@@ -295,4 +318,5 @@ PATTERNS = {"slice after concat": SliceAfterConcat, "split and re-concat": Split
             "multi-scale linear attention": MultiScaleLinearAttention,
             "concat under one squeeze-excite": ConcatUnderOneGate,
             "timm LeViT attention on one token": timm_levit_one_token,
-            "padding='same' (ConvMixer)": SamePadding}
+            "padding='same' (ConvMixer)": SamePadding,
+            "timm weight-standardized convs (NF-Net, BiT)": timm_std_conv}

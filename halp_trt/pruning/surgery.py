@@ -14,6 +14,7 @@ from halp_trt.graph.groups import ChannelGroup, find_channel_groups, quiet_torch
 from halp_trt.graph.conv_kinds import is_depthwise
 from halp_trt.pruning.heads import remove_heads
 from halp_trt.pruning.masker import ChannelMasker
+from halp_trt.pruning.std_conv import freeze_weight_standardization
 from halp_trt.runtime.export import output_tensors
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -125,7 +126,10 @@ def remove_channels(model: nn.Module, graph, groups: Sequence[ChannelGroup],
 
     torch-pruning 1.6.1 cuts a grouped conv's input weights with the first ``in/groups`` kept
     global indices, which is right only when every conv group keeps the same local channels;
-    those convs are rebuilt here from their original weights and what each side keeps."""
+    those convs are rebuilt here from their original weights and what each side keeps.
+    Weight-standardized convs (timm's StdConv2d family) become plain ones first."""
+    # a weight-standardized conv equals its masked self only as a plain conv (std_conv.py)
+    freeze_weight_standardization(model)
     modules = dict(model.named_modules())
     by_id = {g.id: g for g in groups}
     grouped = {name: (mod.weight.detach().clone(),
