@@ -100,7 +100,8 @@ def markdown_section(data: dict) -> str:
     s = data.get("summary", {})
     lines = [
         "## Detectors and segmenters on shapes: the default run keeps their quality?", "",
-        f"`{data.get('command', 'python tools/bench_dense_quality.py --json ...')}`", "",
+        "`python tools/bench_dense_quality.py --json tools/results/bench_dense_quality.json "
+        "[--only MODEL,...]` (resumes: each row stands alone)", "",
         f"The run a user gets with nothing but the model named: pre-training from scratch on "
         f"the built-in shapes data, table, pruning to {data.get('target', 0.5)} during "
         f"fine-tuning, removal, ONNX, checks. Passes when the pruned model keeps ≥ "
