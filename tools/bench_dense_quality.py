@@ -84,16 +84,6 @@ def run_one(name: str, work: str, target: float, max_batches: int | None,
     return row
 
 
-def save(path: str, rows: dict, meta: dict) -> None:
-    from halp_trt.fileio import write_json_atomic
-
-    done = sorted(rows.values(), key=lambda r: r["model"])
-    write_json_atomic(path, {**meta, "machines": sorted({r["machine"] for r in done}),
-                             "summary": {"passed": sum(r["passed"] for r in done),
-                                         "run": len(done)},
-                             "models": done})
-
-
 def markdown_section(data: dict) -> str:
     """BENCHMARKS' section: one row per model, its machine class and date."""
     rows = data.get("models", [])
@@ -161,7 +151,7 @@ def main(argv=None) -> None:
             row = run_one(name, work, a.target, a.max_batches, a.pretrain_epochs)
             row["machine"], row["date"] = machine_class(identity), time.strftime("%Y-%m-%d")
             rows[name] = row
-            save(a.json_path, rows, meta)
+            zoo().save_rows(a.json_path, list(rows.values()), meta)
             kept = row.get("metric_kept")
             print(f"{name:40s} {'pass' if row['passed'] else 'FAIL'} "
                   f"kept {'-' if kept is None else f'{kept:.2f}'} ratio "

@@ -298,8 +298,7 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
         os.unlink(ckpt)
     return {"latency_ratio": ratio, "latency_vs_halp": 1.0, "matched": True, "acc_bn": acc_bn,
             "acc_ft": acc_ft, "prune_batches": prune_batches, "ft_batches": ft_batches,
-            "params": sum(q.numel() for q in model.parameters()), "widths": layer_widths(model),
-            "result": run.result.to_json(),
+            **kept_shape(model), "result": run.result.to_json(),
             "feedback_points": run.feedback_points}
 
 
@@ -510,9 +509,7 @@ def run_peer(s: Setup, method: str, seed: int, halp_row: dict) -> dict:
     points = []
     for p in m["points"]:
         model = prune(p["amount"])
-        points.append({**p, "params": sum(q.numel() for q in model.parameters()),
-                       "widths": layer_widths(model),
-                       "acc_bn": s.score_bn(model, seed),
+        points.append({**p, **kept_shape(model), "acc_bn": s.score_bn(model, seed),
                        "acc_ft": s.finetune(model, s.a.ft_steps, seed)})
     vs_halp = at_reference(points, "latency_vs_halp") if len(points) == 1 else 1.0
     return {"latency_ratio": ref * vs_halp, "latency_vs_halp": vs_halp,
@@ -528,6 +525,12 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     that land at the same latency with different accuracy differ here, if in anything)."""
     return {name: m.out_channels for name, m in model.named_modules()
             if isinstance(m, nn.Conv2d)}
+
+
+def kept_shape(model: nn.Module) -> dict:
+    """What a row records of the model a method kept: its parameter count and widths."""
+    return {"params": sum(q.numel() for q in model.parameters()),
+            "widths": layer_widths(model)}
 
 
 # ---- which rows a level runs ---------------------------------------------------------------------
