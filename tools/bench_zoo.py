@@ -423,6 +423,9 @@ def main() -> None:
     ap.add_argument("--max-rss-gib", type=float, default=0.6 * machine_memory_gib(),
                     help="resident memory of one model's process before it is stopped "
                          "(default: 60%% of this machine's)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="start no model after this many minutes (one part of a run that "
+                         "spans sessions; the next run resumes where this one stopped)")
     ap.add_argument("--structural", action="store_true",
                     help="check structure only, nothing timed: one step on a synthetic "
                          "staircase, removal, masked = pruned, ONNX = PyTorch")
@@ -507,7 +510,13 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
     from halp_trt.runtime.machine import machine_class
 
     this_machine = machine_class(meta["machine"])  # a resumed file may hold several machines
+    started = time.perf_counter()
     for name in tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True):
+        if args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes:
+            tqdm.write(f"stopped after {args.max_minutes:g} min (--max-minutes); "
+                       f"{len(todo) - todo.index(name)} models left: "
+                       "run the same command again to go on")
+            break
         row = size_gate(name, params[name], args.skip_over_params)
         if row is None:
             t0 = time.perf_counter()
