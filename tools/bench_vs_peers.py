@@ -267,6 +267,10 @@ UNPRUNED = "unpruned"
 # ablation; it became the default afterwards
 RETIRED_ABLATIONS = {"halp-trt-taylor-per-layer"}
 OWN_TARGET = set(HALP_ABLATIONS) | RETIRED_ABLATIONS
+# halp-trt's importance and gradual schedule pruned to the widths FastNAS chose at the same
+# seed (each of its points): apart from the widths, what halp-trt does differently. Its
+# models have FastNAS's architecture, so FastNAS's latency (and interpolation) holds for them
+AT_FASTNAS_WIDTHS = "halp-trt-at-fastnas-widths"
 
 
 def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
@@ -300,6 +304,89 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
             "acc_ft": acc_ft, "prune_batches": prune_batches, "ft_batches": ft_batches,
             **kept_shape(model), "result": run.result.to_json(),
             "feedback_points": run.feedback_points}
+
+
+def widths_pruner_class():
+    from halp_trt.pruning.pruner import HALPPruner
+    from halp_trt.pruning.importance import normalize_scores
+    from halp_trt.pruning.selection import StepPlan
+
+    class WidthsPruner(HALPPruner):
+        """A HALPPruner whose steps head for given final widths instead of solving the
+        knapsack: each step keeps a group's most important channels (its own importance), at
+        a width between full and final by the share of the latency the schedule has removed
+        by then."""
+
+        def __init__(self, *args, final_widths: dict[str, int], **kw):
+            super().__init__(*args, **kw)
+            self.final = {}
+            for g in self.prunable:
+                named = [m.module_name for m in g.members
+                         if m.side == "out" and m.module_name in final_widths]
+                if g.root not in final_widths and not named:
+                    raise RuntimeError(f"no width given for the group of {g.root}")
+                self.final[g.id] = final_widths.get(g.root, final_widths.get(named[0]))
+
+        def plan(self, target_ms: float) -> StepPlan:
+            share = (self.full_ms - target_ms) / (self.full_ms - self.final_target_ms)
+            share = 1.0 if len(self.history) + 1 == len(self.targets_ms) else min(1.0, share)
+            keep, kept = {}, {}
+            for g, s in zip(self.prunable, self.accumulator.scores()):
+                scores = normalize_scores(s, self.keep[g.id], self.config.importance_normalizer)
+                order = self.options.order(g, self.keep[g.id], scores)
+                want = g.size - share * (g.size - self.final[g.id])
+                counts = self.options.counts(g, len(order))
+                n = int(next((c for c in counts if c >= want - 1e-9), counts[-1]))
+                keep[g.id] = torch.zeros(g.size, dtype=torch.bool)
+                keep[g.id][order[:n]] = True
+                kept[g.root] = n
+            widths = {**self.widths, **{g.id: int(keep[g.id].sum()) for g in self.prunable}}
+            return StepPlan(keep, dict(target_ms=float(target_ms),
+                                       predicted_ms=self.predict_ms(widths), kept=kept,
+                                       objective=0.0, error_bound_ms=0.0, repairs=0,
+                                       rule="fixed_widths"))
+
+    return WidthsPruner
+
+
+def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict) -> dict:
+    """halp-trt's pruning epoch (its importance, 8 steps 5 batches apart, the same optimizer
+    and rate) heading for each of FastNAS's points' widths instead of its knapsack's, then the
+    same scoring; accuracy interpolated at FastNAS's latencies as FastNAS's row was."""
+    from halp_trt.latency.table import LatencyTable
+    from halp_trt.pruning.config import HALPConfig
+    from halp_trt.train import cosine_schedule, evaluate, train_epochs
+
+    defaults = __import__("halp_trt.pipeline.config", fromlist=["DeployConfig"]).DeployConfig
+    table = LatencyTable.load(s.table_path)
+    points = []
+    for p in fastnas_row["points"]:
+        torch.manual_seed(seed)
+        model = copy.deepcopy(s.base)
+        config = HALPConfig(target=level, steps=defaults.steps, interval=defaults.interval,
+                            importance=defaults.importance)
+        pruner = widths_pruner_class()(model, s.example, table, config,
+                                       final_widths=p["widths"])
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        pruner.attach_optimizer(opt)
+        loader = s.loader(seed)
+        n_batches = max(s.a.ft_steps, len(loader))
+        sched = None if s.a.ft_schedule == "constant" else cosine_schedule(opt, n_batches)
+        train_epochs(model, loader, opt, 1, seed=seed, first_epoch=1000, pruner=pruner,
+                     scheduler=sched, desc="prune to FastNAS's widths")
+        pruned = pruner.finalize().eval()
+        if layer_widths(pruned) != p["widths"]:
+            raise RuntimeError("the pruned model's widths differ from FastNAS's")
+        points.append({"latency_vs_halp": p["latency_vs_halp"],
+                       "latency_ratio": p["latency_ratio"], **kept_shape(pruned),
+                       "acc_bn": s.score_bn(pruned, seed),
+                       "acc_ft": evaluate(pruned, s._val_loader())})
+    return {"latency_ratio": at_reference(points, "latency_ratio"),
+            "latency_vs_halp": at_reference(points, "latency_vs_halp"),
+            "matched": fastnas_row.get("matched", False),
+            "interpolated": len(points) == 2, "acc_bn": at_reference(points, "acc_bn"),
+            "acc_ft": at_reference(points, "acc_ft"), "points": points,
+            "prune_batches": s.a.ft_steps, "ft_batches": 0}
 
 
 def run_unpruned(s: Setup, seed: int) -> dict:
@@ -563,6 +650,8 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
         plan += [("halp-trt", seed), *((v, seed) for v in carried)]
         if a.with_fastnas:
             plan.append(("modelopt-fastnas", seed))
+    if a.with_fastnas and wanted and AT_FASTNAS_WIDTHS in wanted:  # a diagnostic, when named
+        plan += [(AT_FASTNAS_WIDTHS, seed) for seed in range(a.seeds)]
     if a.ablation:  # halp-trt's own, at seed 0 (at more seeds with --halp-ablation-seeds)
         plan += [(name, seed) for seed in range(getattr(a, "halp_ablation_seeds", 1))
                  for name in HALP_ABLATIONS
@@ -655,7 +744,7 @@ def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> di
                        if "config" in r.get("result", {})}
         if importances:
             e["importance"] = ",".join(sorted(str(i) for i in importances))
-        is_ablation = method in OWN_TARGET or (method.startswith("tp-") and
+        is_ablation = method in OWN_TARGET | {AT_FASTNAS_WIDTHS} or (method.startswith("tp-") and
                                                    not method.endswith(f"-r{step}"))
         group = "reference" if method == UNPRUNED else "ablations" if is_ablation else "methods"
         entry[group][method] = e
@@ -836,7 +925,9 @@ def parse_args(argv=None):
                                        "(default: all)")
     ap.add_argument("--methods", type=lambda v: [x for x in v.split(",") if x], default=None,
                     help="comma-separated: run only these of the level's rows (a screening "
-                         "of another recipe; the level is not complete without the rest)")
+                         "of another recipe; the level is not complete without the rest). "
+                         f"{AT_FASTNAS_WIDTHS} (only when named): halp-trt pruned to the "
+                         "widths FastNAS chose at each seed")
     ap.add_argument("--modelopt-python", default=None,
                     help="python of a virtualenv with nvidia-modelopt (see the docstring)")
     ap.add_argument("--cache-dir", default=_default_cache())
@@ -918,6 +1009,13 @@ def _main(a):
         try:
             if method == "halp-trt" or method in HALP_ABLATIONS:
                 row = run_halp(s, a.level, seed, **HALP_ABLATIONS.get(method, {}))
+            elif method == AT_FASTNAS_WIDTHS:
+                fastnas_row = next((r for r in rows if (r["method"], r["seed"]) ==
+                                    ("modelopt-fastnas", seed)), None)
+                if fastnas_row is None or not all("widths" in p for p in
+                                                  fastnas_row.get("points", [])):
+                    raise RuntimeError("FastNAS has no row with widths at this seed")
+                row = run_halp_at_widths(s, a.level, seed, fastnas_row)
             elif method == UNPRUNED:  # the same at every level: measured once per seed
                 halp_row = next(r for r in rows if (r["method"], r["seed"]) == ("halp-trt", seed))
                 row = unpruned_elsewhere(a.rows, seed, signature) or run_unpruned(s, seed)

@@ -192,3 +192,50 @@ def test_matching_leaves_a_plateau_of_the_peers_knob(bench, monkeypatch):
     m = bench.match_latency(s, lambda a: str(latency_vs_reference(a)).encode(), (0.0, 0.95),
                             b"1.0", 0.85, exponent=1.0)
     assert [round(p["latency_vs_halp"], 2) for p in m["points"]] == [0.94, 1.3]
+
+
+def test_halp_at_fastnas_widths_runs_after_fastnas_only_when_named(bench):
+    a = SimpleNamespace(seeds=2, screen=True, carry=2, ablation=False, with_fastnas=True,
+                        methods=["halp-trt", "modelopt-fastnas"])
+    assert bench.AT_FASTNAS_WIDTHS not in {m for m, _ in bench.level_plan(a, 16, [])}
+    a.methods.append(bench.AT_FASTNAS_WIDTHS)
+    plan = bench.level_plan(a, 16, [])
+    assert plan[-2:] == [(bench.AT_FASTNAS_WIDTHS, 0), (bench.AT_FASTNAS_WIDTHS, 1)]
+    assert plan.index(("modelopt-fastnas", 1)) < plan.index((bench.AT_FASTNAS_WIDTHS, 0))
+
+
+def test_the_widths_pruner_ends_at_the_widths_given_keeping_its_most_important(bench):
+    """Steps narrow every group toward the given widths (never widening), the last lands on
+    them exactly, and each step keeps the channels its importance ranks highest."""
+    from fakes import StaircaseLatencyModel
+    from tiny_models import tiny_resnet
+
+    from halp_trt.pruning.config import HALPConfig
+
+    torch.manual_seed(0)
+    model, x = tiny_resnet(), torch.randn(4, 3, 16, 16)
+    from halp_trt.pruning.pruner import HALPPruner
+
+    config = HALPConfig(target=0.5, steps=3, interval=1)
+    groups = HALPPruner(model, x[:1], StaircaseLatencyModel(step=4), config).prunable
+    final = {g.root: max(4, g.size // 2 // 4 * 4) for g in groups}
+    pruner = bench.widths_pruner_class()(model, x[:1], StaircaseLatencyModel(step=4), config,
+                                         final_widths=final)
+    y = torch.randint(0, 10, (4,))
+    widths_seen = []
+    while not pruner.done:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        pruner.accumulate()
+        scores = {g.id: s.clone() for g, s in zip(pruner.prunable, pruner.accumulator.scores())}
+        before = {g.id: pruner.keep[g.id].clone() for g in pruner.prunable}
+        record = pruner.step()
+        widths_seen.append(record.kept)
+        for g in pruner.prunable:  # no dropped channel outranks a kept one
+            dropped = before[g.id] & ~pruner.keep[g.id]
+            if dropped.any():
+                assert scores[g.id][pruner.keep[g.id]].min() >= scores[g.id][dropped].max()
+    assert widths_seen[-1] == final
+    for a_step, b_step in zip(widths_seen, widths_seen[1:]):
+        assert all(b_step[r] <= a_step[r] for r in final)
+    assert any(widths_seen[0][r] > final[r] for r in final)  # gradual, not all at the first
