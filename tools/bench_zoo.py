@@ -242,6 +242,7 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
         row["reason"] = "" if row["passed"] else \
             f"measured ratio {ratio:.3f} is {100 * off:+.1f}% off the target {target}"
         row["narrower_groups"] = sum(w["kept"] < w["original"] for w in report["widths"].values())
+        row.update(loop_readings(report))
         if name in DENSE_MODELS:
             acc = report["accuracy"]
             row.update(task=DENSE_MODELS[name], metric=acc.get("metric"),
@@ -260,6 +261,21 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
         record_failure(row, exc)
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def loop_readings(report: dict) -> dict:
+    """What a miss is read from: the original's time, the final sessions' spread, and what
+    the committed candidate read in its last-step session (beside up to a dozen others)
+    against the final comparison (the original and the pruned model alone)."""
+    out = {"original_ms": round(report["original"]["measured_ms"], 3)}
+    if report.get("latency_ratio_spread"):
+        out["ratio_spread"] = [round(x, 4) for x in report["latency_ratio_spread"]]
+    brackets = report.get("last_step_candidates") or []
+    if brackets:
+        b = brackets[-1]
+        out["picked_in_bracket"] = round(b["candidates"][b["picked"]]["measured_ratio"], 4)
+        out["bracket_candidates"] = len(b["candidates"])
+    return out
 
 
 def record_failure(row: dict, exc: Exception) -> None:

@@ -85,3 +85,36 @@ def test_a_model_whose_memory_grows_past_the_budget_is_stopped_with_a_row():
     assert done.returncode == 3, done.stderr
     row = json.loads(done.stdout.splitlines()[-1][len("ROW "):])
     assert "GiB memory budget" in row["reason"] and not row["passed"]
+
+
+def test_a_rows_loop_readings_name_the_last_brackets_pick(bench):
+    report = {"original": {"measured_ms": 6.1234}, "latency_ratio_spread": [0.52, 0.541],
+              "last_step_candidates": [
+                  {"picked": "x1", "candidates": {"x1": {"measured_ratio": 0.61}}},
+                  {"picked": "x0.97", "candidates": {"x1": {"measured_ratio": 0.51},
+                                                     "x0.97": {"measured_ratio": 0.497}}}]}
+    assert bench.loop_readings(report) == {"original_ms": 6.123, "ratio_spread": [0.52, 0.541],
+                                           "picked_in_bracket": 0.497, "bracket_candidates": 2}
+    assert bench.loop_readings({"original": {"measured_ms": 1.0}}) == {"original_ms": 1.0}
+
+
+def test_a_run_in_parts_starts_no_model_after_its_minutes(bench, tmp_path, monkeypatch, capsys):
+    """--max-minutes: the models left stay unrun (the next run resumes them), nothing fails."""
+    from types import SimpleNamespace
+
+    started = []
+    monkeypatch.setattr(bench, "size_gate", lambda name, *a: started.append(name) or
+                        {"model": name, "passed": True, "reason": ""})
+    monkeypatch.setattr(bench, "save_rows", lambda *a: None)
+    args = SimpleNamespace(max_minutes=0.0, skip_over_params=1e9, json_path="unused")
+    rows = {}
+    bench.run_all(args, ["a", "b"], {"a": 1, "b": 2}, rows,
+                  {"machine": {"vendor": "x", "model_name": "y"}}, str(tmp_path),
+                  {"a": "fa", "b": "fb"})
+    assert started == [] and rows == {}
+    assert "2 models left" in capsys.readouterr().out
+    args.max_minutes = 60.0
+    bench.run_all(args, ["a", "b"], {"a": 1, "b": 2}, rows,
+                  {"machine": {"vendor": "x", "model_name": "y"}}, str(tmp_path),
+                  {"a": "fa", "b": "fb"})
+    assert started == ["a", "b"] and set(rows) == {"a", "b"}
