@@ -150,16 +150,23 @@ def _infeasible(exc) -> bool:
     return getattr(exc, "field", None) == "target" and "infeasible" in str(exc)
 
 
-def _no_candidate_within_band(report: dict, target: float) -> str | None:
+# A last-step candidate "meets" the target within the loop's own tolerance (feedback.py)
+MEETS_TOLERANCE = 0.01
+
+
+def _no_candidate_meeting_target(report: dict, target: float) -> str | None:
     """Why the target is infeasible at this input, read from a finished run: it measured above
-    the ±5% band and so did every candidate its last step measured, the table's floor among
-    them (the pipeline tries a target whose predicted floor is near it, and near a tiny model's
-    floor its readings decide; there the floor itself can read slower than a slightly wider
-    model: shufflenet_v2_x0_5 at 96, 0.62 vs 0.58)."""
+    the ±5% band and no candidate its last step measured met the target, the table's floor
+    among them (the pipeline tries a target whose predicted floor is near it, and near a tiny
+    model's floor its readings decide; there the floor itself can read slower than a slightly
+    wider model: shufflenet_v2_x0_5 at 96, 0.62 vs 0.58). A bracket whose fastest candidate
+    read just inside the band (twins_svt_small at 96: 0.525, final 0.527) did not reach the
+    target either: the next input is tried."""
     ratio = report["latency_ratio_measured"]
     measured = [c["measured_ratio"] for b in report.get("last_step_candidates") or []
                 for c in b["candidates"].values()]
-    if ratio <= target * 1.05 or not measured or min(measured) <= target * 1.05:
+    if ratio <= target * 1.05 or not measured or \
+            min(measured) <= target * (1 + MEETS_TOLERANCE):
         return None
     return (f"measured {ratio:.3f} of the original for the target {target}; no candidate of "
             f"its last step measured under {min(measured):.3f}")
@@ -230,7 +237,7 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                 row.setdefault("infeasible_at", []).append(
                     {"input": size, "reason": str(exc).splitlines()[0][:300]})
                 continue
-            missed = _no_candidate_within_band(report, target) or \
+            missed = _no_candidate_meeting_target(report, target) or \
                 _missed_below_trusted_size(report, target)
             if missed is None or size == sizes_for(name)[-1]:
                 break

@@ -118,3 +118,15 @@ def test_a_run_in_parts_starts_no_model_after_its_minutes(bench, tmp_path, monke
                   {"machine": {"vendor": "x", "model_name": "y"}}, str(tmp_path),
                   {"a": "fa", "b": "fb"})
     assert started == ["a", "b"] and set(rows) == {"a", "b"}
+
+
+def test_an_input_is_given_up_when_no_last_step_candidate_met_the_target(bench):
+    """twins_svt_small at 96: its fastest candidate read 0.525 (inside the ±5% band, not at the
+    target), the final 0.527 (outside): the next input is tried, not a failed row kept."""
+    def report(final, candidates):
+        return {"latency_ratio_measured": final, "last_step_candidates": [
+            {"candidates": {f"x{i}": {"measured_ratio": c} for i, c in enumerate(candidates)}}]}
+
+    assert "under 0.525" in bench._no_candidate_meeting_target(report(0.527, [0.525, 0.56]), 0.5)
+    assert bench._no_candidate_meeting_target(report(0.527, [0.503, 0.56]), 0.5) is None
+    assert bench._no_candidate_meeting_target(report(0.52, [0.53]), 0.5) is None  # in the band
