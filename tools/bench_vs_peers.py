@@ -354,10 +354,10 @@ def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict) -> 
     and rate) heading for each of FastNAS's points' widths instead of its knapsack's, then the
     same scoring; accuracy interpolated at FastNAS's latencies as FastNAS's row was."""
     from halp_trt.latency.table import LatencyTable
+    from halp_trt.pipeline.config import DeployConfig as defaults  # its steps, interval, importance
     from halp_trt.pruning.config import HALPConfig
     from halp_trt.train import cosine_schedule, evaluate, train_epochs
 
-    defaults = __import__("halp_trt.pipeline.config", fromlist=["DeployConfig"]).DeployConfig
     table = LatencyTable.load(s.table_path)
     points = []
     for p in fastnas_row["points"]:

@@ -157,7 +157,7 @@ def zoo_section(z, source: str = "torchvision") -> list[str]:
               + (f"{unreached} not reached yet (the command resumes); " if unreached > 0 else "")
               + f"{tb} ended in a traceback; total wall time {wall / 3600:.1f} h. An input in "
               "parentheses was tried first: the target was infeasible there, no candidate of "
-              "the last step measured within the band, or a model under 5 ms missed the band "
+              "the last step met the target, or a model under 5 ms missed the band "
               "(its session-to-session offsets are that large); the JSON keeps each reason.",
               ""]
     return lines
