@@ -509,6 +509,25 @@ teacher. Not a lever for the comparison; `--distill` stays off by default (a tea
 pass per step: rows 4.2–5.0 min for halp-trt against 3.6–8.5 without)."""
 
 
+VS_PEERS_WIDTHS_NOTE = """\
+A diagnostic, not a level: is halp-trt's gap to FastNAS at 0.3 in the widths it chooses \
+(allocation) or in how it gets there? `halp-trt-at-fastnas-widths` runs halp-trt's pruning \
+epoch (its importance, 8 steps 5 batches apart, the same rate and budget) heading for the \
+widths FastNAS chose at that seed instead of its knapsack's, once per FastNAS point, and is \
+interpolated at halp-trt's latency as FastNAS's row is (same architectures, so the same \
+latencies). Same base (0.9296) and table as the distillation level. **At FastNAS's own \
+widths halp-trt's procedure ends 0.9212 ± 0.0011 — where halp-trt's own widths end \
+(0.9214 ± 0.0007) and 0.24 below FastNAS (0.9236 ± 0.0003)**; architecture by architecture \
+(six pairs, two per seed) FastNAS is ahead by 0.11–0.41 points every time. The allocation \
+is not the gap: the knapsack's widths (streams 64/128/224–256/416–432, inner 16–96, \
+1.2–1.3M parameters) and FastNAS's (64/96/128/512 at its faster points, every inner \
+width 32; 0.96–1.06M) are worth the same here. What differs is the procedure: \
+halp-trt prunes in the first 40 of its 938 steps and trains on inside the same cosine epoch \
+(0.9201–0.9222 at the end, at either widths), while FastNAS cuts once (0.77–0.83 after BN \
+recalibration) and its 938 steps climb past it. Next: `halp-trt-oneshot40` (one step after 40 batches of \
+importance, then the same fine-tuning), and the rate after the last step."""
+
+
 def section_with_note(name: str, render, note: str) -> list[str]:
     """A benchmark's own section of its results file and a note under it; nothing when the
     file is not there (the benchmark was not run on that machine class)."""
@@ -723,6 +742,11 @@ def later_sections() -> list[str]:
             r, title=" — distillation from the unpruned base for every method (three methods)",
             with_method=False),
         VS_PEERS_DISTILL_NOTE)
+    lines += section_with_note(
+        "vs_peers_fashion_widths.json",
+        lambda r: bench_vs_peers.markdown_section(
+            r, title=" — halp-trt pruned to FastNAS's widths (a diagnostic)", with_method=False),
+        VS_PEERS_WIDTHS_NOTE)
     if not load("vs_peers_fashion.json"):
         lines += [bench_vs_peers.markdown_section({})]
     return lines

@@ -215,10 +215,13 @@ def test_bad_options_give_one_clear_error(tmp_path, args, fragment):
 
 
 def test_unreadable_weights_and_pickled_code_are_refused(tmp_path, tiny_table):
+    # the weights are refused, whatever the table's probe reads on a busy machine (it once
+    # refused this coarse 3-round table before the wrong weights were reached)
+    table_args = ["--table", tiny_table, "--allow-table-mismatch"]
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     code, out = _run_cli(["--out", str(tmp_path / "a"), "--model", MODEL, "--input-size", "16",
-                          "--table", tiny_table, "--weights", str(garbage)])
+                          *table_args, "--weights", str(garbage)])
     assert code == 2 and "weights" in out and "Traceback" not in out
 
     class Evil:
@@ -229,14 +232,14 @@ def test_unreadable_weights_and_pickled_code_are_refused(tmp_path, tiny_table):
     with open(evil, "wb") as f:
         pickle.dump({"x": Evil()}, f)
     code, out = _run_cli(["--out", str(tmp_path / "b"), "--model", MODEL, "--input-size", "16",
-                          "--table", tiny_table, "--weights", str(evil)])
+                          *table_args, "--weights", str(evil)])
     assert code == 2 and "weights-only" in out
     assert not (tmp_path / "pwned").exists()
 
     wrong = tmp_path / "wrong.pt"
     torch.save(tiny_resnet(num_classes=3).state_dict(), wrong)
     code, out = _run_cli(["--out", str(tmp_path / "c"), "--model", MODEL, "--input-size", "16",
-                          "--table", tiny_table, "--weights", str(wrong)])
+                          *table_args, "--weights", str(wrong)])
     assert code == 2 and "do not fit the model" in out
 
 
@@ -327,8 +330,10 @@ def test_int8_run_deploys_a_quantized_model_checked_against_pytorch(tmp_path):
                                                max_points_per_axis=4, progress=False))
     assert json.loads(table.read_text())["identity"]["quantization"]["format"] == "QDQ"
     # a trained start (not allow_untrained): the INT8 check then applies its full thresholds
+    # trained long enough that its logit margins outlast INT8 rounding at any widths the
+    # measured loop picks (3 epochs once left the pruned model at 0.891 agreement)
     report = prune_and_deploy(toy_config(tmp_path / "run", str(table), precision="int8",
-                                         pretrain_epochs=3, max_batches=25,
+                                         pretrain_epochs=5, max_batches=25,
                                          allow_untrained=False))
     assert report["backend"]["precision"] == "int8"
     q = report["int8"]
