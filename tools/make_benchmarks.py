@@ -524,8 +524,14 @@ is not the gap: the knapsack's widths (streams 64/128/224–256/416–432, inner
 width 32; 0.96–1.06M) are worth the same here. What differs is the procedure: \
 halp-trt prunes in the first 40 of its 938 steps and trains on inside the same cosine epoch \
 (0.9201–0.9222 at the end, at either widths), while FastNAS cuts once (0.77–0.83 after BN \
-recalibration) and its 938 steps climb past it. Next: `halp-trt-oneshot40` (one step after 40 batches of \
-importance, then the same fine-tuning), and the rate after the last step."""
+recalibration) and its 938 steps climb past it. **Pruning once** (`halp-trt-oneshot40`: \
+one step after 40 batches of importance, the bracket measuring its candidates, then the same \
+epoch; 3 seeds, its own target): 0.9228 ± 0.0008 at 0.301 (0.9235, 0.9231, 0.9219) — above \
+the gradual default at every seed (+0.28, +0.11, +0.03; mean +0.14) and 0.08 under FastNAS \
+(+0.02, −0.07, −0.18), with thinner layer-3 streams (112 of 256 at two seeds) and 0.83–1.22M \
+parameters. Most of the gap closes; the gradual schedule is what costs it. Not yet the \
+default: one level, within the seeds' spread of FastNAS; the other levels and the rate after \
+the step come next."""
 
 
 def section_with_note(name: str, render, note: str) -> list[str]:
