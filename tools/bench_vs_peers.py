@@ -365,18 +365,17 @@ def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict) -> 
     from halp_trt.train import cosine_schedule, evaluate, train_epochs
 
     table = LatencyTable.load(s.table_path)
+    config = HALPConfig(target=level, steps=defaults.steps, interval=defaults.interval,
+                        importance=defaults.importance)
+    widths_pruner, loader = widths_pruner_class(), s.loader(seed)
+    n_batches = max(s.a.ft_steps, len(loader))  # the cosine's span, as the pipeline's
     points = []
     for p in fastnas_row["points"]:
         torch.manual_seed(seed)
         model = copy.deepcopy(s.base)
-        config = HALPConfig(target=level, steps=defaults.steps, interval=defaults.interval,
-                            importance=defaults.importance)
-        pruner = widths_pruner_class()(model, s.example, table, config,
-                                       final_widths=p["widths"])
+        pruner = widths_pruner(model, s.example, table, config, final_widths=p["widths"])
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
         pruner.attach_optimizer(opt)
-        loader = s.loader(seed)
-        n_batches = max(s.a.ft_steps, len(loader))
         sched = None if s.a.ft_schedule == "constant" else cosine_schedule(opt, n_batches)
         train_epochs(model, loader, opt, 1, seed=seed, first_epoch=1000, pruner=pruner,
                      scheduler=sched, desc="prune to FastNAS's widths")
@@ -392,7 +391,7 @@ def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict) -> 
             "matched": fastnas_row.get("matched", False),
             "interpolated": len(points) == 2, "acc_bn": at_reference(points, "acc_bn"),
             "acc_ft": at_reference(points, "acc_ft"), "points": points,
-            "prune_batches": s.a.ft_steps, "ft_batches": 0}
+            "prune_batches": len(loader), "ft_batches": 0}
 
 
 def run_unpruned(s: Setup, seed: int) -> dict:

@@ -150,10 +150,6 @@ def _infeasible(exc) -> bool:
     return getattr(exc, "field", None) == "target" and "infeasible" in str(exc)
 
 
-# A last-step candidate "meets" the target within the loop's own tolerance (feedback.py)
-MEETS_TOLERANCE = 0.01
-
-
 def _no_candidate_meeting_target(report: dict, target: float) -> str | None:
     """Why the target is infeasible at this input, read from a finished run: it measured above
     the ±5% band and no candidate its last step measured met the target, the table's floor
@@ -162,11 +158,13 @@ def _no_candidate_meeting_target(report: dict, target: float) -> str | None:
     wider model: shufflenet_v2_x0_5 at 96, 0.62 vs 0.58). A bracket whose fastest candidate
     read just inside the band (twins_svt_small at 96: 0.525, final 0.527) did not reach the
     target either: the next input is tried."""
+    from halp_trt.pruning.feedback import MEETS_TARGET_TOLERANCE
+
     ratio = report["latency_ratio_measured"]
     measured = [c["measured_ratio"] for b in report.get("last_step_candidates") or []
                 for c in b["candidates"].values()]
     if ratio <= target * 1.05 or not measured or \
-            min(measured) <= target * (1 + MEETS_TOLERANCE):
+            min(measured) <= target * (1 + MEETS_TARGET_TOLERANCE):
         return None
     return (f"measured {ratio:.3f} of the original for the target {target}; no candidate of "
             f"its last step measured under {min(measured):.3f}")
@@ -534,10 +532,10 @@ def run_all(args, todo: list[str], params: dict, rows: dict, meta: dict, work_ro
 
     this_machine = machine_class(meta["machine"])  # a resumed file may hold several machines
     started = time.perf_counter()
-    for name in tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True):
+    for done, name in enumerate(tqdm(todo, desc="zoo", unit="model", dynamic_ncols=True)):
         if args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes:
             tqdm.write(f"stopped after {args.max_minutes:g} min (--max-minutes); "
-                       f"{len(todo) - todo.index(name)} models left: "
+                       f"{len(todo) - done} models left: "
                        "run the same command again to go on")
             break
         row = size_gate(name, params[name], args.skip_over_params)

@@ -32,6 +32,11 @@ class FeedbackPoint:
     target_ratio: float  # what this step aimed for (measured scale)
 
 
+# A measured ratio "meets" the target up to this fraction above it (a last-step candidate, the
+# final architecture before an extra step is decided).
+MEETS_TARGET_TOLERANCE = 0.01
+
+
 # Layer-sum targets tried for the last step, as factors of the estimated one: dense near 1,
 # where the pick lands (factors 7% apart leave 5-10% gaps between neighbouring candidates).
 DEFAULT_BRACKET = (0.8, 0.88, 0.93, 0.96, 0.98, 1.0, 1.02, 1.04, 1.07, 1.12, 1.2, 1.3)
@@ -87,7 +92,7 @@ class LatencyFeedback:
 
     def __init__(self, pruner, build_arch: Callable[..., nn.Module], export: Callable, backend,
                  original_onnx: bytes, final_ratio: float, protocol: Protocol,
-                 tolerance: float = 0.01, max_extra_steps: int = 2, log=print,
+                 tolerance: float = MEETS_TARGET_TOLERANCE, max_extra_steps: int = 2, log=print,
                  broadcast: Callable | None = None, bracket: tuple = DEFAULT_BRACKET,
                  reference_onnx: bytes | None = None, rebrackets: int = 3,
                  rebracket_gap: float = 0.03, steering_protocol: Protocol | None = None,

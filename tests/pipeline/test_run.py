@@ -215,8 +215,9 @@ def test_bad_options_give_one_clear_error(tmp_path, args, fragment):
 
 
 def test_unreadable_weights_and_pickled_code_are_refused(tmp_path, tiny_table):
-    # the weights are refused, whatever the table's probe reads on a busy machine (it once
-    # refused this coarse 3-round table before the wrong weights were reached)
+    # the weights are refused whatever the table's probe reads (it once refused this coarse
+    # 3-round table of sub-millisecond layers on its own machine before the wrong weights
+    # were reached)
     table_args = ["--table", tiny_table, "--allow-table-mismatch"]
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")

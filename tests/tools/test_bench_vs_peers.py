@@ -211,11 +211,10 @@ def test_the_widths_pruner_ends_at_the_widths_given_keeping_its_most_important(b
     from tiny_models import tiny_resnet
 
     from halp_trt.pruning.config import HALPConfig
+    from halp_trt.pruning.pruner import HALPPruner
 
     torch.manual_seed(0)
     model, x = tiny_resnet(), torch.randn(4, 3, 16, 16)
-    from halp_trt.pruning.pruner import HALPPruner
-
     config = HALPConfig(target=0.5, steps=3, interval=1)
     groups = HALPPruner(model, x[:1], StaircaseLatencyModel(step=4), config).prunable
     final = {g.root: max(4, g.size // 2 // 4 * 4) for g in groups}
