@@ -16,7 +16,6 @@ timm's keeps its class, which computes from its own ``num_heads``, ``head_dim``,
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
+from halp_trt.graph.timm_layers import loaded_timm_class
 from halp_trt.graph.trace import forward_with_hooks
 
 # op of the timed per-layer graph, by attention kind
@@ -178,18 +178,11 @@ def _mha_supported(m: nn.Module) -> bool:
             and m.bias_k is None and not m.add_zero_attn)
 
 
-def _timm_attention_class():
-    """timm's ``Attention`` if timm is loaded (a model holding one has loaded it): asked for
-    every module of every model, so neither importing timm nor retrying a missing one."""
-    module = sys.modules.get("timm.layers.attention")
-    return getattr(module, "Attention", None)
-
-
 def is_timm_attention(m: nn.Module) -> bool:
     """timm's ``Attention`` with the layout head pruning slices: no norm across all heads'
     outputs (``scale_norm``: LayerNorm statistics would change with the heads) and no gate.
     Subclasses are left alone: they may compute differently."""
-    cls = _timm_attention_class()
+    cls = loaded_timm_class("layers.attention", "Attention")
     return (cls is not None and type(m) is cls and isinstance(m.norm, nn.Identity)
             and getattr(m, "gate", None) is None
             and m.qkv.out_features == 3 * m.num_heads * m.head_dim)

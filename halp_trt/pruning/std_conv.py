@@ -11,20 +11,20 @@ The module object is kept (its class changed), so a dependency graph built on it
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from halp_trt.graph.timm_layers import loaded_timm_class
 
 STD_CONV_CLASSES = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
 
 
 def is_weight_standardized(module: nn.Module) -> bool:
     """One of timm's weight-standardized convs (timm is loaded if a model holds one)."""
-    std_conv = sys.modules.get("timm.layers.std_conv")
-    return std_conv is not None and any(type(module) is getattr(std_conv, name, None)
-                                        for name in STD_CONV_CLASSES)
+    return any(type(module) is loaded_timm_class("layers.std_conv", name)
+               for name in STD_CONV_CLASSES)
 
 
 class FrozenStdConv2d(nn.Conv2d):
