@@ -263,15 +263,16 @@ HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # all pruning in one step after 40 batches of importance, then fine-tuning
                   # as the peers get it: at 0.3 FastNAS's own widths pruned halp-trt's
                   # gradual way ended where halp-trt's widths did, below FastNAS (0.9212 vs
-                  # 0.9236, 3 seeds), so the gradual schedule, not the allocation, is the
-                  # suspect
+                  # 0.9236, 3 seeds), so the gradual schedule, not the allocation, was the
+                  # suspect. Verdict (3 seeds): +0.14 over the default at 0.3, -0.25 at 0.15
                   "halp-trt-oneshot40": {"steps": 1, "interval": 40},
                   # both: min2groups was ahead of the default at every cosine level (+0.05 to
                   # +0.13, 3 seeds); are the two gains additive?
                   "halp-trt-oneshot40-min2groups": {"steps": 1, "interval": 40,
                                                     "min_groups_kept": 2},
                   # the middle: pruning once won at 0.3 (+0.14) and lost at 0.15 (-0.25); three
-                  # steps 40 batches apart give the network 80 batches to adapt between cuts
+                  # steps 40 batches apart give the network 80 batches to adapt between cuts.
+                  # Verdict (3 seeds): +0.04 at 0.3, -0.19 at 0.15; the default stays
                   "halp-trt-3steps40": {"steps": 3, "interval": 40}}
 # the base itself, fine-tuned as every method is: what the recipe gives a model that lost
 # nothing; no method can be expected to end above it

@@ -510,7 +510,7 @@ pass per step: rows 4.2–5.0 min for halp-trt against 3.6–8.5 without)."""
 
 
 VS_PEERS_WIDTHS_NOTE = """\
-A diagnostic, not a level: is halp-trt's gap to FastNAS at 0.3 in the widths it chooses \
+Diagnostics, not a level: is halp-trt's gap to FastNAS at 0.3 in the widths it chooses \
 (allocation) or in how it gets there? `halp-trt-at-fastnas-widths` runs halp-trt's pruning \
 epoch (its importance, 8 steps 5 batches apart, the same rate and budget) heading for the \
 widths FastNAS chose at that seed instead of its knapsack's, once per FastNAS point, and is \
@@ -529,9 +529,17 @@ one step after 40 batches of importance, the bracket measuring its candidates, t
 epoch; 3 seeds, its own target): 0.9228 ± 0.0008 at 0.301 (0.9235, 0.9231, 0.9219) — above \
 the gradual default at every seed (+0.28, +0.11, +0.03; mean +0.14) and 0.08 under FastNAS \
 (+0.02, −0.07, −0.18), with thinner layer-3 streams (112 of 256 at two seeds) and 0.83–1.22M \
-parameters. Most of the gap closes; the gradual schedule is what costs it. Not yet the \
-default: one level, within the seeds' spread of FastNAS; the other levels and the rate after \
-the step come next."""
+parameters. **But not at 0.15** (same base and table, 3 seeds): the default 0.9113 ± \
+0.0017 (0.9093, 0.9121, 0.9125) against FastNAS 0.9118 ± 0.0017 (interpolated; 0.9126, \
+0.9130, 0.9099) — a tie — while pruning once ends 0.9088 ± 0.0038 (+0.21, −0.77, −0.20 per \
+seed), once with a two-step floor (`halp-trt-oneshot40-min2groups`) 0.9089 ± 0.0026, and the \
+middle, three steps 40 batches apart (`halp-trt-3steps40`), 0.9094 ± 0.0017 at 0.15 and \
+0.9218 ± 0.0013 at 0.3 (0.9209, 0.9232, 0.9212). The schedules trade places between the \
+two levels by about a seed's spread (0.1–0.4 points): cutting once helps where the cut is \
+moderate and costs where it removes 85% of the latency, and no schedule tried beats the \
+default at both. The default (8 steps 5 batches apart) stays; the schedule is not where a \
+lead over FastNAS can come from on this recipe. Where the comparison stands on this base: \
+−0.05 at 0.15 (a tie), −0.22 at 0.3."""
 
 
 def section_with_note(name: str, render, note: str) -> list[str]:
@@ -751,7 +759,7 @@ def later_sections() -> list[str]:
     lines += section_with_note(
         "vs_peers_fashion_widths.json",
         lambda r: bench_vs_peers.markdown_section(
-            r, title=" — halp-trt pruned to FastNAS's widths (a diagnostic)", with_method=False),
+            r, title=" — halp-trt's schedule and FastNAS's widths (diagnostics)", with_method=False),
         VS_PEERS_WIDTHS_NOTE)
     if not load("vs_peers_fashion.json"):
         lines += [bench_vs_peers.markdown_section({})]
