@@ -176,17 +176,23 @@ def _no_candidate_meeting_target(report: dict, target: float) -> str | None:
 TRUSTED_MODEL_MS = 5.0
 
 
-def _missed_below_trusted_size(report: dict, target: float) -> str | None:
+def _missed_unsettled(report: dict, target: float) -> str | None:
     """Why this input cannot settle the band: the measured ratio is off by more than 5%, but
-    the original is too fast for one session's reading to be trusted to that precision; the
-    next input size is tried, as the project measures whole models of >= 5 ms."""
+    its readings cannot be trusted to that precision, so the next input size is tried. Either
+    the original is too fast (the project measures whole models of >= 5 ms), or the final
+    comparison's own sessions spread wider than the band (lowformer_b0 at 64, 5.2 ms: sessions
+    0.488-0.642 of the original, the bracket's pick 0.494)."""
     ratio, original_ms = report["latency_ratio_measured"], report["original"]["measured_ms"]
-    if abs(ratio / target - 1) <= 0.05 or original_ms >= TRUSTED_MODEL_MS:
-        return None
     low, high = report.get("latency_ratio_spread") or (ratio, ratio)
+    too_fast = original_ms < TRUSTED_MODEL_MS
+    spread_wider_than_band = (high - low) / target > 2 * 0.05
+    if abs(ratio / target - 1) <= 0.05 or not (too_fast or spread_wider_than_band):
+        return None
+    why = (f"the original takes {original_ms:.2f} ms, under the {TRUSTED_MODEL_MS:g} ms whose "
+           "session-to-session offsets stay within the band") if too_fast else \
+        "its sessions spread wider than the band"
     return (f"measured {ratio:.3f} of the original for the target {target} (sessions "
-            f"{low:.3f}-{high:.3f}); the original takes {original_ms:.2f} ms, under the "
-            f"{TRUSTED_MODEL_MS:g} ms whose session-to-session offsets stay within the band")
+            f"{low:.3f}-{high:.3f}); {why}")
 
 
 def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -> dict:
@@ -236,7 +242,7 @@ def run_one(name: str, target: float, rounds: int, max_points: int, work: str) -
                     {"input": size, "reason": str(exc).splitlines()[0][:300]})
                 continue
             missed = _no_candidate_meeting_target(report, target) or \
-                _missed_below_trusted_size(report, target)
+                _missed_unsettled(report, target)
             if missed is None or size == sizes_for(name)[-1]:
                 break
             row.setdefault("infeasible_at", []).append({"input": size, "reason": missed})

@@ -130,3 +130,17 @@ def test_an_input_is_given_up_when_no_last_step_candidate_met_the_target(bench):
     assert "under 0.525" in bench._no_candidate_meeting_target(report(0.527, [0.525, 0.56]), 0.5)
     assert bench._no_candidate_meeting_target(report(0.527, [0.503, 0.56]), 0.5) is None
     assert bench._no_candidate_meeting_target(report(0.52, [0.53]), 0.5) is None  # in the band
+
+
+def test_an_input_is_given_up_when_its_readings_cannot_settle_the_band(bench):
+    """A miss is retried at the next input when the original is under 5 ms or the final
+    sessions spread wider than the band (lowformer_b0 at 64: 0.488-0.642); a miss read by
+    sessions that agree on a model of >= 5 ms stands."""
+    def report(final, original_ms, spread):
+        return {"latency_ratio_measured": final, "original": {"measured_ms": original_ms},
+                "latency_ratio_spread": spread}
+
+    assert "under the 5 ms" in bench._missed_unsettled(report(0.44, 2.2, (0.43, 0.45)), 0.5)
+    assert "spread wider" in bench._missed_unsettled(report(0.589, 5.2, (0.488, 0.642)), 0.5)
+    assert bench._missed_unsettled(report(0.412, 9.5, (0.396, 0.437)), 0.5) is None
+    assert bench._missed_unsettled(report(0.51, 2.2, (0.40, 0.60)), 0.5) is None  # in the band
