@@ -538,8 +538,11 @@ middle, three steps 40 batches apart (`halp-trt-3steps40`), 0.9094 ± 0.0017 at 
 two levels by about a seed's spread (0.1–0.4 points): cutting once helps where the cut is \
 moderate and costs where it removes 85% of the latency, and no schedule tried beats the \
 default at both. The default (8 steps 5 batches apart) stays; the schedule is not where a \
-lead over FastNAS can come from on this recipe. Where the comparison stands on this base: \
-−0.05 at 0.15 (a tie), −0.22 at 0.3."""
+lead over FastNAS can come from on this recipe. Nor is the importance: ranking channels by \
+their filters' L2 norm (`halp-trt-magnitude`, FastNAS's kind of criterion) ends 0.9047 ± \
+0.0023 at 0.3 (0.9066, 0.9022, 0.9053), 1.7 points under halp-trt's Taylor — normalised \
+by each group's mean, weight norms do not compare layers for the knapsack. Where the \
+comparison stands on this base: −0.05 at 0.15 (a tie), −0.22 at 0.3."""
 
 
 def section_with_note(name: str, render, note: str) -> list[str]:
