@@ -251,6 +251,8 @@ virtualenv: as installed beside torch 2.14.1 it does not import without the unde
 # halp-trt with one change each, run at seed 0 after the level's rows. The default takes its 8
 # steps 5 batches apart (all pruning in the first 40 of 938 batches, importance from 320
 # images a step); HALP's reference recipe waits 40 iterations between steps
+# DeployConfig wants a positive rate; this one moves no weight measurably in 40 batches
+FROZEN_LR = 1e-12
 HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # each group's importance over its mean, as Torch-Pruning's Taylor does
                   "halp-trt-norm-mean": {"importance_normalizer": "mean"},
@@ -277,7 +279,15 @@ HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # at FastNAS's own widths halp-trt ends 0.24 under FastNAS (0.3, 6 pairs)
                   # and no schedule closes that at both levels: which channels are kept is
                   # the other difference (FastNAS ranks by weight norm, halp-trt by Taylor)
-                  "halp-trt-magnitude": {"importance": "magnitude"}}
+                  "halp-trt-magnitude": {"importance": "magnitude"},
+                  # FastNAS's procedure with halp-trt's importance and widths: importance from
+                  # the base as it is (40 batches at a learning rate of ~0, so no weight moves),
+                  # one cut, then the cut model gets the fine-tuning cosine from the full rate
+                  # (the 40 batches still count against its step budget)
+                  "halp-trt-frozen40": {"steps": 1, "interval": 40, "lr": FROZEN_LR,
+                                        "max_batches": 40},
+                  # the same frozen window, cut in halp-trt's 8 steps 5 batches apart
+                  "halp-trt-frozen8x5": {"lr": FROZEN_LR, "max_batches": 40}}
 # the base itself, fine-tuned as every method is: what the recipe gives a model that lost
 # nothing; no method can be expected to end above it
 UNPRUNED = "unpruned"
@@ -299,15 +309,14 @@ def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
     out = os.path.join(s.a.cache_dir, "halp_runs", f"{'quick_' if s.a.quick else ''}"
                        f"level{level}_seed{seed}" + "".join(f"_{k}{v}" for k, v in
                                                            schedule.items()))
+    settings = {"contribution": "two_sided", "lr_schedule": s.a.ft_schedule, "lr": LR,
+                "max_batches": math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
+                else None, **schedule}
     cfg = DeployConfig(out=out, model="resnet18", weights=s.base_path, data="fashion-mnist",
                        input_size=INPUT_SIZE, batch_size=TIMING_BATCH,
                        train_batch_size=TRAIN_BATCH, table=s.table_path, target=str(level),
-                       epochs=0, lr=LR, rounds=s.a.rounds, seed=seed,
-                       distill=s.a.distill,
-                       **{"contribution": "two_sided", "lr_schedule": s.a.ft_schedule,
-                          **schedule},
-                       max_batches=math.ceil(QUICK_TRAIN_IMAGES / TRAIN_BATCH) if s.a.quick
-                       else None)
+                       epochs=0, rounds=s.a.rounds, seed=seed, distill=s.a.distill,
+                       **settings)
     run = DeployRun(cfg)
     run.run(until="prune")
     model, prune_batches = run.pruned_model.eval(), run.prune_batches
