@@ -299,6 +299,16 @@ OWN_TARGET = set(HALP_ABLATIONS) | RETIRED_ABLATIONS
 # seed (each of its points): apart from the widths, what halp-trt does differently. Its
 # models have FastNAS's architecture, so FastNAS's latency (and interpolation) holds for them
 AT_FASTNAS_WIDTHS = "halp-trt-at-fastnas-widths"
+# the same diagnostic done FastNAS's way in all but the channels kept: importance from the
+# base as it is (40 batches, no weight moves), one cut to FastNAS's widths, then the step
+# budget's cosine on the cut model (less the 40 batches). With Taylor: the channels halp-trt
+# keeps; with magnitude: the filters' L2 norm, FastNAS's kind of ranking. The widths are
+# FastNAS's either way, so the two differ only in which channels each layer keeps
+AT_WIDTHS_VARIANTS = {AT_FASTNAS_WIDTHS: {},
+                      AT_FASTNAS_WIDTHS + "-frozen": {"frozen": True},
+                      AT_FASTNAS_WIDTHS + "-frozen-magnitude": {"frozen": True,
+                                                                "importance": "magnitude"}}
+FROZEN_BATCHES = 40
 
 
 def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
@@ -376,18 +386,22 @@ def widths_pruner_class():
     return WidthsPruner
 
 
-def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict) -> dict:
+def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict,
+                       frozen: bool = False, importance: str | None = None) -> dict:
     """halp-trt's pruning epoch (its importance, 8 steps 5 batches apart, the same optimizer
     and rate) heading for each of FastNAS's points' widths instead of its knapsack's, then the
-    same scoring; accuracy interpolated at FastNAS's latencies as FastNAS's row was."""
+    same scoring; accuracy interpolated at FastNAS's latencies as FastNAS's row was.
+    ``frozen``: one cut after ``FROZEN_BATCHES`` batches of importance at a rate of 0, then
+    the fine-tuning the peers get, over the budget's remaining steps."""
     from halp_trt.latency.table import LatencyTable
     from halp_trt.pipeline.config import DeployConfig as defaults  # its steps, interval, importance
     from halp_trt.pruning.config import HALPConfig
     from halp_trt.train import cosine_schedule, evaluate, train_epochs
 
     table = LatencyTable.load(s.table_path)
-    config = HALPConfig(target=level, steps=defaults.steps, interval=defaults.interval,
-                        importance=defaults.importance)
+    config = HALPConfig(target=level, steps=1 if frozen else defaults.steps,
+                        interval=FROZEN_BATCHES if frozen else defaults.interval,
+                        importance=importance or defaults.importance)
     widths_pruner, loader = widths_pruner_class(), s.loader(seed)
     n_batches = max(s.a.ft_steps, len(loader))  # the cosine's span, as the pipeline's
     points = []
@@ -395,24 +409,30 @@ def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict) -> 
         torch.manual_seed(seed)
         model = copy.deepcopy(s.base)
         pruner = widths_pruner(model, s.example, table, config, final_widths=p["widths"])
-        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0 if frozen else LR, momentum=0.9,
+                              weight_decay=1e-4)
         pruner.attach_optimizer(opt)
-        sched = None if s.a.ft_schedule == "constant" else cosine_schedule(opt, n_batches)
+        sched = None if s.a.ft_schedule == "constant" or frozen else \
+            cosine_schedule(opt, n_batches)
         train_epochs(model, loader, opt, 1, seed=seed, first_epoch=1000, pruner=pruner,
-                     scheduler=sched, desc="prune to FastNAS's widths")
+                     scheduler=sched, desc="prune to FastNAS's widths",
+                     max_batches=FROZEN_BATCHES if frozen else None)
         pruned = pruner.finalize().eval()
         if layer_widths(pruned) != p["widths"]:
             raise RuntimeError("the pruned model's widths differ from FastNAS's")
+        acc_bn = s.score_bn(pruned, seed)
+        acc_ft = s.finetune(pruned, s.a.ft_steps - FROZEN_BATCHES, seed) if frozen else \
+            evaluate(pruned, s._val_loader())
         points.append({"latency_vs_halp": p["latency_vs_halp"],
                        "latency_ratio": p["latency_ratio"], **kept_shape(pruned),
-                       "acc_bn": s.score_bn(pruned, seed),
-                       "acc_ft": evaluate(pruned, s._val_loader())})
+                       "acc_bn": acc_bn, "acc_ft": acc_ft})
+    prune_batches = FROZEN_BATCHES if frozen else len(loader)
     return {"latency_ratio": at_reference(points, "latency_ratio"),
             "latency_vs_halp": at_reference(points, "latency_vs_halp"),
             "matched": fastnas_row.get("matched", False),
             "interpolated": len(points) == 2, "acc_bn": at_reference(points, "acc_bn"),
             "acc_ft": at_reference(points, "acc_ft"), "points": points,
-            "prune_batches": len(loader), "ft_batches": 0}
+            "prune_batches": prune_batches, "ft_batches": max(0, s.a.ft_steps - prune_batches)}
 
 
 def run_unpruned(s: Setup, seed: int) -> dict:
@@ -676,8 +696,9 @@ def level_plan(a, step: int, rows: list[dict]) -> list[tuple[str, int]]:
         plan += [("halp-trt", seed), *((v, seed) for v in carried)]
         if a.with_fastnas:
             plan.append(("modelopt-fastnas", seed))
-    if a.with_fastnas and wanted and AT_FASTNAS_WIDTHS in wanted:  # a diagnostic, when named
-        plan += [(AT_FASTNAS_WIDTHS, seed) for seed in range(a.seeds)]
+    if a.with_fastnas and wanted:  # diagnostics, when named
+        plan += [(name, seed) for name in AT_WIDTHS_VARIANTS if name in wanted
+                 for seed in range(a.seeds)]
     if a.ablation:  # halp-trt's own, at seed 0 (at more seeds with --halp-ablation-seeds)
         plan += [(name, seed) for seed in range(getattr(a, "halp_ablation_seeds", 1))
                  for name in HALP_ABLATIONS
@@ -770,7 +791,7 @@ def summarize_level(rows: list[dict], level: float, step: int, info: dict) -> di
                        if "config" in r.get("result", {})}
         if importances:
             e["importance"] = ",".join(sorted(str(i) for i in importances))
-        is_ablation = method in OWN_TARGET | {AT_FASTNAS_WIDTHS} or (method.startswith("tp-") and
+        is_ablation = method in OWN_TARGET | set(AT_WIDTHS_VARIANTS) or (method.startswith("tp-") and
                                                    not method.endswith(f"-r{step}"))
         group = "reference" if method == UNPRUNED else "ablations" if is_ablation else "methods"
         entry[group][method] = e
@@ -952,8 +973,9 @@ def parse_args(argv=None):
     ap.add_argument("--methods", type=lambda v: [x for x in v.split(",") if x], default=None,
                     help="comma-separated: run only these of the level's rows (a screening "
                          "of another recipe; the level is not complete without the rest). "
-                         f"{AT_FASTNAS_WIDTHS} (only when named): halp-trt pruned to the "
-                         "widths FastNAS chose at each seed")
+                         f"{', '.join(AT_WIDTHS_VARIANTS)} (only when named): halp-trt "
+                         "pruned to the widths FastNAS chose at each seed (gradually; cut "
+                         "once from frozen weights, keeping Taylor's or the L2 norm's channels)")
     ap.add_argument("--modelopt-python", default=None,
                     help="python of a virtualenv with nvidia-modelopt (see the docstring)")
     ap.add_argument("--cache-dir", default=_default_cache())
@@ -1035,13 +1057,14 @@ def _main(a):
         try:
             if method == "halp-trt" or method in HALP_ABLATIONS:
                 row = run_halp(s, a.level, seed, **HALP_ABLATIONS.get(method, {}))
-            elif method == AT_FASTNAS_WIDTHS:
+            elif method in AT_WIDTHS_VARIANTS:
                 fastnas_row = next((r for r in rows if (r["method"], r["seed"]) ==
                                     ("modelopt-fastnas", seed)), None)
                 if fastnas_row is None or not all("widths" in p for p in
                                                   fastnas_row.get("points", [])):
                     raise RuntimeError("FastNAS has no row with widths at this seed")
-                row = run_halp_at_widths(s, a.level, seed, fastnas_row)
+                row = run_halp_at_widths(s, a.level, seed, fastnas_row,
+                                         **AT_WIDTHS_VARIANTS[method])
             elif method == UNPRUNED:  # the same at every level: measured once per seed
                 halp_row = next(r for r in rows if (r["method"], r["seed"]) == ("halp-trt", seed))
                 row = unpruned_elsewhere(a.rows, seed, signature) or run_unpruned(s, seed)

@@ -202,6 +202,9 @@ def test_halp_at_fastnas_widths_runs_after_fastnas_only_when_named(bench):
     plan = bench.level_plan(a, 16, [])
     assert plan[-2:] == [(bench.AT_FASTNAS_WIDTHS, 0), (bench.AT_FASTNAS_WIDTHS, 1)]
     assert plan.index(("modelopt-fastnas", 1)) < plan.index((bench.AT_FASTNAS_WIDTHS, 0))
+    frozen = bench.AT_FASTNAS_WIDTHS + "-frozen-magnitude"
+    a.methods.append(frozen)
+    assert bench.level_plan(a, 16, [])[-2:] == [(frozen, 0), (frozen, 1)]
 
 
 def test_the_widths_pruner_ends_at_the_widths_given_keeping_its_most_important(bench):
