@@ -541,8 +541,13 @@ default at both. The default (8 steps 5 batches apart) stays; the schedule is no
 lead over FastNAS can come from on this recipe. Nor is the importance: ranking channels by \
 their filters' L2 norm (`halp-trt-magnitude`, FastNAS's kind of criterion) ends 0.9047 ± \
 0.0023 at 0.3 (0.9066, 0.9022, 0.9053), 1.7 points under halp-trt's Taylor — normalised \
-by each group's mean, weight norms do not compare layers for the knapsack. Where the \
-comparison stands on this base: −0.05 at 0.15 (a tie), −0.22 at 0.3."""
+by each group's mean, weight norms do not compare layers for the knapsack. Nor is it \
+training while pruning: FastNAS's order of things — importance from the base as it is (40 \
+batches at a rate of ~0, no weight moves), then the cut model given the cosine from the \
+full rate over the budget's other 898 steps — ends where the default does, cut once \
+(`halp-trt-frozen40`: 0.9096 ± 0.0014 at 0.15, 0.9220 ± 0.0006 at 0.3) or in 8 steps \
+(`halp-trt-frozen8x5`: 0.9121 ± 0.0007 at 0.15, 0.9214 ± 0.0021 at 0.3); 3 seeds each. \
+Where the comparison stands on this base: −0.05 at 0.15 (a tie), −0.22 at 0.3."""
 
 
 def section_with_note(name: str, render, note: str) -> list[str]:
