@@ -309,7 +309,10 @@ AT_FASTNAS_WIDTHS = "halp-trt-at-fastnas-widths"
 AT_WIDTHS_VARIANTS = {AT_FASTNAS_WIDTHS: {},
                       AT_FASTNAS_WIDTHS + "-frozen": {"frozen": True},
                       AT_FASTNAS_WIDTHS + "-frozen-magnitude": {"frozen": True,
-                                                                "importance": "magnitude"}}
+                                                                "importance": "magnitude"},
+                      # FastNAS's own ranking: the norm of the weights reading each channel
+                      AT_FASTNAS_WIDTHS + "-frozen-magnitude-in": {
+                          "frozen": True, "importance": "magnitude_in"}}
 FROZEN_BATCHES = 40
 
 

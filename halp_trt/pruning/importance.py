@@ -9,6 +9,8 @@ tied by a residual add, depthwise conv or concat share one score.
   ``taylor_per_layer`` (the default) sums each layer's |term| instead, so a residual-stream
   channel is not cheapened by terms cancelling across the layers it feeds.
 * ``MagnitudeImportance``: L2 norm of each channel's out-side filters (no gradients needed).
+* ``ConsumerMagnitudeImportance`` (``magnitude_in``): L2 norm of the weights reading each
+  channel in the layers it feeds (FastNAS's ranking).
 * Any callable ``fn(model, group) -> tensor[group.size]``.
 
 Under ``torch.distributed`` sums and counts are all-reduced, so every rank decides identically."""
@@ -157,6 +159,34 @@ class MagnitudeImportance(Importance):
         return over_group_mean(acc.sqrt() if self.p == 2 else acc)
 
 
+class ConsumerMagnitudeImportance(Importance):
+    """L2 norm of the weights that read each channel in the group's in-side convs and linears
+    (a conv's input slice over its filters and kernel), divided by the group's mean: how much
+    the next layers use a channel rather than how big the filter making it is. ModelOpt's
+    FastNAS ranks channels this way. Grouped convs (a channel read by its own filter only) are
+    left out; a group no layer reads this way scores by its filters (``magnitude``)."""
+
+    needs_grad = False
+    name = "magnitude_in"
+
+    def __call__(self, model: nn.Module, group: ChannelGroup,
+                 modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+        modules = modules if modules is not None else dict(model.named_modules())
+        acc = torch.zeros(group.size, dtype=torch.float64)
+        found = False
+        for m in group.members:
+            mod = modules[m.module_name]
+            if m.side != "in" or not isinstance(mod, _FILTER) or getattr(mod, "groups", 1) != 1 \
+                    or getattr(mod, "transposed", False):
+                continue
+            idx, root = _root_index(m, mod.weight.device)
+            columns = mod.weight.detach().transpose(0, 1).reshape(mod.weight.shape[1], -1)
+            acc.index_add_(0, root, columns[idx].double().pow(2).sum(dim=1).cpu())
+            found = True
+        return over_group_mean(acc.sqrt()) if found else \
+            MagnitudeImportance()(model, group, modules)
+
+
 class BNScaleImportance(Importance):
     """|γ| of the group's BatchNorms, summed over them and divided by the group's mean (the
     network-slimming criterion); groups without an affine BN score by filter L2 norm."""
@@ -178,7 +208,7 @@ class BNScaleImportance(Importance):
 # The importances named by string (HALPConfig.importance, --importance).
 IMPORTANCES: dict[str, Callable[[], Importance]] = {
     "taylor": TaylorImportance, "taylor_per_layer": lambda: TaylorImportance(per_layer=True),
-    "magnitude": MagnitudeImportance,
+    "magnitude": MagnitudeImportance, "magnitude_in": ConsumerMagnitudeImportance,
     "l1": lambda: MagnitudeImportance(p=1), "bn_scale": BNScaleImportance}
 
 

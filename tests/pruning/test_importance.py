@@ -6,8 +6,8 @@ import torch.nn as nn
 
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import find_channel_groups
-from halp_trt.pruning.importance import (ImportanceAccumulator, MagnitudeImportance, TaylorImportance,
-                                 make_importance)
+from halp_trt.pruning.importance import (ConsumerMagnitudeImportance, ImportanceAccumulator,
+                                        MagnitudeImportance, TaylorImportance, make_importance)
 
 
 class ConvBN(nn.Module):
@@ -171,6 +171,24 @@ def test_magnitude_is_l2_of_out_filters_over_the_group_mean():
     # needs no gradients: scores() works without accumulate()
     acc = ImportanceAccumulator(model, [g], "magnitude")
     torch.testing.assert_close(acc.scores()[0], want)
+
+
+def test_magnitude_in_is_l2_of_the_weights_reading_each_channel_over_the_group_mean():
+    """conv1's channels are read by conv2's input slices: their norms rank them, not conv1's
+    own filters (scaled up here so the two rankings disagree)."""
+    model, groups = _setup(NoBN)
+    g = _group_of(groups, "conv1")
+    with torch.no_grad():
+        model.conv1.weight.mul_(torch.tensor([100.0, 1.0, 1.0, 1.0]).view(4, 1, 1, 1))
+        model.conv2.weight[:, 0].mul_(0.01)
+    norms = model.conv2.weight.detach().pow(2).sum((0, 2, 3)).sqrt().double()
+    scores = ConsumerMagnitudeImportance()(model, g)
+    torch.testing.assert_close(scores, norms / norms.mean())
+    assert int(scores.argmin()) == 0 and int(MagnitudeImportance()(model, g).argmax()) == 0
+    # the classifier reads conv2's channels (a linear's input columns)
+    fc_cols = model.fc.weight.detach().pow(2).sum(0).sqrt().double()
+    torch.testing.assert_close(make_importance("magnitude_in")(model, _group_of(groups, "conv2")),
+                               fc_cols / fc_cols.mean())
 
 
 def test_user_callable_and_size_check():
