@@ -18,7 +18,8 @@ MAX_BATCH_SIZE = 1024
 # Choice fields and their values (the CLI offers the same choices).
 CHOICES = {
     "contribution": ("two_sided", "one_sided"),
-    "importance": ("taylor", "taylor_per_layer", "magnitude", "magnitude_in", "l1", "bn_scale"),
+    "importance": ("taylor", "taylor_per_layer", "magnitude", "magnitude_in",
+                   "taylor_magnitude_in", "l1", "bn_scale"),
     "importance_normalizer": ("none", "mean"),
     "lr_schedule": ("constant", "cosine"),
     "calibration": ("affine", "additive", "ratio"),

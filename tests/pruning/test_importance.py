@@ -7,7 +7,8 @@ import torch.nn as nn
 from halp_trt.errors import HalpError
 from halp_trt.graph.groups import find_channel_groups
 from halp_trt.pruning.importance import (ConsumerMagnitudeImportance, ImportanceAccumulator,
-                                        MagnitudeImportance, TaylorImportance, make_importance)
+                                        MagnitudeImportance, TaylorImportance,
+                                        TaylorSharedByConsumerMagnitude, make_importance)
 
 
 class ConvBN(nn.Module):
@@ -189,6 +190,18 @@ def test_magnitude_in_is_l2_of_the_weights_reading_each_channel_over_the_group_m
     fc_cols = model.fc.weight.detach().pow(2).sum(0).sqrt().double()
     torch.testing.assert_close(make_importance("magnitude_in")(model, _group_of(groups, "conv2")),
                                fc_cols / fc_cols.mean())
+
+
+def test_taylor_magnitude_in_keeps_the_groups_taylor_mass_ranked_by_the_readers_norm():
+    model, groups = _setup(ConvBN)
+    x = torch.randn(4, 3, 8, 8)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    for g in groups:
+        taylor = TaylorImportance(per_layer=True)(model, g)
+        reads = ConsumerMagnitudeImportance()(model, g)
+        scores = TaylorSharedByConsumerMagnitude()(model, g)
+        torch.testing.assert_close(scores.sum(), taylor.sum())
+        assert torch.equal(scores.argsort(), reads.argsort())
 
 
 def test_user_callable_and_size_check():
