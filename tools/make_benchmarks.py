@@ -547,6 +547,20 @@ batches at a rate of ~0, no weight moves), then the cut model given the cosine f
 full rate over the budget's other 898 steps — ends where the default does, cut once \
 (`halp-trt-frozen40`: 0.9096 ± 0.0014 at 0.15, 0.9220 ± 0.0006 at 0.3) or in 8 steps \
 (`halp-trt-frozen8x5`: 0.9121 ± 0.0007 at 0.15, 0.9214 ± 0.0021 at 0.3); 3 seeds each. \
+**Which channels each layer keeps is the gap.** At FastNAS's widths, cut once from the \
+frozen base and fine-tuned over the other 898 steps, keeping each layer's channels by \
+halp-trt's Taylor (`halp-trt-at-fastnas-widths-frozen`) ends 0.9210 (0.9221, 0.9202, \
+0.9206) and by their filters' L2 norm (`-frozen-magnitude`) 0.9212 (0.9220, 0.9214, \
+0.9202), while keeping them by the norm of the weights that *read* them in the next layers \
+(`-frozen-magnitude-in`, importance `magnitude_in`: ModelOpt's own ranking for FastNAS) \
+ends **0.9233** (0.9231, 0.9231, 0.9237) — FastNAS's 0.9236 (0.9233, 0.9238, 0.9237) to \
+within a seed. The 40 batches the frozen cut spends are not it: FastNAS's own seed-0 models \
+fine-tuned 898 steps instead of 938 (a one-off check) end 0.9218 and 0.9240 (938: 0.9220, \
+0.9246). The method change this points to, each group's Taylor mass (the knapsack's \
+allocation) shared out within the group by that norm (`halp-trt-taylor-magnitude-in`, \
+importance `taylor_magnitude_in`), ends 0.9226 ± 0.0027 at 0.3 (0.9197, 0.9229, 0.9251; \
+the default per seed 0.9207, 0.9220, 0.9216): +0.12 on the mean, not yet outside a seed's \
+spread; level 0.15 and more seeds are next. \
 Where the comparison stands on this base: −0.05 at 0.15 (a tie), −0.22 at 0.3."""
 
 
