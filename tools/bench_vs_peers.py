@@ -251,7 +251,9 @@ virtualenv: as installed beside torch 2.14.1 it does not import without the unde
 # halp-trt with one change each, run at seed 0 after the level's rows. The default takes its 8
 # steps 5 batches apart (all pruning in the first 40 of 938 batches, importance from 320
 # images a step); HALP's reference recipe waits 40 iterations between steps
-# DeployConfig wants a positive rate; this one moves no weight measurably in 40 batches
+# the frozen ablations' importance window: batches at a rate that moves no weight measurably
+# (DeployConfig wants a positive rate), before the cut model gets the fine-tuning cosine
+FROZEN_BATCHES = 40
 FROZEN_LR = 1e-12
 HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # each group's importance over its mean, as Torch-Pruning's Taylor does
@@ -285,11 +287,11 @@ HALP_ABLATIONS = {"halp-trt-interval40": {"interval": 40},
                   # one cut, then the cut model gets the fine-tuning cosine from the full rate
                   # (the 40 batches still count against its step budget). Verdict (3 seeds):
                   # 0.9096 at 0.15, 0.9220 at 0.3 -- the default's figures, within a seed
-                  "halp-trt-frozen40": {"steps": 1, "interval": 40, "lr": FROZEN_LR,
-                                        "max_batches": 40},
+                  "halp-trt-frozen40": {"steps": 1, "interval": FROZEN_BATCHES,
+                                        "lr": FROZEN_LR, "max_batches": FROZEN_BATCHES},
                   # the same frozen window, cut in halp-trt's 8 steps 5 batches apart.
                   # Verdict (3 seeds): 0.9121 at 0.15, 0.9214 at 0.3 -- the default's
-                  "halp-trt-frozen8x5": {"lr": FROZEN_LR, "max_batches": 40},
+                  "halp-trt-frozen8x5": {"lr": FROZEN_LR, "max_batches": FROZEN_BATCHES},
                   # at FastNAS's widths, keeping the channels the next layers' weights read
                   # most (FastNAS's ranking) ended 0.9231 where Taylor's ended 0.9210: each
                   # group's Taylor mass (the knapsack's allocation) shared out by that norm
@@ -308,8 +310,8 @@ AT_FASTNAS_WIDTHS = "halp-trt-at-fastnas-widths"
 # the same diagnostic done FastNAS's way in all but the channels kept: importance from the
 # base as it is (40 batches, no weight moves), one cut to FastNAS's widths, then the step
 # budget's cosine on the cut model (less the 40 batches). With Taylor: the channels halp-trt
-# keeps; with magnitude: the filters' L2 norm, FastNAS's kind of ranking. The widths are
-# FastNAS's either way, so the two differ only in which channels each layer keeps
+# keeps; with magnitude: the filters' L2 norm. The widths are FastNAS's either way, so the
+# variants differ only in which channels each layer keeps
 AT_WIDTHS_VARIANTS = {AT_FASTNAS_WIDTHS: {},
                       AT_FASTNAS_WIDTHS + "-frozen": {"frozen": True},
                       AT_FASTNAS_WIDTHS + "-frozen-magnitude": {"frozen": True,
@@ -317,7 +319,6 @@ AT_WIDTHS_VARIANTS = {AT_FASTNAS_WIDTHS: {},
                       # FastNAS's own ranking: the norm of the weights reading each channel
                       AT_FASTNAS_WIDTHS + "-frozen-magnitude-in": {
                           "frozen": True, "importance": "magnitude_in"}}
-FROZEN_BATCHES = 40
 
 
 def run_halp(s: Setup, level: float, seed: int, **schedule) -> dict:
@@ -413,6 +414,8 @@ def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict,
                         importance=importance or defaults.importance)
     widths_pruner, loader = widths_pruner_class(), s.loader(seed)
     n_batches = max(s.a.ft_steps, len(loader))  # the cosine's span, as the pipeline's
+    prune_batches = FROZEN_BATCHES if frozen else len(loader)
+    ft_batches = max(0, s.a.ft_steps - prune_batches)
     points = []
     for p in fastnas_row["points"]:
         torch.manual_seed(seed)
@@ -430,18 +433,17 @@ def run_halp_at_widths(s: Setup, level: float, seed: int, fastnas_row: dict,
         if layer_widths(pruned) != p["widths"]:
             raise RuntimeError("the pruned model's widths differ from FastNAS's")
         acc_bn = s.score_bn(pruned, seed)
-        acc_ft = s.finetune(pruned, s.a.ft_steps - FROZEN_BATCHES, seed) if frozen else \
+        acc_ft = s.finetune(pruned, ft_batches, seed) if frozen else \
             evaluate(pruned, s._val_loader())
         points.append({"latency_vs_halp": p["latency_vs_halp"],
                        "latency_ratio": p["latency_ratio"], **kept_shape(pruned),
                        "acc_bn": acc_bn, "acc_ft": acc_ft})
-    prune_batches = FROZEN_BATCHES if frozen else len(loader)
     return {"latency_ratio": at_reference(points, "latency_ratio"),
             "latency_vs_halp": at_reference(points, "latency_vs_halp"),
             "matched": fastnas_row.get("matched", False),
             "interpolated": len(points) == 2, "acc_bn": at_reference(points, "acc_bn"),
             "acc_ft": at_reference(points, "acc_ft"), "points": points,
-            "prune_batches": prune_batches, "ft_batches": max(0, s.a.ft_steps - prune_batches)}
+            "prune_batches": prune_batches, "ft_batches": ft_batches if frozen else 0}
 
 
 def run_unpruned(s: Setup, seed: int) -> dict:

@@ -539,7 +539,7 @@ two levels by about a seed's spread (0.1–0.4 points): cutting once helps where
 moderate and costs where it removes 85% of the latency, and no schedule tried beats the \
 default at both. The default (8 steps 5 batches apart) stays; the schedule is not where a \
 lead over FastNAS can come from on this recipe. Nor is the importance: ranking channels by \
-their filters' L2 norm (`halp-trt-magnitude`, FastNAS's kind of criterion) ends 0.9047 ± \
+their filters' L2 norm (`halp-trt-magnitude`, a weight-norm criterion) ends 0.9047 ± \
 0.0023 at 0.3 (0.9066, 0.9022, 0.9053), 1.7 points under halp-trt's Taylor — normalised \
 by each group's mean, weight norms do not compare layers for the knapsack. Nor is it \
 training while pruning: FastNAS's order of things — importance from the base as it is (40 \

@@ -80,12 +80,13 @@ class Importance:
         raise NotImplementedError
 
 
-def _out_side(group: ChannelGroup, modules, kinds):
-    """(module, member's channel indices on its device, root indices) of the group's out-side
-    members of ``kinds`` (BatchNorms: affine ones only)."""
+def _members_on(side: str, group: ChannelGroup, modules, kinds):
+    """(module, member's channel indices on its device, root indices) of the group's members
+    of ``kinds`` on ``side`` ("out": the channels they make; "in": the channels they read;
+    BatchNorms: affine ones only)."""
     for m in group.members:
         mod = modules[m.module_name]
-        if m.side != "out" or not isinstance(mod, kinds) or (
+        if m.side != side or not isinstance(mod, kinds) or (
                 isinstance(mod, _BN) and not mod.affine):
             continue
         yield (mod, *_root_index(m, mod.weight.device))
@@ -110,7 +111,7 @@ class TaylorImportance(Importance):
         modules = modules if modules is not None else dict(model.named_modules())
         score = torch.zeros(group.size, dtype=torch.float64)
         found_bn = False
-        for mod, idx, root in _out_side(group, modules, _BN):
+        for mod, idx, root in _members_on("out", group, modules, _BN):
             if mod.weight.grad is None and mod.bias.grad is None:
                 continue
             found_bn = True
@@ -121,7 +122,7 @@ class TaylorImportance(Importance):
             score.index_add_(0, root, (contrib.abs() if self.per_layer else contrib).cpu())
         if found_bn:
             return score.abs()
-        for mod, idx, root in _out_side(group, modules, _FILTER):
+        for mod, idx, root in _members_on("out", group, modules, _FILTER):
             contrib = torch.zeros(len(idx), dtype=torch.float64, device=mod.weight.device)
             for p in (mod.weight, mod.bias):
                 if p is not None and p.grad is not None:
@@ -151,7 +152,7 @@ class MagnitudeImportance(Importance):
                  modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
         modules = modules if modules is not None else dict(model.named_modules())
         acc = torch.zeros(group.size, dtype=torch.float64)
-        for mod, idx, root in _out_side(group, modules, _FILTER):
+        for mod, idx, root in _members_on("out", group, modules, _FILTER):
             for p in (mod.weight, mod.bias):
                 if p is not None:
                     rows = _filter_rows(mod, p.detach())[idx].double()
@@ -174,12 +175,9 @@ class ConsumerMagnitudeImportance(Importance):
         modules = modules if modules is not None else dict(model.named_modules())
         acc = torch.zeros(group.size, dtype=torch.float64)
         found = False
-        for m in group.members:
-            mod = modules[m.module_name]
-            if m.side != "in" or not isinstance(mod, _FILTER) or getattr(mod, "groups", 1) != 1 \
-                    or getattr(mod, "transposed", False):
+        for mod, idx, root in _members_on("in", group, modules, _FILTER):
+            if getattr(mod, "groups", 1) != 1 or getattr(mod, "transposed", False):
                 continue
-            idx, root = _root_index(m, mod.weight.device)
             columns = mod.weight.detach().transpose(0, 1).reshape(mod.weight.shape[1], -1)
             acc.index_add_(0, root, columns[idx].double().pow(2).sum(dim=1).cpu())
             found = True
@@ -219,7 +217,7 @@ class BNScaleImportance(Importance):
         modules = modules if modules is not None else dict(model.named_modules())
         acc = torch.zeros(group.size, dtype=torch.float64)
         found = False
-        for mod, idx, root in _out_side(group, modules, _BN):
+        for mod, idx, root in _members_on("out", group, modules, _BN):
             found = True
             acc.index_add_(0, root, mod.weight.detach()[idx].abs().double().cpu())
         return over_group_mean(acc) if found else MagnitudeImportance()(model, group, modules)
